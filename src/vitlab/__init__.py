@@ -1,0 +1,3 @@
+"""vitlab: Vision Transformers with PyTorch Lightning and Hydra."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,249 @@
+"""Vision Transformer (Dosovitskiy et al., 2021) with timm-compatible parameter names.
+
+Pre-norm encoder of multi-head self-attention and GELU-MLP blocks over patch tokens plus a
+class token. Attention runs through ``F.scaled_dot_product_attention`` (fused kernels); the
+explicit softmax path is only used when attention maps are asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import StochasticDepth
+
+from vitlab.models.pos_embed import sincos_2d
+
+Size2d = int | Sequence[int]
+
+
+def to_2tuple(size: Size2d) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def patch_grid(img_size: Size2d, patch_size: Size2d) -> tuple[int, int]:
+    """Number of patches along each side; a clear error when the patch does not tile the image."""
+    (height, width), (ph, pw) = to_2tuple(img_size), to_2tuple(patch_size)
+    if height % ph or width % pw:
+        divisors = [p for p in range(1, min(height, width) + 1) if height % p == 0 and width % p == 0]
+        raise ValueError(
+            f"patch size {ph}x{pw} does not divide image size {height}x{width}; "
+            f"patch sizes that do: {divisors}"
+        )
+    return height // ph, width // pw
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches, linearly projected: (B, C, H, W) -> (B, N, D)."""
+
+    def __init__(self, img_size: Size2d, patch_size: Size2d, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = to_2tuple(patch_size)
+        self.grid_size = patch_grid(self.img_size, self.patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[-2:]) != self.img_size:
+            raise ValueError(
+                f"input size {tuple(images.shape[-2:])} does not match the model's {self.img_size}"
+            )
+        return self.proj(images).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embedding dim {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def _split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._split_heads(x)
+        dropout = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """softmax(QK^T / sqrt(d)) per head: (B, heads, T, T). Explicit, for inspection only."""
+        q, k, _ = self._split_heads(x)
+        return (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), with drop path."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path = StochasticDepth(drop_path, mode="row")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Module):
+    """ViT classifier. ``num_classes=0`` gives a feature extractor (``head`` is the identity).
+
+    ``global_pool="token"`` classifies the class token after the final ``norm``;
+    ``global_pool="avg"`` averages the patch tokens and normalises them with ``fc_norm``
+    (the final ``norm`` is then the identity, as in timm and the MAE fine-tuning recipe).
+    """
+
+    num_prefix_tokens = 1
+
+    def __init__(
+        self,
+        img_size: Size2d = 224,
+        patch_size: Size2d = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        global_pool: Literal["token", "avg"] = "token",
+        pos_embed: Literal["learned", "sincos"] = "learned",
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if pos_embed not in ("learned", "sincos"):
+            raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.global_pool = global_pool
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, embed_dim),
+            requires_grad=pos_embed == "learned",
+        )
+        self.pos_drop = nn.Dropout(drop_rate)
+        drop_paths = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.Sequential(
+            *(
+                Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dp)
+                for dp in drop_paths
+            )
+        )
+        use_fc_norm = global_pool == "avg"
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=1e-6)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(pos_embed)
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def _init_weights(self, pos_embed: str) -> None:
+        if pos_embed == "sincos":
+            table = sincos_2d(self.embed_dim, self.patch_embed.grid_size, cls_token=True)
+            self.pos_embed.data.copy_(table)
+        else:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=0.02)
+        weight = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+        self.apply(_init_linear_and_norm)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay besides biases and norms."""
+        return {"cls_token", "pos_embed"}
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with their position embeddings: (B, N, D), no class token."""
+        return self.patch_embed(images) + self.pos_embed[:, self.num_prefix_tokens :]
+
+    def prepend_cls(self, tokens: torch.Tensor) -> torch.Tensor:
+        cls = (self.cls_token + self.pos_embed[:, : self.num_prefix_tokens]).expand(
+            tokens.shape[0], -1, -1
+        )
+        return torch.cat([cls, tokens], dim=1)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """All tokens after the encoder: (B, 1 + N, D)."""
+        tokens = self.pos_drop(self.prepend_cls(self.embed(images)))
+        return self.norm(self.blocks(tokens))
+
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            pooled = tokens[:, self.num_prefix_tokens :].mean(dim=1)
+        else:
+            pooled = tokens[:, 0]
+        pooled = self.head_drop(self.fc_norm(pooled))
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    @torch.no_grad()
+    def attention_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Attention weights of every block, each (B, heads, T, T), computed explicitly."""
+        tokens = self.prepend_cls(self.embed(images))
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.attention_weights(block.norm1(tokens)))
+            tokens = block(tokens)
+        return maps
+
+
+def _init_linear_and_norm(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,80 @@
+"""Optimisation recipe pieces: parameter groups, layer-wise lr decay, lr scaling, schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+REFERENCE_BATCH = 256
+
+
+def effective_batch_size(
+    batch_size: int, devices: int = 1, num_nodes: int = 1, accumulate_grad_batches: int = 1
+) -> int:
+    """Samples per optimizer step across every process and accumulation step."""
+    return batch_size * devices * num_nodes * accumulate_grad_batches
+
+
+def scaled_lr(base_lr: float, effective_batch: int) -> float:
+    """The linear scaling rule: lr = base_lr * effective_batch / 256."""
+    return base_lr * effective_batch / REFERENCE_BATCH
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """Depth of a parameter for layer-wise lr decay: embeddings 0, block i at i + 1, rest on top."""
+    if name in ("cls_token", "pos_embed", "mask_token") or name.startswith("patch_embed"):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_layers + 1
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float | None = None
+) -> list[dict]:
+    """AdamW groups: no decay on biases, norms and tokens; optional layer-wise lr decay.
+
+    Each group carries ``lr_scale`` (1.0 without layer decay); the optimizer's lr is multiplied
+    by it, so layer ``i`` of ``L`` blocks gets ``lr * layer_decay ** (L + 1 - i)``.
+    """
+    skip = getattr(model, "no_weight_decay", lambda: set())()
+    num_layers = len(model.blocks) if layer_decay is not None else 0
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = param.ndim > 1 and name not in skip
+        depth = layer_id(name, num_layers) if layer_decay is not None else 0
+        key = (depth, decay)
+        if key not in groups:
+            scale = layer_decay ** (num_layers + 1 - depth) if layer_decay is not None else 1.0
+            groups[key] = {
+                "params": [],
+                "names": [],
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr_scale": scale,
+            }
+        groups[key]["params"].append(param)
+        groups[key]["names"].append(name)
+    return list(groups.values())
+
+
+@dataclass
+class WarmupCosine:
+    """Per-step lr multiplier: linear warmup from 0, then cosine down to ``min_ratio``.
+
+    A plain picklable callable for ``LambdaLR`` so scheduler state resumes exactly.
+    """
+
+    warmup_steps: int
+    total_steps: int
+    min_ratio: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        decay_steps = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

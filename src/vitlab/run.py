@@ -1,0 +1,231 @@
+"""Training and evaluation jobs: a composed Hydra config in, metrics out.
+
+``train(cfg)`` reads like the recipe: validate, seed, build the data, task, callbacks, loggers
+and trainer from the config, fit, test the best checkpoint, summarise. ``evaluate(cfg)``
+rebuilds data and task from the config stored in a checkpoint and tests it.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from vitlab.models.vit import patch_grid
+
+log = logging.getLogger(__name__)
+
+# shown first when the config tree is printed; other top-level keys follow
+CONFIG_ORDER = ("data", "model", "task", "trainer", "callbacks", "logger", "paths")
+
+
+class UserError(Exception):
+    """Bad input the user can fix: reported as one line and exit code 2, before any training."""
+
+
+def main(job: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
+    """Run ``job`` for a Hydra entry point; return the metric a sweep optimises, if any."""
+    try:
+        metrics = job(cfg)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    return metrics.get(cfg.get("optimized_metric") or "")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    started = time.perf_counter()
+    validate_model(cfg.model)
+    ckpt_path = resume_checkpoint(cfg)
+    print_config(cfg)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    task = instantiate(cfg.task)
+    # the resolved config travels in every checkpoint (plain containers): eval.py reads it back
+    task.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
+    trainer = build_trainer(cfg)
+
+    if cfg.get("train", True):
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = scalar_metrics(trainer.callback_metrics)
+    if cfg.get("test", True):
+        best = best_checkpoint(trainer)
+        trainer.test(task, datamodule=datamodule, ckpt_path=best)
+        metrics |= scalar_metrics(trainer.callback_metrics)
+    print_summary(metrics, trainer, time.perf_counter() - started)
+    finish_loggers()
+    return metrics
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    started = time.perf_counter()
+    ckpt_path = existing_file(cfg.ckpt_path, "ckpt_path")
+    run_cfg = stored_config(ckpt_path)
+    run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.get("data") or {})
+    print_config(OmegaConf.merge(run_cfg, {"trainer": cfg.trainer}))
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(run_cfg.data)
+    task = instantiate(run_cfg.task)
+    trainer = build_trainer(cfg)
+    if cfg.split == "val":
+        trainer.validate(task, datamodule=datamodule, ckpt_path=str(ckpt_path))
+    elif cfg.split == "test":
+        trainer.test(task, datamodule=datamodule, ckpt_path=str(ckpt_path))
+    else:
+        raise UserError(f"split must be 'test' or 'val', got {cfg.split!r}")
+    metrics = scalar_metrics(trainer.callback_metrics)
+    print_summary(metrics, trainer, time.perf_counter() - started)
+    finish_loggers()
+    return metrics
+
+
+def validate_model(model_cfg: DictConfig) -> None:
+    """Architecture checks that would otherwise fail deep inside instantiation."""
+    try:
+        patch_grid(model_cfg.img_size, model_cfg.patch_size)
+    except ValueError as error:
+        raise UserError(f"model: {error}") from None
+
+
+def existing_file(path: str | os.PathLike, key: str) -> Path:
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise UserError(f"{key}: no such file: {resolved}")
+    return resolved
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """``ckpt_path``: null, a file, or "auto" for this run directory's last checkpoint if any."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "auto":
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        return str(last) if last.is_file() else None
+    return str(existing_file(ckpt_path, "ckpt_path"))
+
+
+def stored_config(ckpt_path: Path) -> DictConfig:
+    """The run config that ``train`` saved into a checkpoint."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if "task" not in hparams:
+        raise UserError(f"ckpt_path: {ckpt_path} holds no vitlab run config (not written by train.py?)")
+    return OmegaConf.create(hparams)
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if "_target_" in c]
+    loggers = instantiate_loggers(cfg.get("logger") or {})
+    if not loggers:
+        # nothing to report learning rates to (logger=none): Lightning would refuse to start
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        precision=resolve_precision(cfg.trainer.get("precision", "auto")),
+    )
+
+
+def resolve_precision(precision: str | int) -> str | int:
+    """``auto``: bf16 mixed precision on a GPU that supports it, full fp32 otherwise."""
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def instantiate_loggers(logger_cfg: Mapping[str, Any]) -> list:
+    loggers = []
+    for name, conf in logger_cfg.items():
+        if not isinstance(conf, Mapping) or "_target_" not in conf:
+            continue
+        if conf._target_.endswith("WandbLogger") and conf.get("offline") is None:
+            with open_dict(conf):
+                conf.offline = not wandb_credentials_found()
+            if conf.offline:
+                log.info("W&B: no credentials found, logging offline (`wandb sync` uploads later)")
+        log.debug("logger %s: %s", name, conf._target_)
+        loggers.append(instantiate(conf))
+    return loggers
+
+
+def wandb_credentials_found() -> bool:
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return False
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def finish_loggers() -> None:
+    """Close the W&B run so the next job (of a multirun) starts its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+
+
+def best_checkpoint(trainer: L.Trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    best = getattr(callback, "best_model_path", "") if callback else ""
+    if not best:
+        log.warning("no best checkpoint was saved: testing the current weights")
+        return None
+    return best
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {name: float(value) for name, value in metrics.items() if torch.as_tensor(value).numel() == 1}
+
+
+@rank_zero_only
+def print_config(cfg: DictConfig) -> None:
+    """The composed config as a tree: one branch per group, then the run's own keys."""
+    tree = Tree("config", guide_style="dim")
+    groups = [k for k in CONFIG_ORDER if k in cfg] + [
+        k for k in cfg if k not in CONFIG_ORDER and isinstance(cfg[k], DictConfig)
+    ]
+    for key in groups:
+        tree.add(f"[bold]{key}[/bold]").add(OmegaConf.to_yaml(cfg[key], resolve=True).rstrip())
+    scalars = {k: cfg[k] for k in cfg if k not in groups}
+    tree.add("[bold]run[/bold]").add(OmegaConf.to_yaml(scalars, resolve=True).rstrip())
+    Console(stderr=True).print(tree)
+
+
+@rank_zero_only
+def print_summary(metrics: Mapping[str, float], trainer: L.Trainer, seconds: float) -> None:
+    table = Table(title="results", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in sorted(metrics):
+        table.add_row(name, f"{metrics[name]:.4f}")
+    console = Console(stderr=True)
+    console.print(table)
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if best:
+        console.print(f"best checkpoint: {best}")
+    console.print(f"run directory: {trainer.default_root_dir}   time: {seconds / 60:.1f} min")

@@ -1,0 +1,73 @@
+"""Supervised training and fine-tuning of a ViT classifier."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import Optimizer
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from vitlab.tasks.base import RecipeTask
+
+
+def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Top-1 (and top-5 when there are more than five classes) micro accuracy."""
+    metrics = {"acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+    if num_classes > 5:
+        metrics["acc5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=prefix)
+
+
+class ClassificationTask(RecipeTask):
+    """Cross-entropy with label smoothing; targets are class indices or soft (mixed) labels."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: Callable[..., Optimizer],
+        warmup_epochs: float = 5.0,
+        min_lr: float = 1e-6,
+        layer_decay: float | None = None,
+        label_smoothing: float = 0.1,
+    ):
+        super().__init__(optimizer, warmup_epochs, min_lr, layer_decay)
+        self.model = model
+        self.label_smoothing = label_smoothing
+        num_classes = model.num_classes
+        self.train_metrics = accuracy_metrics(num_classes, "train/")
+        self.val_metrics = accuracy_metrics(num_classes, "val/")
+        self.test_metrics = accuracy_metrics(num_classes, "test/")
+
+    def trained_module(self) -> nn.Module:
+        return self.model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, targets = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True)
+        if targets.ndim == 1:
+            self.train_metrics(logits, targets)
+            self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        return loss
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        images, targets = batch
+        logits = self(images)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics(logits, targets)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, targets), prog_bar=True, sync_dist=True)
+        self.log_dict(metrics, prog_bar=True)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
