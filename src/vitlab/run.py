@@ -7,6 +7,7 @@ rebuilds data and task from the config stored in a checkpoint and tests it.
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
@@ -57,6 +58,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
 
     datamodule = instantiate(cfg.data)
+    if cfg.data.get("num_classes", 0) is None:
+        # data read the class count from its files; the model's num_classes interpolates it
+        cfg.data.num_classes = datamodule.num_classes
     task = instantiate(cfg.task)
     # the resolved config travels in every checkpoint (plain containers): eval.py reads it back
     task.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
@@ -69,13 +73,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         best = best_checkpoint(trainer)
         trainer.test(task, datamodule=datamodule, ckpt_path=best)
         metrics |= scalar_metrics(trainer.callback_metrics)
-    print_summary(metrics, trainer, time.perf_counter() - started)
+    report(metrics, trainer, Path(cfg.paths.output_dir), time.perf_counter() - started)
     finish_loggers()
     return metrics
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
+    if not cfg.get("ckpt_path"):
+        raise UserError(
+            "eval.py needs a checkpoint: python eval.py ckpt_path=<run dir>/checkpoints/last.ckpt"
+        )
     ckpt_path = existing_file(cfg.ckpt_path, "ckpt_path")
     run_cfg = stored_config(ckpt_path)
     run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.get("data") or {})
@@ -93,7 +101,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     else:
         raise UserError(f"split must be 'test' or 'val', got {cfg.split!r}")
     metrics = scalar_metrics(trainer.callback_metrics)
-    print_summary(metrics, trainer, time.perf_counter() - started)
+    report(metrics, trainer, Path(cfg.paths.output_dir), time.perf_counter() - started)
     finish_loggers()
     return metrics
 
@@ -129,7 +137,9 @@ def stored_config(ckpt_path: Path) -> DictConfig:
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     hparams = checkpoint.get("hyper_parameters") or {}
     if "task" not in hparams:
-        raise UserError(f"ckpt_path: {ckpt_path} holds no vitlab run config (not written by train.py?)")
+        raise UserError(
+            f"ckpt_path: {ckpt_path} holds no vitlab run config (not written by train.py?)"
+        )
     return OmegaConf.create(hparams)
 
 
@@ -199,7 +209,9 @@ def best_checkpoint(trainer: L.Trainer) -> str | None:
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {name: float(value) for name, value in metrics.items() if torch.as_tensor(value).numel() == 1}
+    return {
+        name: float(value) for name, value in metrics.items() if torch.as_tensor(value).numel() == 1
+    }
 
 
 @rank_zero_only
@@ -217,7 +229,10 @@ def print_config(cfg: DictConfig) -> None:
 
 
 @rank_zero_only
-def print_summary(metrics: Mapping[str, float], trainer: L.Trainer, seconds: float) -> None:
+def report(metrics: Mapping[str, float], trainer: L.Trainer, run_dir: Path, seconds: float) -> None:
+    """Results table on the console, and ``metrics.json`` in the run directory."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
     table = Table(title="results", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -228,4 +243,4 @@ def print_summary(metrics: Mapping[str, float], trainer: L.Trainer, seconds: flo
     best = getattr(trainer.checkpoint_callback, "best_model_path", "")
     if best:
         console.print(f"best checkpoint: {best}")
-    console.print(f"run directory: {trainer.default_root_dir}   time: {seconds / 60:.1f} min")
+    console.print(f"run directory: {run_dir}   time: {seconds / 60:.1f} min")

@@ -31,7 +31,9 @@ def patch_grid(img_size: Size2d, patch_size: Size2d) -> tuple[int, int]:
     """Number of patches along each side; a clear error when the patch does not tile the image."""
     (height, width), (ph, pw) = to_2tuple(img_size), to_2tuple(patch_size)
     if height % ph or width % pw:
-        divisors = [p for p in range(1, min(height, width) + 1) if height % p == 0 and width % p == 0]
+        divisors = [
+            p for p in range(1, min(height, width) + 1) if height % p == 0 and width % p == 0
+        ]
         raise ValueError(
             f"patch size {ph}x{pw} does not divide image size {height}x{width}; "
             f"patch sizes that do: {divisors}"
@@ -48,7 +50,9 @@ class PatchEmbed(nn.Module):
         self.patch_size = to_2tuple(patch_size)
         self.grid_size = patch_grid(self.img_size, self.patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.proj = nn.Conv2d(
+            in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if tuple(images.shape[-2:]) != self.img_size:
@@ -169,7 +173,8 @@ class VisionTransformer(nn.Module):
             requires_grad=pos_embed == "learned",
         )
         self.pos_drop = nn.Dropout(drop_rate)
-        drop_paths = torch.linspace(0, drop_path_rate, depth).tolist()
+        # stochastic depth grows linearly with depth, from 0 to drop_path_rate
+        drop_paths = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.Sequential(
             *(
                 Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dp)

@@ -1,0 +1,81 @@
+import functools
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitlab.data.digits import DigitsDataModule
+from vitlab.models.vit import VisionTransformer
+from vitlab.optim import WarmupCosine
+from vitlab.tasks.classification import ClassificationTask
+
+
+class RecordLr(L.Callback):
+    def __init__(self):
+        self.lrs: list[list[float]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs.append([group["lr"] for group in trainer.optimizers[0].param_groups])
+
+
+def digits_task(lr: float = 1e-3, **kwargs) -> ClassificationTask:
+    model = VisionTransformer(
+        img_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=16, depth=2, num_heads=2
+    )
+    optimizer = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.05)
+    return ClassificationTask(model, optimizer, **kwargs)
+
+
+def fit(
+    task: ClassificationTask, batch_size: int = 32, **trainer_kwargs
+) -> tuple[L.Trainer, RecordLr]:
+    record = RecordLr()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[record],
+        limit_val_batches=1,
+        **trainer_kwargs,
+    )
+    trainer.fit(task, datamodule=DigitsDataModule(batch_size=batch_size))
+    return trainer, record
+
+
+def test_optimizer_groups_scaled_lr_and_per_step_schedule():
+    task = digits_task(warmup_epochs=1, min_lr=1e-5, layer_decay=0.5)
+    trainer, record = fit(
+        task, batch_size=32, max_epochs=2, limit_train_batches=4, accumulate_grad_batches=2
+    )
+    optimizer = trainer.optimizers[0]
+    peak = 1e-3 * 32 * 2 / 256  # batch 32 x 2 accumulation steps
+    total, warmup = 4, 2  # 4 batches per epoch / 2 accumulation = 2 optimizer steps per epoch
+    schedule = WarmupCosine(warmup, total, min_ratio=1e-5 / peak)
+    scales = [group["lr_scale"] for group in optimizer.param_groups]
+    expected = [[peak * scale * schedule(step // 2) for scale in scales] for step in range(8)]
+    assert record.lrs == [pytest.approx(row) for row in expected]
+    decays = {
+        name: group["weight_decay"] for group in optimizer.param_groups for name in group["names"]
+    }
+    assert decays["blocks.0.attn.qkv.weight"] == 0.05
+    assert decays["cls_token"] == decays["blocks.0.norm1.bias"] == 0.0
+
+
+def test_soft_targets_use_soft_cross_entropy():
+    task = digits_task(label_smoothing=0.0)
+    images = torch.randn(4, 1, 8, 8)
+    soft = torch.softmax(torch.randn(4, 10), dim=1)
+    expected = F.cross_entropy(task(images), soft)
+    task.log = lambda *args, **kwargs: None
+    torch.testing.assert_close(task.training_step((images, soft), 0), expected)
+
+
+def test_training_reduces_the_loss_on_digits():
+    torch.manual_seed(0)
+    task = digits_task(lr=2e-2, warmup_epochs=0, label_smoothing=0.0)
+    trainer, _ = fit(task, max_epochs=3)
+    assert trainer.callback_metrics["val/acc1"] > 0.3
+    assert trainer.callback_metrics["val/loss"] < 2.30  # below chance, ln(10)

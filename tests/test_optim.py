@@ -1,0 +1,84 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vitlab.models.vit import VisionTransformer
+from vitlab.optim import WarmupCosine, effective_batch_size, layer_id, param_groups, scaled_lr
+
+
+def tiny_vit() -> VisionTransformer:
+    return VisionTransformer(
+        img_size=8, patch_size=4, num_classes=3, embed_dim=16, depth=3, num_heads=2
+    )
+
+
+def test_no_weight_decay_on_biases_norms_and_tokens():
+    groups = param_groups(tiny_vit(), weight_decay=0.05)
+    decay = {name for g in groups if g["weight_decay"] > 0 for name in g["names"]}
+    no_decay = {name for g in groups if g["weight_decay"] == 0 for name in g["names"]}
+    assert {
+        "cls_token",
+        "pos_embed",
+        "blocks.0.norm1.weight",
+        "blocks.0.attn.qkv.bias",
+        "head.bias",
+    } <= no_decay
+    assert {"patch_embed.proj.weight", "blocks.2.mlp.fc1.weight", "head.weight"} <= decay
+    assert not decay & no_decay
+    assert len(decay | no_decay) == len(list(tiny_vit().parameters()))
+
+
+def test_frozen_parameters_are_left_out():
+    model = tiny_vit()
+    model.patch_embed.requires_grad_(False)
+    names = {name for g in param_groups(model, 0.05) for name in g["names"]}
+    assert not any(name.startswith("patch_embed") for name in names)
+
+
+def test_layer_ids_put_embeddings_at_zero_blocks_in_order_and_head_on_top():
+    assert layer_id("pos_embed", 12) == 0
+    assert layer_id("patch_embed.proj.weight", 12) == 0
+    assert layer_id("blocks.0.attn.qkv.weight", 12) == 1
+    assert layer_id("blocks.11.mlp.fc2.bias", 12) == 12
+    assert layer_id("head.weight", 12) == 13
+    assert layer_id("fc_norm.weight", 12) == 13
+
+
+def test_layer_decay_scales_each_parameter_by_its_depth():
+    groups = param_groups(tiny_vit(), weight_decay=0.05, layer_decay=0.5)
+    scale = {name: g["lr_scale"] for g in groups for name in g["names"]}
+    assert scale["head.weight"] == 1.0
+    assert scale["blocks.2.attn.qkv.weight"] == 0.5
+    assert scale["blocks.0.attn.qkv.weight"] == 0.5**3
+    assert scale["cls_token"] == scale["patch_embed.proj.weight"] == 0.5**4
+
+
+def test_effective_batch_and_linear_lr_scaling():
+    assert effective_batch_size(64, devices=4, num_nodes=2, accumulate_grad_batches=2) == 1024
+    assert scaled_lr(5e-4, 1024) == pytest.approx(2e-3)
+    assert scaled_lr(1.5e-4, 4096) == pytest.approx(2.4e-3)
+
+
+def test_warmup_cosine_values():
+    schedule = WarmupCosine(warmup_steps=10, total_steps=110, min_ratio=0.1)
+    assert schedule(0) == pytest.approx(0.1)
+    assert schedule(9) == pytest.approx(1.0)
+    assert schedule(10) == pytest.approx(1.0)
+    assert schedule(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert schedule(110) == pytest.approx(0.1)
+    assert schedule(500) == pytest.approx(0.1)
+    values = [schedule(step) for step in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_schedule_drives_lambda_lr_per_group_scale():
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(
+        [{"params": [model.weight], "lr": 1.0}, {"params": [model.bias], "lr": 0.5}], lr=1.0
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(2, 10))
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.5, 0.25])
+    state = scheduler.state_dict()
+    assert state["lr_lambdas"][0] == {"warmup_steps": 2, "total_steps": 10, "min_ratio": 0.0}
