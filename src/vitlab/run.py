@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import netrc
 import os
 import sys
 import time
@@ -19,14 +18,19 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job
+from vitlab.loggers import finish_loggers, instantiate_loggers
 from vitlab.models.vit import patch_grid
 
 log = logging.getLogger(__name__)
@@ -40,13 +44,31 @@ class UserError(Exception):
 
 
 def main(job: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
-    """Run ``job`` for a Hydra entry point; return the metric a sweep optimises, if any."""
+    """Run ``job`` for a Hydra entry point; return the metric a sweep optimises, if any.
+
+    A failing job of a multirun is reported and scored NaN so the rest of the sweep goes on.
+    """
     try:
-        metrics = job(cfg)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        with distributed_job():
+            metrics = job(cfg)
+    except Exception as error:
+        if in_multirun():
+            log.error(
+                "job failed, the sweep goes on: %s",
+                error,
+                exc_info=not isinstance(error, UserError),
+            )
+            finish_loggers()
+            return float("nan")
+        if isinstance(error, UserError):
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        raise
     return metrics.get(cfg.get("optimized_metric") or "")
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -54,16 +76,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validate_model(cfg.model)
     ckpt_path = resume_checkpoint(cfg)
     print_config(cfg)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(cfg.num_threads)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data)
+    datamodule = build(cfg.data, "data")
     if cfg.data.get("num_classes", 0) is None:
         # data read the class count from its files; the model's num_classes interpolates it
         cfg.data.num_classes = datamodule.num_classes
     task = instantiate(cfg.task)
     # the resolved config travels in every checkpoint (plain containers): eval.py reads it back
     task.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
+    pin_child_ranks_to_this_job()
     trainer = build_trainer(cfg)
 
     if cfg.get("train", True):
@@ -91,7 +116,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(run_cfg.data)
+    datamodule = build(run_cfg.data, "data")
     task = instantiate(run_cfg.task)
     trainer = build_trainer(cfg)
     if cfg.split == "val":
@@ -104,6 +129,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     report(metrics, trainer, Path(cfg.paths.output_dir), time.perf_counter() - started)
     finish_loggers()
     return metrics
+
+
+def build(conf: DictConfig, key: str) -> Any:
+    """``instantiate``, with a constructor's complaint about its arguments or files (a
+    ValueError or FileNotFoundError) reported as a one-line ``UserError`` naming the group."""
+    try:
+        return instantiate(conf)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ValueError | FileNotFoundError):
+            raise UserError(f"{key}: {error.__cause__}") from None
+        raise
 
 
 def validate_model(model_cfg: DictConfig) -> None:
@@ -145,7 +181,7 @@ def stored_config(ckpt_path: Path) -> DictConfig:
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if "_target_" in c]
-    loggers = instantiate_loggers(cfg.get("logger") or {})
+    loggers = instantiate_loggers(cfg.get("logger") or {}, Path(cfg.paths.output_dir))
     if not loggers:
         # nothing to report learning rates to (logger=none): Lightning would refuse to start
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -164,39 +200,6 @@ def resolve_precision(precision: str | int) -> str | int:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
-
-
-def instantiate_loggers(logger_cfg: Mapping[str, Any]) -> list:
-    loggers = []
-    for name, conf in logger_cfg.items():
-        if not isinstance(conf, Mapping) or "_target_" not in conf:
-            continue
-        if conf._target_.endswith("WandbLogger") and conf.get("offline") is None:
-            with open_dict(conf):
-                conf.offline = not wandb_credentials_found()
-            if conf.offline:
-                log.info("W&B: no credentials found, logging offline (`wandb sync` uploads later)")
-        log.debug("logger %s: %s", name, conf._target_)
-        loggers.append(instantiate(conf))
-    return loggers
-
-
-def wandb_credentials_found() -> bool:
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
-        return False
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
-
-
-def finish_loggers() -> None:
-    """Close the W&B run so the next job (of a multirun) starts its own."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and wandb.run is not None:
-        wandb.finish()
 
 
 def best_checkpoint(trainer: L.Trainer) -> str | None:

@@ -1,0 +1,220 @@
+"""Image-folder trees (``<root>/<split>/<class>/<image>``) and ImageNet stored that way."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vitlab.data.base import ImageDataModule, carve_split
+from vitlab.data.transforms import min_decode_side
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff"})
+# ImageNet's "<wnid> <names>" lines (as distributed on Kaggle); any tree may carry one
+CLASS_NAMES_FILE = "LOC_synset_mapping.txt"
+# PIL raises these for unreadable, truncated or malformed files
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+Sample = tuple[str, int]
+
+
+def is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def has_image(folder: Path) -> bool:
+    return any(entry.is_file() and is_image(entry.name) for entry in os.scandir(folder))
+
+
+def layout_message(root: Path, splits: tuple[str, ...]) -> str:
+    folders = splits[0] if len(splits) == 1 else "{" + ",".join(splits) + "}"
+    return (
+        f"expected {root}/{folders}/<class>/<image> (JPEG, PNG, ...); set data.root to such a tree"
+    )
+
+
+def class_folders(split_dir: Path) -> tuple[list[str], int]:
+    """Sorted class folder names holding at least one image, and the number of empty ones."""
+    folders = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+    classes = [name for name in folders if has_image(split_dir / name)]
+    return classes, len(folders) - len(classes)
+
+
+def scan_split(split_dir: Path, classes: list[str]) -> tuple[list[Sample], int]:
+    """(path, label) of every image under ``<split_dir>/<class>/``, and the count of other files."""
+    samples, skipped = [], 0
+    for label, name in enumerate(classes):
+        folder = split_dir / name
+        if not folder.is_dir():
+            continue
+        for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
+            if entry.is_file() and is_image(entry.name):
+                samples.append((entry.path, label))
+            else:
+                skipped += 1
+    return samples, skipped
+
+
+def load_image(path: str, min_side: int | None = None) -> Image.Image:
+    """Decode an image as RGB; a JPEG only at the smallest DCT scale whose shorter side is still
+    ``min_side`` or more (``Image.draft``: 2-8x less decoding work for large photos)."""
+    with Image.open(path) as image:
+        if min_side is not None:
+            width, height = image.size
+            factor = min(1.0, min_side / min(width, height))
+            image.draft("RGB", (math.ceil(width * factor), math.ceil(height * factor)))
+        return image.convert("RGB")
+
+
+class ImageFiles(Dataset):
+    """Labelled image files, transformed per sample.
+
+    A file that does not decode is named in a warning and yields ``None`` (the collate drops it)
+    when ``on_corrupt="skip"``, or raises when ``on_corrupt="raise"``.
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        transform: Callable,
+        min_side: int | None = None,
+        on_corrupt: Literal["skip", "raise"] = "skip",
+    ):
+        if on_corrupt not in ("skip", "raise"):
+            raise ValueError(f"on_corrupt must be 'skip' or 'raise', got {on_corrupt!r}")
+        self.samples, self.transform = samples, transform
+        self.min_side, self.on_corrupt = min_side, on_corrupt
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        path, label = self.samples[index]
+        try:
+            image = load_image(path, self.min_side)
+        except DECODE_ERRORS as error:
+            if self.on_corrupt == "raise":
+                raise OSError(f"cannot decode image {path}: {error}") from error
+            warnings.warn(f"skipping unreadable image {path}: {error}", stacklevel=2)
+            return None
+        return self.transform(image), label
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """Any ``<root>/train/<class>/<image>`` tree; classes are the train folders that hold images.
+
+    val: ``<root>/val`` when present, else ``val_fraction`` of train held out (fixed by ``seed``).
+    test: ``<root>/test`` when present, else the val split. ``num_classes`` null reads the count
+    from the tree; a number is checked against it. Stray non-image files and empty class folders
+    are skipped and counted in the log. ``fast_path`` decodes JPEGs at reduced size when the
+    transform allows it and crops/resizes on tensors; false is plain PIL decoding.
+    """
+
+    name = "imagefolder"
+    required_splits: tuple[str, ...] = ("train",)
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        img_size: int,
+        num_classes: int | None = None,
+        val_fraction: float = 0.1,
+        on_corrupt: Literal["skip", "raise"] = "skip",
+        **kwargs: Any,
+    ):
+        self.root = Path(root).expanduser()
+        for split in self.required_splits:
+            if not (self.root / split).is_dir():
+                raise FileNotFoundError(
+                    f"{self.name}: no directory {self.root / split}; "
+                    + layout_message(self.root, self.required_splits)
+                )
+        self.classes, empty = class_folders(self.root / "train")
+        if not self.classes:
+            raise FileNotFoundError(
+                f"{self.name}: no class folder with images in {self.root / 'train'}; "
+                + layout_message(self.root, ("train",))
+            )
+        if empty:
+            log.warning(
+                "%s: skipped %d empty class folder(s) in %s", self.name, empty, self.root / "train"
+            )
+        if num_classes is not None and num_classes != len(self.classes):
+            raise ValueError(
+                f"{self.name}: data.num_classes={num_classes} but {self.root / 'train'} has "
+                f"{len(self.classes)} class folders with images (num_classes: null reads it from the tree)"
+            )
+        if not (self.root / "val").is_dir() and not 0 < val_fraction < 1:
+            raise ValueError(
+                f"{self.name}: {self.root} has no val/ folder, so val_fraction must be in (0, 1) "
+                f"to hold out part of train; got {val_fraction}"
+            )
+        super().__init__(img_size=img_size, num_classes=len(self.classes), **kwargs)
+        self.class_names = read_class_names(self.root / CLASS_NAMES_FILE, self.classes)
+        self.val_fraction = val_fraction
+        self.on_corrupt = on_corrupt
+
+    def scan(self, split: str) -> list[Sample]:
+        samples, skipped = scan_split(self.root / split, self.classes)
+        if skipped:
+            log.warning(
+                "%s: skipped %d non-image file(s) in %s", self.name, skipped, self.root / split
+            )
+        return samples
+
+    def build_splits(
+        self, train_transform: Callable, eval_transform: Callable
+    ) -> dict[str, Dataset]:
+        train = self.scan("train")
+        has_val, has_test = (self.root / "val").is_dir(), (self.root / "test").is_dir()
+        if has_val:
+            val = self.scan("val")
+        else:
+            kept, held_out = carve_split(len(train), self.val_fraction, self.seed)
+            train, val = [train[i] for i in kept], [train[i] for i in held_out]
+        test = self.scan("test") if has_test else val
+        log.info("%s: %d train, %d val, %d test images", self.name, len(train), len(val), len(test))
+
+        def files(samples: list[Sample], transform: Callable) -> ImageFiles:
+            min_side = min_decode_side(transform) if self.fast_path else None
+            return ImageFiles(samples, transform, min_side, self.on_corrupt)
+
+        return {
+            "train": files(train, train_transform),
+            "val": files(val, eval_transform),
+            "test": files(test, eval_transform),
+        }
+
+
+class ImageNetDataModule(ImageFolderDataModule):
+    """ILSVRC-2012 as ``<root>/{train,val}/<wnid>/*.JPEG``: 1000 classes, tested on val.
+
+    ``class_names`` are read from ``<root>/LOC_synset_mapping.txt`` when present, else the wnids.
+    """
+
+    name = "imagenet"
+    required_splits = ("train", "val")
+
+    def __init__(
+        self, root: str | os.PathLike, img_size: int, num_classes: int = 1000, **kwargs: Any
+    ):
+        super().__init__(root, img_size, num_classes=num_classes, **kwargs)
+
+
+def read_class_names(path: Path, classes: list[str]) -> list[str]:
+    """Human-readable names from ``<folder> <name>`` lines, falling back to the folder names."""
+    if not path.is_file():
+        return list(classes)
+    names = dict(
+        line.strip().partition(" ")[::2] for line in path.read_text().splitlines() if line.strip()
+    )
+    return [names.get(folder) or folder for folder in classes]

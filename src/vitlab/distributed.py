@@ -1,0 +1,53 @@
+"""Hydra + DDP: child ranks must join the job of rank 0, not start their own.
+
+Lightning starts ranks > 0 by re-running ``sys.argv`` with ``hydra.run.dir=<HydraConfig
+run.dir>`` appended. In a plain run that is right; in a multirun ``sys.argv`` holds the whole
+sweep (each child would start it again and the job hangs) and ``run.dir`` is not the job's
+directory. Before the trainer launches, point both at this job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict, read_write
+
+# what Lightning's process launcher sets in the environment of rank 0
+LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def pin_child_ranks_to_this_job() -> None:
+    """Make Lightning's relaunch of ranks > 0 re-run exactly this job, in this job's directory."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    # the job's own overrides, without -m and the sweep; child ranks log to stdout only
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task, "hydra/job_logging=stdout"]
+
+
+@contextmanager
+def distributed_job() -> Iterator[None]:
+    """Scope one job's distributed state, so the next job of a multirun starts afresh.
+
+    Lightning leaves the process group alive and its launcher variables (``LOCAL_RANK`` among
+    them) in ``os.environ``; the next job would then believe its ranks were started externally,
+    spawn none, and wait for them forever.
+    """
+    saved = {name: os.environ.get(name) for name in LAUNCHER_ENV}
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

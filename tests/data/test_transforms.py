@@ -1,0 +1,92 @@
+"""Train/eval transforms (sizes, crop ratio) and the MixUp/CutMix collate's soft targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitlab.data.synthetic import synthetic_image
+from vitlab.data.transforms import (
+    MixCollate,
+    build_eval_transform,
+    build_train_transform,
+    collate_present,
+    eval_resize_size,
+    min_decode_side,
+)
+
+PHOTO = synthetic_image((50, 40), 0, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("auto_augment", ["rand", "trivial", None])
+def test_train_transform_outputs_normalised_crops(fast: bool, auto_augment: str | None):
+    transform = build_train_transform(32, auto_augment=auto_augment, color_jitter=0.4, fast=fast)
+    image = transform(PHOTO)
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert image.min() < 0 < image.max()
+
+
+def test_unknown_auto_augment_is_an_error():
+    with pytest.raises(ValueError, match="auto_augment"):
+        build_train_transform(32, auto_augment="auto")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_eval_resizes_by_the_crop_ratio_then_center_crops(fast: bool):
+    assert eval_resize_size(224, 0.875) == 256
+    # a 256x256 black square in a 16-pixel white frame: resize to 256 is a no-op, and the
+    # 224 center crop cuts exactly the frame away
+    framed = np.full((256, 256, 3), 255, np.uint8)
+    framed[16:-16, 16:-16] = 0
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    cropped = build_eval_transform(224, mean, std, crop_pct=0.875, fast=fast)(
+        Image.fromarray(framed)
+    )
+    assert cropped.shape == (3, 224, 224) and cropped.max() == 0
+    whole = build_eval_transform(224, mean, std, crop_pct=1.0, fast=fast)(Image.fromarray(framed))
+    assert whole.max() == 1
+
+
+def test_decode_side_keeps_the_smallest_crop_at_full_resolution():
+    assert min_decode_side(build_train_transform(224, scale=(0.25, 1.0))) == 448
+    assert min_decode_side(build_eval_transform(224)) == 256
+
+
+def constant_batch(size: int) -> list[tuple[torch.Tensor, int]]:
+    """Sample k is an image filled with the value k, labelled k: mixing shows in the pixels."""
+    return [(torch.full((1, 8, 8), float(k)), k) for k in range(size)]
+
+
+def test_mixup_targets_sum_to_one_and_match_the_mixing_coefficient():
+    torch.manual_seed(0)
+    images, targets = MixCollate(num_classes=6, cutmix_alpha=0.0)(constant_batch(6))
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(6))
+    # MixUp blends each sample with its predecessor: pixel = lam * k + (1 - lam) * (k - 1)
+    lam = images[3, 0, 0, 0] - 2
+    assert 0 < lam < 1
+    torch.testing.assert_close(targets[3, 3], lam)
+    torch.testing.assert_close(targets[3, 2], 1 - lam)
+    assert torch.allclose(images[1:], images[1:].mean(dim=(1, 2, 3), keepdim=True))
+
+
+def test_cutmix_targets_match_the_pasted_area():
+    torch.manual_seed(1)
+    images, targets = MixCollate(num_classes=6, mixup_alpha=0.0, switch_prob=1.0)(constant_batch(6))
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(6))
+    for k in range(6):
+        own_pixels = (images[k] == k).float().mean()
+        torch.testing.assert_close(targets[k, k], own_pixels)
+
+
+def test_unmixed_batches_get_one_hot_targets():
+    images, targets = MixCollate(num_classes=4, prob=0.0)(constant_batch(4))
+    torch.testing.assert_close(targets, torch.eye(4))
+    assert images[2].eq(2).all()
+
+
+def test_collate_drops_skipped_samples():
+    images, labels = collate_present([*constant_batch(2), None])
+    assert images.shape == (2, 1, 8, 8) and labels.tolist() == [0, 1]
