@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -29,18 +28,22 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from vitlab.checks import (
+    UserError,
+    check_argument_types,
+    check_checkpoint_matches,
+    check_model,
+    check_output_dir,
+    checkpoint_bytes,
+    existing_file,
+)
 from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job
 from vitlab.loggers import finish_loggers, instantiate_loggers
-from vitlab.models.vit import patch_grid
 
 log = logging.getLogger(__name__)
 
 # shown first when the config tree is printed; other top-level keys follow
 CONFIG_ORDER = ("data", "model", "task", "trainer", "callbacks", "logger", "paths")
-
-
-class UserError(Exception):
-    """Bad input the user can fix: reported as one line and exit code 2, before any training."""
 
 
 def main(job: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
@@ -73,7 +76,8 @@ def in_multirun() -> bool:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
-    validate_model(cfg.model)
+    check_model(cfg.model)
+    check_argument_types(cfg)
     ckpt_path = resume_checkpoint(cfg)
     print_config(cfg)
     if cfg.get("num_threads"):
@@ -85,7 +89,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.data.get("num_classes", 0) is None:
         # data read the class count from its files; the model's num_classes interpolates it
         cfg.data.num_classes = datamodule.num_classes
+    if ckpt_path:
+        check_checkpoint_matches(ckpt_path, cfg.model.num_classes)
     task = instantiate(cfg.task)
+    if rank_zero_only.rank == 0:
+        check_output_dir(Path(cfg.paths.output_dir), 2 * checkpoint_bytes(task))
     # the resolved config travels in every checkpoint (plain containers): eval.py reads it back
     task.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
     pin_child_ranks_to_this_job()
@@ -142,21 +150,6 @@ def build(conf: DictConfig, key: str) -> Any:
         raise
 
 
-def validate_model(model_cfg: DictConfig) -> None:
-    """Architecture checks that would otherwise fail deep inside instantiation."""
-    try:
-        patch_grid(model_cfg.img_size, model_cfg.patch_size)
-    except ValueError as error:
-        raise UserError(f"model: {error}") from None
-
-
-def existing_file(path: str | os.PathLike, key: str) -> Path:
-    resolved = Path(path).expanduser()
-    if not resolved.is_file():
-        raise UserError(f"{key}: no such file: {resolved}")
-    return resolved
-
-
 def resume_checkpoint(cfg: DictConfig) -> str | None:
     """``ckpt_path``: null, a file, or "auto" for this run directory's last checkpoint if any."""
     ckpt_path = cfg.get("ckpt_path")
@@ -180,7 +173,9 @@ def stored_config(ckpt_path: Path) -> DictConfig:
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if "_target_" in c]
+    callbacks = [
+        instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c
+    ]
     loggers = instantiate_loggers(cfg.get("logger") or {}, Path(cfg.paths.output_dir))
     if not loggers:
         # nothing to report learning rates to (logger=none): Lightning would refuse to start

@@ -1,0 +1,1 @@
+"""Lightning callbacks: reconstruction grids, attention maps, throughput."""

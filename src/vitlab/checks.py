@@ -1,0 +1,105 @@
+"""Checks run before any heavy work, each failing with a one-line ``UserError``."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig
+from torch import nn
+
+from vitlab.models.vit import patch_grid
+
+NUMBER = re.compile(r"\b(float|int)\b")
+
+
+class UserError(Exception):
+    """Bad input the user can fix: reported as one line and exit code 2, before any training."""
+
+
+def check_model(model_cfg: DictConfig) -> None:
+    """Architecture checks that would otherwise fail deep inside instantiation."""
+    try:
+        patch_grid(model_cfg.img_size, model_cfg.patch_size)
+    except ValueError as error:
+        raise UserError(f"model: {error}") from None
+
+
+def check_argument_types(cfg: DictConfig) -> None:
+    """Every config value passed to a number-typed constructor argument must be a number.
+
+    Checked against the signatures of the ``_target_`` callables, so ``task.optimizer.lr=abc``
+    is refused at start instead of when the optimizer is first built.
+    """
+    for path, node in targets(cfg):
+        try:
+            parameters = inspect.signature(get_object(node._target_)).parameters
+        except (ImportError, AttributeError, TypeError, ValueError):
+            continue
+        for key, param in parameters.items():
+            if key not in node or param.annotation is inspect.Parameter.empty:
+                continue
+            annotation = str(param.annotation)
+            value = node[key]
+            expects_number = NUMBER.search(annotation) and "str" not in annotation
+            if expects_number and isinstance(value, str):
+                raise UserError(f"{path}.{key}: expected a number, got {value!r}")
+
+
+def targets(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]:
+    """(dotted path, node) for every config node with a ``_target_``, depth first."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for key in node:
+            yield from targets(node[key], f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for index, item in enumerate(node):
+            yield from targets(item, f"{path}[{index}]")
+
+
+def existing_file(path: str | os.PathLike, key: str) -> Path:
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise UserError(f"{key}: no such file: {resolved}")
+    return resolved
+
+
+def check_checkpoint_matches(ckpt_path: str, num_classes: int) -> None:
+    """A checkpoint to resume from must have been trained for the same number of classes."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    stored = (checkpoint.get("hyper_parameters") or {}).get("model", {}).get("num_classes")
+    if stored is not None and stored != num_classes:
+        raise UserError(
+            f"ckpt_path: {ckpt_path} was trained for {stored} classes, "
+            f"but the data has {num_classes}"
+        )
+
+
+def checkpoint_bytes(module: nn.Module) -> int:
+    """Rough size of a training checkpoint: weights plus AdamW's two moments."""
+    return 3 * sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def check_output_dir(run_dir: Path, needed_bytes: int) -> None:
+    """The run directory takes files and has room for a few checkpoints, before training."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    probe = run_dir / ".write_probe"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"paths.output_dir: cannot write to {run_dir}: {error.strerror}") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < needed_bytes:
+        raise UserError(
+            f"paths.output_dir: {free / 2**20:.0f} MiB free in {run_dir}, "
+            f"checkpoints need about {needed_bytes / 2**20:.0f} MiB"
+        )

@@ -1,0 +1,71 @@
+"""Pretrained weights into a ``VisionTransformer``: vitlab, official MAE and timm checkpoints.
+
+Accepted files (all read with ``torch.load(weights_only=True)``):
+
+- a vitlab Lightning checkpoint: ``{"state_dict": {"model.<name>": ...}, ...}``;
+- an MAE release checkpoint: ``{"model": {<name>: ...}}``;
+- a plain state dict, e.g. a timm ViT's ``model.state_dict()``.
+
+The MAE decoder (``mask_token``, ``decoder_*``) is dropped, ``torch.compile``'s ``_orig_mod.``
+is stripped, position embeddings are resampled (bicubic) to the model's patch grid, and the
+classifier (``head``, ``fc_norm``) is never loaded: it keeps the model's fresh initialisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from vitlab.models.pos_embed import resample
+from vitlab.models.vit import VisionTransformer
+
+log = logging.getLogger(__name__)
+
+DECODER_PREFIXES = ("mask_token", "decoder_")
+CLASSIFIER_PREFIXES = ("head.", "fc_norm.")
+LIGHTNING_MODEL_PREFIX = "model."
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The encoder weights of a checkpoint file under timm names, without the MAE decoder."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" in checkpoint:
+        state = {
+            name.removeprefix(LIGHTNING_MODEL_PREFIX): tensor
+            for name, tensor in checkpoint["state_dict"].items()
+            if name.startswith(LIGHTNING_MODEL_PREFIX)
+        }
+    elif "model" in checkpoint:
+        state = checkpoint["model"]
+    else:
+        state = checkpoint
+    state = {name.replace("_orig_mod.", ""): tensor for name, tensor in state.items()}
+    return {name: tensor for name, tensor in state.items() if not name.startswith(DECODER_PREFIXES)}
+
+
+def load_pretrained(model: VisionTransformer, path: str | os.PathLike) -> None:
+    """Load a checkpoint's encoder into ``model``; any key mismatch beyond the classifier fails.
+
+    The classifier keys of ``model`` are expected to be missing; with ``global_pool="avg"``
+    the checkpoint's final ``norm`` is expected to be left over (``fc_norm`` replaces it).
+    """
+    state = {
+        name: tensor
+        for name, tensor in read_state_dict(path).items()
+        if not name.startswith(CLASSIFIER_PREFIXES)
+    }
+    if "pos_embed" in state:
+        state["pos_embed"] = resample(
+            state["pos_embed"], model.patch_embed.grid_size, model.num_prefix_tokens
+        )
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [name for name in missing if not name.startswith(CLASSIFIER_PREFIXES)]
+    if model.global_pool == "avg":
+        unexpected = [name for name in unexpected if not name.startswith("norm.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit the model: missing keys {missing}, unexpected keys {unexpected}"
+        )
+    log.info("loaded %d tensors from %s; classifier left at its initialisation", len(state), path)

@@ -1,0 +1,161 @@
+"""Masked autoencoder (He et al., 2022) with the parameter names of the MAE release.
+
+The encoder is a ``VisionTransformer`` (top-level ``patch_embed``, ``cls_token``, ``pos_embed``,
+``blocks``, ``norm``) that only sees the visible patches; a light decoder (``decoder_*``)
+receives the encoded visible tokens plus ``mask_token`` at every masked position and predicts
+the pixels of all patches. The loss is the mean squared error on the masked patches only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vitlab.models.pos_embed import sincos_2d
+from vitlab.models.vit import Block, Size2d, VisionTransformer, _init_linear_and_norm
+
+
+def random_masking(
+    tokens: torch.Tensor, mask_ratio: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep a random ``1 - mask_ratio`` of each sample's tokens (the ones with the least noise).
+
+    Returns the visible tokens (B, round(N * (1 - r)), D), the mask (B, N; 1 = removed) and
+    the indices that restore the original token order from [visible, removed].
+    """
+    batch, length, dim = tokens.shape
+    num_keep = round(length * (1 - mask_ratio))
+    ids_shuffle = torch.rand(batch, length, device=tokens.device).argsort(dim=1)
+    ids_restore = ids_shuffle.argsort(dim=1)
+    visible = tokens.gather(1, ids_shuffle[:, :num_keep, None].expand(-1, -1, dim))
+    mask = (ids_restore >= num_keep).to(tokens.dtype)
+    return visible, mask, ids_restore
+
+
+class MaskedAutoencoderViT(VisionTransformer):
+    """ViT encoder over visible patches + transformer decoder that reconstructs masked pixels.
+
+    ``norm_pix_loss`` regresses each patch normalised by its own mean and variance (computed in
+    fp32), which the paper found to give better representations.
+    """
+
+    def __init__(
+        self,
+        img_size: Size2d = 224,
+        patch_size: Size2d = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = True,
+    ):
+        if not 0 < mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        super().__init__(
+            img_size,
+            patch_size,
+            in_chans,
+            num_classes=0,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            pos_embed="sincos",
+        )
+        self.in_chans = in_chans
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        grid = self.patch_embed.grid_size
+        patch_h, patch_w = self.patch_embed.patch_size
+
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.decoder_pos_embed = nn.Parameter(
+            sincos_2d(decoder_embed_dim, grid, cls_token=True), requires_grad=False
+        )
+        self.decoder_blocks = nn.Sequential(
+            *(
+                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias)
+                for _ in range(decoder_depth)
+            )
+        )
+        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_h * patch_w * in_chans)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for module in (
+            self.decoder_embed,
+            self.decoder_blocks,
+            self.decoder_norm,
+            self.decoder_pred,
+        ):
+            module.apply(_init_linear_and_norm)
+
+    def no_weight_decay(self) -> set[str]:
+        return super().no_weight_decay() | {"mask_token", "decoder_pos_embed"}
+
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, patch_h * patch_w * C), pixels in (row, column, channel) order."""
+        (grid_h, grid_w), (patch_h, patch_w) = (
+            self.patch_embed.grid_size,
+            self.patch_embed.patch_size,
+        )
+        batch = images.shape[0]
+        patches = images.reshape(batch, self.in_chans, grid_h, patch_h, grid_w, patch_w)
+        patches = torch.einsum("nchpwq->nhwpqc", patches)
+        return patches.reshape(batch, grid_h * grid_w, patch_h * patch_w * self.in_chans)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, N, patch_h * patch_w * C) -> (B, C, H, W), the inverse of ``patchify``."""
+        (grid_h, grid_w), (patch_h, patch_w) = (
+            self.patch_embed.grid_size,
+            self.patch_embed.patch_size,
+        )
+        batch = patches.shape[0]
+        images = patches.reshape(batch, grid_h, grid_w, patch_h, patch_w, self.in_chans)
+        images = torch.einsum("nhwpqc->nchpwq", images)
+        return images.reshape(batch, self.in_chans, grid_h * patch_h, grid_w * patch_w)
+
+    def forward_encoder(
+        self, images: torch.Tensor, mask_ratio: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoded [cls, visible patches] (B, 1 + N_visible, D), the mask and restore indices."""
+        visible, mask, ids_restore = random_masking(self.embed(images), mask_ratio)
+        latent = self.norm(self.blocks(self.prepend_cls(visible)))
+        return latent, mask, ids_restore
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Predicted pixels of every patch (B, N, patch_h * patch_w * C)."""
+        tokens = self.decoder_embed(latent)
+        batch, num_visible, dim = tokens[:, 1:].shape
+        mask_tokens = self.mask_token.expand(batch, ids_restore.shape[1] - num_visible, -1)
+        patches = torch.cat([tokens[:, 1:], mask_tokens], dim=1)
+        patches = patches.gather(1, ids_restore[..., None].expand(-1, -1, dim))
+        tokens = torch.cat([tokens[:, :1], patches], dim=1) + self.decoder_pos_embed
+        return self.decoder_pred(self.decoder_norm(self.decoder_blocks(tokens)))[:, 1:]
+
+    def forward_loss(
+        self, images: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean squared error per patch, averaged over the masked patches only."""
+        target = self.patchify(images).float()
+        if self.norm_pix_loss:
+            mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6) ** 0.5
+        per_patch = (pred.float() - target).pow(2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum()
+
+    def forward(
+        self, images: torch.Tensor, mask_ratio: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, predicted patches (B, N, P), mask (B, N) with 1 on the removed patches)."""
+        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        latent, mask, ids_restore = self.forward_encoder(images, ratio)
+        pred = self.forward_decoder(latent, ids_restore)
+        return self.forward_loss(images, pred, mask), pred, mask

@@ -1,0 +1,62 @@
+"""MAE pretraining -> fine-tuning / linear probing -> evaluation, through train.py and eval.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+LIMITS = ("debug=limit", "trainer.max_epochs=1", "logger=csv")
+
+
+def newest_run(log_dir: Path, script: str = "train") -> Path:
+    return sorted((log_dir / script / "runs").iterdir())[-1]
+
+
+def metrics_of(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_mae_checkpoint_round_trips_into_fine_tuning_and_linear_probing(cli, tmp_path: Path):
+    cli("train.py", "experiment=digits_mae_pretrain", *LIMITS)
+    pretrain_dir = newest_run(cli.log_dir)
+    pretrained = pretrain_dir / "checkpoints" / "last.ckpt"
+    assert {"val/loss", "val/probe_acc1", "test/loss"} <= metrics_of(pretrain_dir).keys()
+    assert (pretrain_dir / "reconstructions" / "epoch_000.png").is_file()
+    encoder = torch.load(pretrained, weights_only=True)["state_dict"][
+        "model.blocks.0.attn.qkv.weight"
+    ]
+
+    moved = tmp_path / "mae.ckpt"
+    pretrained.rename(moved)  # later runs must read the file given, not the pretrain run
+    cli("train.py", "experiment=digits_mae_finetune", f"task.pretrained={moved}", *LIMITS)
+    finetune_dir = newest_run(cli.log_dir)
+    assert {"val/acc1", "test/acc1"} <= metrics_of(finetune_dir).keys()
+
+    cli("train.py", "experiment=digits_linear_probe", f"task.pretrained={moved}", *LIMITS)
+    probe_dir = newest_run(cli.log_dir)
+    probed = torch.load(probe_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert torch.equal(probed["model.blocks.0.attn.qkv.weight"], encoder)  # frozen encoder
+    assert "test/acc1" in metrics_of(probe_dir)
+
+    # evaluation rebuilds the task from the stored config and never reads the pretrained file
+    moved.unlink()
+    cli("eval.py", f"ckpt_path={finetune_dir / 'checkpoints' / 'last.ckpt'}")
+    assert "test/acc1" in metrics_of(newest_run(cli.log_dir, "eval"))
+
+
+def test_missing_pretrained_key_fails_with_the_key_names(cli, tmp_path: Path):
+    torch.save({"model": {"cls_token": torch.zeros(1, 1, 64)}}, tmp_path / "bad.pth")
+    result = cli(
+        "train.py",
+        "experiment=digits_mae_finetune",
+        f"task.pretrained={tmp_path / 'bad.pth'}",
+        "debug=fdr",
+        "logger=none",
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "missing keys" in result.stderr and "blocks.0.attn.qkv.weight" in result.stderr

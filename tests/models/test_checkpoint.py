@@ -1,0 +1,177 @@
+"""Loading vitlab, MAE-release and timm checkpoints into a ViT for fine-tuning and probing."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import lightning as L
+import pytest
+import timm
+import torch
+
+from vitlab.data.digits import DigitsDataModule
+from vitlab.models.checkpoint import load_pretrained, read_state_dict
+from vitlab.models.mae import MaskedAutoencoderViT
+from vitlab.models.pos_embed import resample
+from vitlab.models.vit import VisionTransformer
+from vitlab.tasks.classification import ClassificationTask
+from vitlab.tasks.mae import MAEPretrainTask
+
+ENCODER = dict(in_chans=1, embed_dim=32, depth=2, num_heads=4)
+
+
+def tiny_mae(img_size: int = 8) -> MaskedAutoencoderViT:
+    return MaskedAutoencoderViT(
+        img_size=img_size,
+        patch_size=2,
+        **ENCODER,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
+
+
+def tiny_vit(img_size: int = 8, global_pool: str = "avg") -> VisionTransformer:
+    return VisionTransformer(
+        img_size=img_size, patch_size=2, num_classes=10, global_pool=global_pool, **ENCODER
+    )
+
+
+def encoder_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        name: tensor
+        for name, tensor in model.state_dict().items()
+        if not name.startswith(("head", "fc_norm", "norm", "mask_token", "decoder_"))
+    }
+
+
+def assert_same_encoder(model: torch.nn.Module, source: torch.nn.Module) -> None:
+    expected = encoder_state(source)
+    assert encoder_state(model).keys() == expected.keys()
+    for name, tensor in encoder_state(model).items():
+        torch.testing.assert_close(tensor, expected[name], msg=name)
+
+
+@pytest.mark.parametrize("global_pool", ["token", "avg"])
+def test_timm_state_dict_gives_timm_features(tmp_path: Path, global_pool: str):
+    reference = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        num_classes=5,
+        global_pool=global_pool,
+    ).eval()
+    torch.save(reference.state_dict(), tmp_path / "timm.pth")
+    model = VisionTransformer(
+        img_size=32,
+        patch_size=8,
+        num_classes=7,
+        embed_dim=192,
+        depth=2,
+        num_heads=3,
+        global_pool=global_pool,
+    ).eval()
+    head = model.head.weight.clone()
+    load_pretrained(model, tmp_path / "timm.pth")
+    images = torch.randn(2, 3, 32, 32)
+    features = model.forward_head(model.forward_features(images), pre_logits=True)
+    expected = reference.forward_head(reference.forward_features(images), pre_logits=True)
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(model.head.weight, head)  # the classifier is never loaded
+
+
+def test_official_mae_checkpoint_loads_into_fine_tuning(tmp_path: Path):
+    mae = tiny_mae()
+    # the MAE release's format; torch.compile'd models save their keys under _orig_mod.
+    state = {f"_orig_mod.{name}": tensor for name, tensor in mae.state_dict().items()}
+    torch.save({"model": state, "epoch": 799}, tmp_path / "mae_pretrain.pth")
+    model = tiny_vit(global_pool="avg")
+    load_pretrained(model, tmp_path / "mae_pretrain.pth")
+    assert_same_encoder(model, mae)
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_vitlab_lightning_checkpoint_loads_without_decoder_or_probe(tmp_path: Path):
+    task = MAEPretrainTask(tiny_mae(), torch.optim.AdamW, probe_num_classes=10)
+    torch.save({"state_dict": task.state_dict(), "epoch": 3}, tmp_path / "last.ckpt")
+    state = read_state_dict(tmp_path / "last.ckpt")
+    assert not any(name.startswith(("probe", "decoder_", "mask_token", "model.")) for name in state)
+    model = tiny_vit(global_pool="token")
+    load_pretrained(model, tmp_path / "last.ckpt")
+    assert_same_encoder(model, task.model)
+    torch.testing.assert_close(model.norm.weight, task.model.norm.weight)
+
+
+def test_position_embeddings_are_resampled_to_a_new_grid(tmp_path: Path):
+    mae = tiny_mae(img_size=8)  # 4x4 patches
+    torch.save({"model": mae.state_dict()}, tmp_path / "mae.pth")
+    model = tiny_vit(img_size=16)  # 8x8 patches
+    load_pretrained(model, tmp_path / "mae.pth")
+    assert model.pos_embed.shape == (1, 1 + 64, 32)
+    torch.testing.assert_close(model.pos_embed, resample(mae.pos_embed, (8, 8)))
+    torch.testing.assert_close(model.pos_embed[:, 0], mae.pos_embed[:, 0])
+    assert model(torch.randn(1, 1, 16, 16)).shape == (1, 10)
+
+
+def test_missing_encoder_keys_are_named(tmp_path: Path):
+    state = tiny_mae().state_dict()
+    del state["blocks.1.norm1.weight"]
+    torch.save({"model": state}, tmp_path / "mae.pth")
+    with pytest.raises(ValueError, match=r"missing keys \['blocks.1.norm1.weight'\]"):
+        load_pretrained(tiny_vit(), tmp_path / "mae.pth")
+
+
+def test_unexpected_keys_are_named(tmp_path: Path):
+    state = tiny_mae().state_dict() | {"blocks.2.norm1.weight": torch.ones(32)}
+    torch.save(state, tmp_path / "deeper.pth")
+    with pytest.raises(ValueError, match=r"unexpected keys \['blocks.2.norm1.weight'\]"):
+        load_pretrained(tiny_vit(), tmp_path / "deeper.pth")
+
+
+def test_token_pooling_needs_the_final_norm(tmp_path: Path):
+    """An avg-pooled fine-tuned model has no ``norm``: a cls-token classifier cannot use it."""
+    torch.save(tiny_vit(global_pool="avg").state_dict(), tmp_path / "finetuned.pth")
+    with pytest.raises(ValueError, match=r"missing keys \['norm.weight', 'norm.bias'\]"):
+        load_pretrained(tiny_vit(global_pool="token"), tmp_path / "finetuned.pth")
+
+
+def test_fine_tuning_layer_decay_scales_every_parameter_by_its_depth(tmp_path: Path):
+    torch.save({"model": tiny_mae().state_dict()}, tmp_path / "mae.pth")
+    optimizer = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05)
+    task = ClassificationTask(
+        tiny_vit(),
+        optimizer,
+        warmup_epochs=0,
+        layer_decay=0.65,
+        pretrained=str(tmp_path / "mae.pth"),
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(task, datamodule=DigitsDataModule(batch_size=16))
+    lrs = {
+        name: group["lr"] for group in trainer.optimizers[0].param_groups for name in group["names"]
+    }
+    top = lrs["head.weight"]
+    depth_of = {
+        "cls_token": 0,
+        "pos_embed": 0,
+        "patch_embed.proj.weight": 0,
+        "blocks.0.attn.qkv.weight": 1,
+        "blocks.0.norm1.bias": 1,
+        "blocks.1.mlp.fc2.weight": 2,
+        "fc_norm.weight": 3,
+        "head.bias": 3,
+    }
+    for name, depth in depth_of.items():
+        assert lrs[name] == pytest.approx(top * 0.65 ** (3 - depth)), name
+    assert len(lrs) == sum(1 for p in task.model.parameters() if p.requires_grad)

@@ -1,0 +1,117 @@
+"""MAE model: masking, loss on masked patches only, patchify round trip, release names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitlab.models.mae import MaskedAutoencoderViT, random_masking
+
+
+def tiny_mae(**kwargs) -> MaskedAutoencoderViT:
+    config = dict(
+        img_size=8,
+        patch_size=2,
+        in_chans=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
+    return MaskedAutoencoderViT(**(config | kwargs))
+
+
+@pytest.mark.parametrize("mask_ratio", [0.25, 0.5, 0.75, 0.9])
+def test_encoder_sees_only_the_visible_patches(mask_ratio: float):
+    model = tiny_mae(mask_ratio=mask_ratio)
+    latent, mask, _ = model.forward_encoder(torch.randn(3, 1, 8, 8), mask_ratio)
+    num_visible = round(16 * (1 - mask_ratio))
+    assert latent.shape == (3, 1 + num_visible, 32)
+    assert (mask.sum(dim=1) == 16 - num_visible).all()
+
+
+def test_random_masking_returns_the_visible_tokens_and_how_to_restore_the_order():
+    tokens = torch.arange(2 * 10, dtype=torch.float32).reshape(2, 10, 1)
+    visible, mask, ids_restore = random_masking(tokens, 0.6)
+    assert visible.shape == (2, 4, 1)
+    for sample in range(2):
+        kept = tokens[sample, mask[sample] == 0, 0]
+        assert set(visible[sample, :, 0].tolist()) == set(kept.tolist())
+    shuffled = tokens.gather(1, ids_restore.argsort(dim=1)[..., None])
+    assert torch.equal(shuffled[:, :4], visible)
+    assert torch.equal(shuffled.gather(1, ids_restore[..., None]), tokens)
+
+
+def test_masks_differ_between_samples():
+    _, mask, _ = random_masking(torch.randn(8, 16, 4), 0.75)
+    assert len({tuple(row.tolist()) for row in mask}) > 1
+
+
+def test_unpatchify_inverts_patchify():
+    model = tiny_mae(img_size=(8, 12), patch_size=(2, 4), in_chans=3)
+    images = torch.randn(2, 3, 8, 12)
+    patches = model.patchify(images)
+    assert patches.shape == (2, 4 * 3, 2 * 4 * 3)
+    assert torch.equal(model.unpatchify(patches), images)
+    # each patch holds the pixels of its own image region
+    assert torch.equal(patches[0, 1].reshape(2, 4, 3).permute(2, 0, 1), images[0, :, 0:2, 4:8])
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_loss_ignores_predictions_of_visible_patches(norm_pix_loss: bool):
+    model = tiny_mae(norm_pix_loss=norm_pix_loss)
+    images = torch.randn(2, 1, 8, 8)
+    loss, pred, mask = model(images)
+    changed = pred.detach().clone()
+    changed[mask == 0] += 10.0
+    assert model.forward_loss(images, changed, mask) == pytest.approx(loss.item())
+    changed[mask == 1] += 10.0
+    assert model.forward_loss(images, changed, mask) > loss + 1
+
+
+def test_loss_is_zero_for_a_perfect_reconstruction():
+    model = tiny_mae(norm_pix_loss=False)
+    images = torch.randn(2, 1, 8, 8)
+    _, _, mask = model(images)
+    assert model.forward_loss(images, model.patchify(images), mask) == 0
+
+
+def test_backward_reaches_encoder_and_decoder_but_not_fixed_embeddings():
+    model = tiny_mae()
+    loss, _, _ = model(torch.randn(2, 1, 8, 8))
+    loss.backward()
+    for name in (
+        "patch_embed.proj.weight",
+        "blocks.0.attn.qkv.weight",
+        "mask_token",
+        "decoder_blocks.0.mlp.fc1.weight",
+        "decoder_pred.weight",
+    ):
+        assert model.get_parameter(name).grad is not None, name
+    assert not model.pos_embed.requires_grad and not model.decoder_pos_embed.requires_grad
+
+
+def test_parameter_names_follow_the_mae_release():
+    names = set(tiny_mae().state_dict())
+    expected = {
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "blocks.1.attn.qkv.weight",
+        "norm.weight",
+        "mask_token",
+        "decoder_embed.weight",
+        "decoder_pos_embed",
+        "decoder_blocks.0.norm1.weight",
+        "decoder_norm.weight",
+        "decoder_pred.weight",
+    }
+    assert expected <= names
+    assert not any(name.startswith(("head", "fc_norm")) for name in names)
+
+
+def test_mask_ratio_out_of_range_is_rejected():
+    with pytest.raises(ValueError, match="mask_ratio"):
+        tiny_mae(mask_ratio=1.0)

@@ -1,0 +1,108 @@
+"""Linear probing: only the BatchNorm + linear head learns; the encoder stays frozen in eval."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+from vitlab.data.digits import DigitsDataModule
+from vitlab.models.mae import MaskedAutoencoderViT
+from vitlab.models.vit import VisionTransformer
+from vitlab.tasks.linear_probe import LinearProbeTask
+
+
+class RecordEncoderMode(L.Callback):
+    def __init__(self):
+        self.modes: list[tuple[bool, bool]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        model = pl_module.model
+        encoder_training = any(
+            m.training for n, m in model.named_modules() if not n.startswith("head")
+        )
+        self.modes.append((encoder_training, model.head.training))
+
+
+def probe_task(tmp_path: Path, global_pool: str = "token") -> LinearProbeTask:
+    mae = MaskedAutoencoderViT(
+        img_size=8,
+        patch_size=2,
+        in_chans=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        decoder_embed_dim=16,
+        decoder_depth=1,
+        decoder_num_heads=2,
+    )
+    torch.save({"model": mae.state_dict()}, tmp_path / "mae.pth")
+    model = VisionTransformer(
+        img_size=8,
+        patch_size=2,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        global_pool=global_pool,
+        drop_path_rate=0.5,
+    )
+    optimizer = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.0)
+    return LinearProbeTask(model, optimizer, warmup_epochs=0, pretrained=str(tmp_path / "mae.pth"))
+
+
+def fit(task: LinearProbeTask, tmp_path: Path, callbacks: list[L.Callback]) -> L.Trainer:
+    trainer = L.Trainer(
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+        max_epochs=2,
+        limit_train_batches=5,
+        limit_val_batches=2,
+        limit_test_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    trainer.fit(task, datamodule=DigitsDataModule(batch_size=32))
+    return trainer
+
+
+def test_only_the_head_trains_and_the_encoder_stays_in_eval_mode(tmp_path: Path):
+    task = probe_task(tmp_path, global_pool="avg")
+    record = RecordEncoderMode()
+    fit(task, tmp_path, [record])
+    loaded = torch.load(tmp_path / "mae.pth", weights_only=True)["model"]
+    after = task.model.state_dict()
+    for name, tensor in loaded.items():
+        if name in after and not name.startswith("norm."):
+            assert torch.equal(after[name], tensor), name  # pretrained weights, unchanged
+    assert torch.equal(task.model.fc_norm.weight, torch.ones(32))  # frozen fc_norm
+    assert record.modes and all(mode == (False, True) for mode in record.modes)
+    assert task.model.head[0].num_batches_tracked > 0  # the probe's BatchNorm did learn
+
+
+def test_head_is_batchnorm_without_affine_then_linear_and_alone_in_the_optimizer(tmp_path: Path):
+    task = probe_task(tmp_path)
+    norm, linear = task.model.head
+    assert isinstance(norm, nn.BatchNorm1d) and not norm.affine
+    assert isinstance(linear, nn.Linear) and linear.out_features == 10
+    trainer = fit(task, tmp_path, [])
+    optimized = {p for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimized == {linear.weight, linear.bias}
+    assert not any(
+        p.requires_grad for n, p in task.model.named_parameters() if not n.startswith("head")
+    )
+
+
+def test_probe_reports_classification_metrics(tmp_path: Path):
+    task = probe_task(tmp_path)
+    trainer = fit(task, tmp_path, [])
+    assert {"train/loss", "train/acc1", "val/acc1", "val/loss"} <= trainer.callback_metrics.keys()
+    trainer.test(task, datamodule=DigitsDataModule(batch_size=32))
+    assert {"test/acc1", "test/acc5", "test/loss"} <= trainer.callback_metrics.keys()
