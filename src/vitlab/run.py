@@ -82,6 +82,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     print_config(cfg)
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg.num_threads)
+    use_tf32_matmuls()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -186,6 +187,12 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         logger=loggers or False,
         precision=resolve_precision(cfg.trainer.get("precision", "auto")),
     )
+
+
+def use_tf32_matmuls() -> None:
+    """TF32 tensor cores for fp32 matmuls on CUDA (Ampere and newer); nothing without CUDA."""
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
 
 
 def resolve_precision(precision: str | int) -> str | int:

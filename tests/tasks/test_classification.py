@@ -79,3 +79,17 @@ def test_training_reduces_the_loss_on_digits():
     trainer, _ = fit(task, max_epochs=3)
     assert trainer.callback_metrics["val/acc1"] > 0.3
     assert trainer.callback_metrics["val/loss"] < 2.30  # below chance, ln(10)
+
+
+def test_non_finite_loss_stops_naming_step_and_batch_or_skips_the_step():
+    task = digits_task()
+    task.log = lambda *args, **kwargs: None
+    images = torch.full((4, 1, 8, 8), float("nan"))
+    batch = (images, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(
+        FloatingPointError, match=r"non-finite loss nan at global step 0 \(epoch 0, batch 3\)"
+    ):
+        task.training_step(batch, 3)
+    task.skip_nonfinite = True
+    assert task.training_step(batch, 3) is None
+    assert task.training_step((torch.randn(4, 1, 8, 8), batch[1]), 4) is not None

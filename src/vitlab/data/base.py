@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from vitlab.data.epoch_seed import SeededShuffle, seed_epoch
 from vitlab.data.sampler import RepeatedAugSampler
 from vitlab.data.transforms import (
     IMAGENET_MEAN,
@@ -46,7 +47,8 @@ class ImageDataModule(L.LightningDataModule):
     ``train_transform`` configures the train augmentation (see ``build_train_transform``),
     ``mix`` the batch-level MixUp/CutMix (see ``MixCollate``; null disables it),
     ``repeated_aug`` > 1 the repeated-augmentation sampler. ``num_workers`` null picks one from
-    the CPU count, ``pin_memory`` null pins when CUDA is available.
+    the CPU count, ``pin_memory`` null pins when CUDA is available. ``epoch_seed`` reseeds every
+    RNG at each epoch's train loader, so resumed runs replay their epochs exactly.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class ImageDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         seed: int = 0,
+        epoch_seed: int | None = None,
     ):
         super().__init__()
         if in_chans != 3:
@@ -86,6 +89,7 @@ class ImageDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers
         self.seed = seed
+        self.epoch_seed = epoch_seed
         self.splits: dict[str, Dataset] = {}
 
     def build_splits(
@@ -111,10 +115,16 @@ class ImageDataModule(L.LightningDataModule):
         return MixCollate(self.num_classes, **self.mix_cfg)
 
     def train_sampler(self) -> Sampler | None:
-        """Repeated augmentation when asked; otherwise None (Lightning shards under DDP)."""
-        if self.repeated_aug <= 1:
-            return None
-        return RepeatedAugSampler(self.splits["train"], repeats=self.repeated_aug, seed=self.seed)
+        """Repeated augmentation when asked; else the epoch's seeded shuffle when ``epoch_seed``
+        is set; else None (a plain shuffle). Lightning shards the latter two under DDP."""
+        epoch_seed = seed_epoch(self.epoch_seed, self.trainer)
+        if self.repeated_aug > 1:
+            return RepeatedAugSampler(
+                self.splits["train"], repeats=self.repeated_aug, seed=self.seed
+            )
+        if epoch_seed is not None:
+            return SeededShuffle(len(self.splits["train"]), epoch_seed)
+        return None
 
     def loader_workers(self) -> int:
         if self.num_workers is not None:

@@ -9,6 +9,8 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from vitlab.data.epoch_seed import SeededShuffle, seed_epoch
+
 NATIVE_SIZE = 8
 
 
@@ -30,6 +32,7 @@ class DigitsDataModule(L.LightningDataModule):
 
     ``img_size`` upsamples the 8x8 digits (bilinear) for models that expect larger inputs; the
     train split gets a light random affine (small shifts, rotations and scalings).
+    ``epoch_seed`` reseeds every RNG at each epoch's train loader (see ``epoch_seed``).
     """
 
     num_classes = 10
@@ -47,6 +50,7 @@ class DigitsDataModule(L.LightningDataModule):
         split_seed: int = 0,
         augment: bool = True,
         num_workers: int = 0,
+        epoch_seed: int | None = None,
     ):
         super().__init__()
         if (in_chans, num_classes) != (self.in_chans, self.num_classes):
@@ -61,6 +65,7 @@ class DigitsDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.augment = augment
         self.num_workers = num_workers
+        self.epoch_seed = epoch_seed
         self.splits: dict[str, TensorImages] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -91,10 +96,15 @@ class DigitsDataModule(L.LightningDataModule):
         }
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        epoch_seed = seed_epoch(self.epoch_seed, self.trainer) if shuffle else None
+        sampler = (
+            SeededShuffle(len(self.splits[split]), epoch_seed) if epoch_seed is not None else None
+        )
         return DataLoader(
             self.splits[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             drop_last=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -82,8 +82,12 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         return q, k, v
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); with ``num_queries`` only the first that many tokens attend
+        (to all T keys and values) and come out: (B, num_queries, D)."""
         q, k, v = self._split_heads(x)
+        if num_queries is not None:
+            q = q[:, :, :num_queries]
         dropout = self.attn_drop if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         return self.proj(out.transpose(1, 2).flatten(2))
@@ -126,8 +130,11 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = StochasticDepth(drop_path, mode="row")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
+        """``num_queries``: update and return only the first that many tokens (which still
+        attend to every token), e.g. the class token in a classifier's last block."""
+        residual = x if num_queries is None else x[:, :num_queries]
+        x = residual + self.drop_path(self.attn(self.norm1(x), num_queries))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -217,10 +224,17 @@ class VisionTransformer(nn.Module):
         )
         return torch.cat([cls, tokens], dim=1)
 
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """All tokens after the encoder: (B, 1 + N, D)."""
+    def forward_features(self, images: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+        """All tokens after the encoder: (B, 1 + N, D). With ``cls_only`` just the class token,
+        (B, 1, D): the last block then updates that token alone, which saves most of that block's
+        compute (about 7% of a 12-block ViT's step) and gives the same class token."""
         tokens = self.pos_drop(self.prepend_cls(self.embed(images)))
-        return self.norm(self.blocks(tokens))
+        if not cls_only:
+            return self.norm(self.blocks(tokens))
+        *blocks, last = self.blocks
+        for block in blocks:
+            tokens = block(tokens)
+        return self.norm(last(tokens, num_queries=self.num_prefix_tokens))
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
@@ -231,7 +245,9 @@ class VisionTransformer(nn.Module):
         return pooled if pre_logits else self.head(pooled)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(images))
+        # token pooling reads the class token only: the patch tokens' last update is skipped
+        cls_only = self.global_pool == "token" and self.depth > 0
+        return self.forward_head(self.forward_features(images, cls_only=cls_only))
 
     @torch.no_grad()
     def attention_maps(self, images: torch.Tensor) -> list[torch.Tensor]:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from vitlab.optim import WarmupCosine, effective_batch_size, param_groups, scaled_lr
+
+log = logging.getLogger(__name__)
 
 
 class RecipeTask(L.LightningModule):
@@ -20,6 +24,10 @@ class RecipeTask(L.LightningModule):
     The peak lr is scaled by the effective batch (per-device batch x devices x nodes x
     accumulation), warmed up linearly for ``warmup_epochs`` and decayed by a cosine to
     ``min_lr``, every optimizer step.
+
+    ``skip_nonfinite`` skips steps whose loss is NaN or infinite instead of stopping.
+    ``compile`` compiles the trained module in place (``nn.Module.compile``), so checkpoint keys
+    stay those of the plain model (no ``_orig_mod.``). Adam(W) runs fused on CUDA.
     """
 
     def __init__(
@@ -28,12 +36,36 @@ class RecipeTask(L.LightningModule):
         warmup_epochs: float = 0.0,
         min_lr: float = 0.0,
         layer_decay: float | None = None,
+        compile: bool = False,
+        skip_nonfinite: bool = False,
     ):
         super().__init__()
         self.optimizer_factory = optimizer
         self.warmup_epochs = warmup_epochs
         self.min_lr = min_lr
         self.layer_decay = layer_decay
+        self.compile_model = compile
+        self.skip_nonfinite = skip_nonfinite
+        self._compiled = False
+
+    def configure_model(self) -> None:
+        if self.compile_model and not self._compiled:
+            self.trained_module().compile()
+            self._compiled = True
+
+    def finite_or_stop(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        """The loss if finite. Otherwise stop with the step and batch named, or, with
+        ``skip_nonfinite``, skip this optimizer step (Lightning skips a None loss)."""
+        if torch.isfinite(loss):
+            return loss
+        where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        if self.skip_nonfinite:
+            log.warning("non-finite loss %s at %s: step skipped", loss.item(), where)
+            return None
+        raise FloatingPointError(
+            f"non-finite loss {loss.item()} at {where}; lower the lr, enable "
+            "trainer.gradient_clip_val, or set task.skip_nonfinite=true to skip such steps"
+        )
 
     def trained_module(self) -> nn.Module:
         """The module whose parameters the optimizer updates."""
@@ -61,7 +93,9 @@ class RecipeTask(L.LightningModule):
         )
         for group in groups:
             group["lr"] = lr * group["lr_scale"]
-        optimizer = self.optimizer_factory(groups, lr=lr)
+        optimizer = self.optimizer_factory(
+            groups, lr=lr, **fused_on_cuda(self.optimizer_factory, groups)
+        )
         total_steps = max(1, int(trainer.estimated_stepping_batches))
         steps_per_epoch = total_steps / max(1, trainer.max_epochs or 1)
         warmup_steps = min(total_steps, round(self.warmup_epochs * steps_per_epoch))
@@ -77,3 +111,16 @@ class RecipeTask(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
         }
+
+
+def fused_on_cuda(factory: Callable[..., Optimizer], groups: Iterable[dict]) -> dict:
+    """``{"fused": True}`` for torch's Adam/AdamW when every parameter is on CUDA and the config
+    chose no implementation (``fused``/``foreach``); ``{}`` otherwise, e.g. on CPU."""
+    keywords = getattr(factory, "keywords", {})
+    if getattr(factory, "func", factory) not in (torch.optim.Adam, torch.optim.AdamW):
+        return {}
+    if "fused" in keywords or "foreach" in keywords:
+        return {}
+    params = [p for group in groups for p in group["params"]]
+    on_cuda = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+    return {"fused": True} if on_cuda else {}

@@ -11,6 +11,7 @@ from torch.optim import Optimizer
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from vitlab.models.checkpoint import load_pretrained
 from vitlab.tasks.base import RecipeTask
 
 
@@ -23,7 +24,12 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
 
 
 class ClassificationTask(RecipeTask):
-    """Cross-entropy with label smoothing; targets are class indices or soft (mixed) labels."""
+    """Cross-entropy with label smoothing; targets are class indices or soft (mixed) labels.
+
+    ``pretrained`` (a vitlab, MAE or timm checkpoint) is loaded into ``model`` when fitting
+    starts, so evaluating or resuming a fine-tuned checkpoint never needs that file.
+    ``compile`` compiles ``model`` in place (checkpoint keys unchanged).
+    """
 
     def __init__(
         self,
@@ -33,14 +39,23 @@ class ClassificationTask(RecipeTask):
         min_lr: float = 1e-6,
         layer_decay: float | None = None,
         label_smoothing: float = 0.1,
+        pretrained: str | None = None,
+        compile: bool = False,
+        skip_nonfinite: bool = False,
     ):
-        super().__init__(optimizer, warmup_epochs, min_lr, layer_decay)
+        super().__init__(optimizer, warmup_epochs, min_lr, layer_decay, compile, skip_nonfinite)
         self.model = model
+        self.pretrained = pretrained
         self.label_smoothing = label_smoothing
         num_classes = model.num_classes
         self.train_metrics = accuracy_metrics(num_classes, "train/")
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
+
+    def setup(self, stage: str) -> None:
+        # a resumed run restores its own weights: the pretrained file is not needed again
+        if stage == "fit" and self.pretrained is not None and self.trainer.ckpt_path is None:
+            load_pretrained(self.model, self.pretrained)
 
     def trained_module(self) -> nn.Module:
         return self.model
@@ -48,15 +63,18 @@ class ClassificationTask(RecipeTask):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         images, targets = batch
         logits = self(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
         self.log("train/loss", loss, prog_bar=True)
         if targets.ndim == 1:
-            self.train_metrics(logits, targets)
+            # update only: computing a per-batch accuracy every step is measurable overhead
+            self.train_metrics.update(logits, targets)
             self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
-        return loss
+        return self.finite_or_stop(loss, batch_idx)
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         images, targets = batch

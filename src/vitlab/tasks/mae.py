@@ -30,8 +30,9 @@ class MAEPretrainTask(RecipeTask):
         warmup_epochs: float = 40.0,
         min_lr: float = 0.0,
         probe_num_classes: int | None = None,
+        skip_nonfinite: bool = False,
     ):
-        super().__init__(optimizer, warmup_epochs, min_lr)
+        super().__init__(optimizer, warmup_epochs, min_lr, skip_nonfinite=skip_nonfinite)
         self.model = model
         self.probe = probe_head(model.embed_dim, probe_num_classes) if probe_num_classes else None
         if self.probe is not None:
@@ -62,10 +63,10 @@ class MAEPretrainTask(RecipeTask):
         loss, probe_logits, targets = self._losses(batch)
         self.log("train/loss", loss, prog_bar=True)
         if probe_logits is None:
-            return loss
+            return self.finite_or_stop(loss, batch_idx)
         probe_loss = F.cross_entropy(probe_logits, targets)
         self.log("train/probe_loss", probe_loss)
-        return loss + probe_loss
+        return self.finite_or_stop(loss + probe_loss, batch_idx)
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         loss, probe_logits, targets = self._losses(batch)

@@ -1,0 +1,69 @@
+"""Seed every RNG from (seed, epoch) as an epoch's train loader is built.
+
+The shuffle order, augmentations, dropout and drop path of an epoch then depend only on the
+seed and the epoch number, not on how the process got there: a run killed mid-epoch and
+resumed from its last (epoch-end) checkpoint replays that epoch exactly and ends with the same
+weights as a run that was never interrupted.
+
+Building the train loader is the one moment that precedes every draw of an epoch in both
+cases: with ``reload_dataloaders_every_n_epochs=1`` (the trainer default here) Lightning builds
+it at each epoch start, and a resumed process builds it once its loops are restored. Lifecycle
+hooks do not work: a resumed process draws before any hook sees the restored epoch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+def seed_epoch(seed: int | None, trainer: L.Trainer | None) -> int | None:
+    """Reseed python, numpy and torch for the trainer's current epoch and return the epoch's
+    seed, for the train loader's ``SeededShuffle`` (None, and no reseeding, without a seed)."""
+    if seed is None:
+        return None
+    epoch = trainer.current_epoch if trainer is not None else 0
+    rank = trainer.global_rank if trainer is not None else 0
+    # ranks differ so that data-parallel processes do not draw identical augmentations
+    epoch_seed = (seed * 1_000_003 + epoch * 1_009 + rank) % 2**32
+    random.seed(epoch_seed)
+    np.random.seed(epoch_seed)
+    torch.manual_seed(epoch_seed)
+    return epoch_seed
+
+
+class SeededShuffle(Sampler[int]):
+    """A random order of ``range(size)`` fixed by ``seed``, the same each time it is iterated.
+
+    Lightning starts an epoch's iterator twice in an uninterrupted run and once in a resumed
+    one; a shuffle drawn from a running generator would differ between the two.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed = size, seed
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class EpochSeed(L.Callback):
+    """Reseeds (from the datamodule's ``epoch_seed``) before a reloaded epoch's second iterator.
+
+    After reloading the train loader, Lightning starts its iterator (prefetching a batch), and
+    in an uninterrupted run, unlike a resumed one, starts it once more at the epoch start. The
+    epoch must be drawn from the freshly seeded state both times.
+    """
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loop = trainer.fit_loop
+        if trainer.current_epoch > 0 and not loop.is_resuming and not loop.epoch_loop.restarting:
+            seed_epoch(getattr(trainer.datamodule, "epoch_seed", None), trainer)

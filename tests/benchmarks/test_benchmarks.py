@@ -1,0 +1,51 @@
+"""The benchmark scripts run end to end with tiny arguments and print their ratio line."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_benchmark(script: str, *args: str) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
+
+
+def test_vit_vs_timm_prints_a_ratio_per_config():
+    out = run_benchmark(
+        "vit_vs_timm.py",
+        *("--img-size", "32", "--batch-size", "2", "--steps", "1", "--rounds", "2"),
+        *("--warmup", "1", "--threads", "1"),
+    )
+    lines = [line for line in out.splitlines() if "ratio vitlab/timm" in line]
+    assert [line.split(":")[0] for line in lines] == ["vit_ti/16 train", "vit_ti/16 infer"]
+
+
+def test_lightning_overhead_prints_the_ratio():
+    out = run_benchmark(
+        "lightning_overhead.py",
+        *("--steps", "3", "--warmup", "1", "--rounds", "2", "--threads", "1"),
+    )
+    assert "ratio lightning/raw:" in out
+    assert "overhead" in out
+
+
+@pytest.mark.slow
+def test_mae_vs_supervised_prints_the_ratio():
+    out = run_benchmark(
+        "mae_vs_supervised.py", "--batch-size", "1", "--steps", "1", "--decoder-depth", "1"
+    )
+    assert "MAE / supervised step time:" in out
