@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import WandbLogger
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import make_grid
 
+from vitlab.callbacks.image_grid import ValidationImageGrid
 from vitlab.models.attention import attention_rollout, cls_attention_grid
 from vitlab.models.vit import VisionTransformer
 
@@ -34,7 +32,7 @@ def attention_panels(
     return torch.cat([images.float()[:, None], tiles], dim=1).flatten(0, 1)
 
 
-class AttentionMaps(L.Callback):
+class AttentionMaps(ValidationImageGrid):
     """Attention rollout and the per-head class-token attention of one block for the first
     ``num_images`` validation images, one row per image, every ``every_n_epochs`` epochs.
 
@@ -43,32 +41,15 @@ class AttentionMaps(L.Callback):
     range, so the maps show where attention goes, not how peaked it is across images.
     """
 
+    key, folder = "val/attention", "attention"
+
     def __init__(self, num_images: int = 8, every_n_epochs: int = 1, block: int = -1):
-        self.num_images = num_images
-        self.every_n_epochs = every_n_epochs
+        super().__init__(num_images, every_n_epochs)
         self.block = block
-        self.images: torch.Tensor | None = None
 
-    def fixed_images(self, trainer: L.Trainer) -> torch.Tensor:
-        if self.images is None:
-            images, _ = next(iter(trainer.datamodule.val_dataloader()))
-            self.images = images[: self.num_images]
-        return self.images
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        if trainer.sanity_checking or not trainer.is_global_zero or epoch % self.every_n_epochs:
-            return
-        images = self.fixed_images(trainer).to(pl_module.device)
+    def draw(self, pl_module: L.LightningModule, images: torch.Tensor) -> tuple[torch.Tensor, str]:
         panels = attention_panels(pl_module.model, images, self.block).cpu()
         grid = make_grid(
             panels, nrow=panels.shape[0] // images.shape[0], normalize=True, scale_each=True
         )
-        wandb = next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
-        if wandb is not None:
-            caption = f"image | rollout | class-token attention per head of block {self.block}"
-            wandb.log_image("val/attention", [grid], step=trainer.global_step, caption=[caption])
-            return
-        path = Path(trainer.default_root_dir) / "attention" / f"epoch_{epoch:03d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_image(grid, path)
+        return grid, f"image | rollout | class-token attention per head of block {self.block}"
