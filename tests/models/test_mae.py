@@ -4,23 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_mae
 
-from vitlab.models.mae import MaskedAutoencoderViT, random_masking
-
-
-def tiny_mae(**kwargs) -> MaskedAutoencoderViT:
-    config = dict(
-        img_size=8,
-        patch_size=2,
-        in_chans=1,
-        embed_dim=32,
-        depth=2,
-        num_heads=4,
-        decoder_embed_dim=16,
-        decoder_depth=1,
-        decoder_num_heads=2,
-    )
-    return MaskedAutoencoderViT(**(config | kwargs))
+from vitlab.models.mae import random_masking
 
 
 @pytest.mark.parametrize("mask_ratio", [0.25, 0.5, 0.75, 0.9])

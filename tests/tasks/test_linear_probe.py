@@ -7,10 +7,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from tiny_models import TINY_ENCODER, tiny_mae
 from torch import nn
 
 from vitlab.data.digits import DigitsDataModule
-from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.models.vit import VisionTransformer
 from vitlab.tasks.linear_probe import LinearProbeTask
 
@@ -28,26 +28,11 @@ class RecordEncoderMode(L.Callback):
 
 
 def probe_task(tmp_path: Path, global_pool: str = "token") -> LinearProbeTask:
-    mae = MaskedAutoencoderViT(
-        img_size=8,
-        patch_size=2,
-        in_chans=1,
-        embed_dim=32,
-        depth=2,
-        num_heads=4,
-        decoder_embed_dim=16,
-        decoder_depth=1,
-        decoder_num_heads=2,
-    )
+    mae = tiny_mae()
     torch.save({"model": mae.state_dict()}, tmp_path / "mae.pth")
     model = VisionTransformer(
-        img_size=8,
-        patch_size=2,
-        in_chans=1,
+        **TINY_ENCODER,
         num_classes=10,
-        embed_dim=32,
-        depth=2,
-        num_heads=4,
         global_pool=global_pool,
         drop_path_rate=0.5,
     )

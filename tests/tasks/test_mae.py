@@ -7,26 +7,15 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from tiny_models import tiny_mae
 
 from vitlab.callbacks.reconstruction import ReconstructionGrid, reconstruction_panels
 from vitlab.data.digits import DigitsDataModule
-from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.tasks.mae import MAEPretrainTask
 
 
 def mae_task(probe_num_classes: int | None = 10, lr: float = 1e-3) -> MAEPretrainTask:
-    model = MaskedAutoencoderViT(
-        img_size=8,
-        patch_size=2,
-        in_chans=1,
-        embed_dim=32,
-        depth=2,
-        num_heads=4,
-        decoder_embed_dim=16,
-        decoder_depth=1,
-        decoder_num_heads=2,
-        mask_ratio=0.5,
-    )
+    model = tiny_mae(mask_ratio=0.5)
     optimizer = functools.partial(torch.optim.AdamW, lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
     return MAEPretrainTask(model, optimizer, warmup_epochs=0, probe_num_classes=probe_num_classes)
 
