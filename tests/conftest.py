@@ -23,7 +23,8 @@ def run_cli(
     script: str, *overrides: str, log_dir: Path, check: bool = True, timeout: float = 600
 ) -> subprocess.CompletedProcess:
     """Run ``python <script> <overrides>`` from the repository root, logging under ``log_dir``."""
-    command = [sys.executable, str(ROOT / script), f"paths.log_dir={log_dir}", *overrides]
+    # overrides first: after "-m" argparse takes every remaining argument as an override
+    command = [sys.executable, str(ROOT / script), *overrides, f"paths.log_dir={log_dir}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     result = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout

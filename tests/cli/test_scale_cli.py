@@ -23,10 +23,8 @@ def test_ddp_on_two_cpu_processes_leaves_one_run_dir_and_one_checkpoint_set(cli)
     )
     assert output.count("DigitsDataModule") == 1  # the config tree, printed by rank 0 only
     run_dir = only((cli.log_dir / "train" / "runs").iterdir())
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        "epoch_001.ckpt",
-        "last.ckpt",
-    ]
+    best, last = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert best.startswith("epoch_") and last == "last.ckpt"
     assert only((run_dir / "csv").glob("metrics.csv"))
     assert json.loads((run_dir / "metrics.json").read_text())["test/acc1"] >= 0
 
