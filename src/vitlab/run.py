@@ -80,11 +80,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_argument_types(cfg)
     ckpt_path = resume_checkpoint(cfg)
     print_config(cfg)
-    if cfg.get("num_threads"):
-        torch.set_num_threads(cfg.num_threads)
-    use_tf32_matmuls()
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+    prepare_process(cfg)
 
     datamodule = build(cfg.data, "data")
     if cfg.data.get("num_classes", 0) is None:
@@ -118,22 +114,19 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise UserError(
             "eval.py needs a checkpoint: python eval.py ckpt_path=<run dir>/checkpoints/last.ckpt"
         )
+    if cfg.split not in ("test", "val"):
+        raise UserError(f"split must be 'test' or 'val', got {cfg.split!r}")
     ckpt_path = existing_file(cfg.ckpt_path, "ckpt_path")
     run_cfg = stored_config(ckpt_path)
     run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.get("data") or {})
     print_config(OmegaConf.merge(run_cfg, {"trainer": cfg.trainer}))
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+    prepare_process(cfg)
 
     datamodule = build(run_cfg.data, "data")
     task = instantiate(run_cfg.task)
     trainer = build_trainer(cfg)
-    if cfg.split == "val":
-        trainer.validate(task, datamodule=datamodule, ckpt_path=str(ckpt_path))
-    elif cfg.split == "test":
-        trainer.test(task, datamodule=datamodule, ckpt_path=str(ckpt_path))
-    else:
-        raise UserError(f"split must be 'test' or 'val', got {cfg.split!r}")
+    run_split = trainer.validate if cfg.split == "val" else trainer.test
+    run_split(task, datamodule=datamodule, ckpt_path=str(ckpt_path))
     metrics = scalar_metrics(trainer.callback_metrics)
     report(metrics, trainer, Path(cfg.paths.output_dir), time.perf_counter() - started)
     finish_loggers()
@@ -187,6 +180,15 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         logger=loggers or False,
         precision=resolve_precision(cfg.trainer.get("precision", "auto")),
     )
+
+
+def prepare_process(cfg: DictConfig) -> None:
+    """Threads, matmul precision and seeds for this process, before anything is built."""
+    if cfg.get("num_threads"):
+        torch.set_num_threads(cfg.num_threads)
+    use_tf32_matmuls()
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
 
 
 def use_tf32_matmuls() -> None:
