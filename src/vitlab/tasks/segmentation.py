@@ -1,0 +1,88 @@
+"""Semantic segmentation: per-pixel cross-entropy on a ``ViTSegmenter``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import Optimizer
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from vitlab.models.checkpoint import load_pretrained
+from vitlab.models.segmenter import ViTSegmenter
+from vitlab.tasks.base import RecipeTask
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def segmentation_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """``miou``: IoU averaged over the classes (background included), so a model that only
+    finds the dominant class scores about 1 / num_classes; ``pixel_acc``: correct pixels."""
+    return MetricCollection(
+        {
+            "miou": MulticlassJaccardIndex(num_classes, average="macro"),
+            "pixel_acc": MulticlassAccuracy(num_classes, average="micro"),
+        },
+        prefix=prefix,
+    )
+
+
+class SegmentationTask(RecipeTask):
+    """Per-pixel cross-entropy against integer masks (B, H, W); mIoU and pixel accuracy.
+
+    ``pretrained`` (a vitlab, MAE or timm ViT checkpoint) is loaded into ``model.backbone``
+    when fitting starts, so evaluating or resuming never needs that file; the decoder keeps its
+    initialisation. Layer-wise lr decay is not offered: ``vitlab.optim.layer_id`` reads
+    unprefixed ViT names, not ``backbone.``-prefixed ones.
+    """
+
+    def __init__(
+        self,
+        model: ViTSegmenter,
+        optimizer: Callable[..., Optimizer],
+        warmup_epochs: float = 5.0,
+        min_lr: float = 1e-6,
+        pretrained: str | None = None,
+        compile: bool = False,
+        skip_nonfinite: bool = False,
+    ):
+        super().__init__(optimizer, warmup_epochs, min_lr, None, compile, skip_nonfinite)
+        self.model = model
+        self.pretrained = pretrained
+        self.val_metrics = segmentation_metrics(model.num_classes, "val/")
+        self.test_metrics = segmentation_metrics(model.num_classes, "test/")
+
+    def setup(self, stage: str) -> None:
+        # a resumed run restores its own weights: the pretrained file is not needed again
+        if stage == "fit" and self.pretrained is not None and self.trainer.ckpt_path is None:
+            load_pretrained(self.model.backbone, self.pretrained)
+
+    def trained_module(self) -> nn.Module:
+        return self.model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
+        images, masks = batch
+        loss = F.cross_entropy(self(images), masks)
+        self.log("train/loss", loss, prog_bar=True)
+        return self.finite_or_stop(loss, batch_idx)
+
+    def _evaluate(self, batch: Batch, stage: str) -> None:
+        images, masks = batch
+        logits = self(images)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        # update only: Lightning computes the metrics over the whole epoch
+        metrics.update(logits, masks)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, masks), prog_bar=True, sync_dist=True)
+        self.log_dict(metrics, prog_bar=True)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
