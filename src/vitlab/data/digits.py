@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from vitlab.data.epoch_seed import SeededShuffle, seed_epoch
+from vitlab.data.splits import SplitsDataModule
 
 NATIVE_SIZE = 8
 
@@ -27,7 +26,7 @@ class TensorImages(Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SplitsDataModule):
     """Fixed stratified train/val/test split of the digits, standardised with train statistics.
 
     ``img_size`` upsamples the 8x8 digits (bilinear) for models that expect larger inputs; the
@@ -52,21 +51,17 @@ class DigitsDataModule(L.LightningDataModule):
         num_workers: int = 0,
         epoch_seed: int | None = None,
     ):
-        super().__init__()
+        super().__init__(batch_size, num_workers, epoch_seed)
         if (in_chans, num_classes) != (self.in_chans, self.num_classes):
             raise ValueError(
                 f"digits are {self.in_chans}-channel images of {self.num_classes} classes, "
                 f"got in_chans={in_chans}, num_classes={num_classes}"
             )
         self.img_size = img_size
-        self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
         self.augment = augment
-        self.num_workers = num_workers
-        self.epoch_seed = epoch_seed
-        self.splits: dict[str, TensorImages] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -94,27 +89,3 @@ class DigitsDataModule(L.LightningDataModule):
             "val": TensorImages(images[val], labels[val], normalize),
             "test": TensorImages(images[test], labels[test], normalize),
         }
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        epoch_seed = seed_epoch(self.epoch_seed, self.trainer) if shuffle else None
-        sampler = (
-            SeededShuffle(len(self.splits[split]), epoch_seed) if epoch_seed is not None else None
-        )
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
-            drop_last=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

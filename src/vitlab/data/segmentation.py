@@ -16,17 +16,16 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
 from sklearn.datasets import load_digits
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from vitlab.data.base import SPLITS
-from vitlab.data.epoch_seed import SeededShuffle, seed_epoch
+from vitlab.data.splits import SplitsDataModule
 
 DIGIT_SIZE = 16  # the 8x8 digits, each pixel repeated 2x2
 # a digit pixel belongs to the mask from a quarter of full intensity (4 of 16) upwards: a
@@ -84,7 +83,7 @@ class SegmentationFiles(Dataset):
         return image, mask.as_subclass(torch.Tensor)
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(SplitsDataModule):
     """Image/mask folders (see the module docstring) resized to ``img_size`` and standardised.
 
     ``generate=True`` writes the digit canvases (``write_digit_canvas``, ``split_sizes`` images
@@ -109,7 +108,7 @@ class SegmentationDataModule(L.LightningDataModule):
         num_workers: int = 0,
         epoch_seed: int | None = None,
     ):
-        super().__init__()
+        super().__init__(batch_size, num_workers, epoch_seed)
         if len(mean) != in_chans or len(std) != in_chans:
             raise ValueError(
                 f"mean and std need one value per channel ({in_chans}), got {mean} and {std}"
@@ -118,7 +117,6 @@ class SegmentationDataModule(L.LightningDataModule):
         self.img_size = img_size
         self.num_classes = num_classes
         self.in_chans = in_chans
-        self.batch_size = batch_size
         self.transform = v2.Compose(
             [
                 v2.Resize([img_size, img_size], antialias=True),
@@ -130,9 +128,6 @@ class SegmentationDataModule(L.LightningDataModule):
         self.split_sizes = dict(split_sizes)
         self.canvas = canvas
         self.generate_seed = generate_seed
-        self.num_workers = num_workers
-        self.epoch_seed = epoch_seed
-        self.splits: dict[str, SegmentationFiles] = {}
 
     def prepare_data(self) -> None:
         # Lightning runs this on one process per node: the only place that writes files
@@ -150,30 +145,6 @@ class SegmentationDataModule(L.LightningDataModule):
             split: SegmentationFiles(scan_pairs(self.root, split), self.in_chans, self.transform)
             for split in SPLITS
         }
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        epoch_seed = seed_epoch(self.epoch_seed, self.trainer) if shuffle else None
-        sampler = (
-            SeededShuffle(len(self.splits[split]), epoch_seed) if epoch_seed is not None else None
-        )
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle and sampler is None,
-            sampler=sampler,
-            drop_last=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 def digit_sources(split_sizes: Mapping[str, int], seed: int) -> dict[str, np.ndarray]:
