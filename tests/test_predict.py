@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from vitlab.data.transforms import build_eval_transform
+from vitlab.data.transforms import Normalize, build_eval_transform
 from vitlab.predict import eval_preprocessing, image_paths
 from vitlab.run import UserError
 
@@ -37,9 +37,8 @@ def test_rgb_runs_get_their_eval_transform_and_the_folder_class_names(tmp_path: 
         }
     )
     preprocess, names = eval_preprocessing(data_cfg, 16)
-    expected = build_eval_transform(16, (0.5,) * 3, (0.25,) * 3, crop_pct=1.0)(
-        Image.open(image).convert("RGB")
-    )
+    resized = build_eval_transform(16, crop_pct=1.0)(Image.open(image).convert("RGB"))
+    expected = Normalize((0.5,) * 3, (0.25,) * 3)(resized)
     assert preprocess(image).shape == (3, 16, 16)
     torch.testing.assert_close(preprocess(image), expected)
     assert names == ["cat", "dog"]

@@ -3,7 +3,7 @@
 The model is rebuilt from the run config stored in the checkpoint, and every image goes
 through that run's evaluation preprocessing: for digits, grayscale, resized to the model's
 input and standardised with the training split's statistics; for RGB datasets, the
-resize + center-crop + normalise of ``build_eval_transform``.
+resize + center-crop of ``build_eval_transform``, then ``Normalize``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 from vitlab.data.base import ImageDataModule
 from vitlab.data.digits import DigitsDataModule
 from vitlab.data.imagefolder import DECODE_ERRORS, is_image, load_image
-from vitlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform
+from vitlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize, build_eval_transform
 from vitlab.export import trained_vit
 from vitlab.run import UserError, build, existing_file
 
@@ -90,12 +90,15 @@ def eval_preprocessing(data_cfg: DictConfig, img_size: int) -> tuple[Preprocess,
     if issubclass(data_class, DigitsDataModule):
         return digits_preprocessing(data_cfg, img_size)
     if issubclass(data_class, ImageDataModule):
-        transform = build_eval_transform(
-            img_size,
-            data_cfg.get("mean", IMAGENET_MEAN),
-            data_cfg.get("std", IMAGENET_STD),
-            data_cfg.get("eval_crop_pct", 0.875),
-            fast=data_cfg.get("fast_path", True),
+        transform = v2.Compose(
+            [
+                build_eval_transform(
+                    img_size,
+                    data_cfg.get("eval_crop_pct", 0.875),
+                    fast=data_cfg.get("fast_path", True),
+                ),
+                Normalize(data_cfg.get("mean", IMAGENET_MEAN), data_cfg.get("std", IMAGENET_STD)),
+            ]
         )
         return lambda path: transform(load_image(str(path))), rgb_class_names(data_cfg)
     raise UserError(f"data: predict.py knows no image preprocessing for {data_cfg._target_}")

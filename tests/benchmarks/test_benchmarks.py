@@ -49,3 +49,26 @@ def test_mae_vs_supervised_prints_the_ratio():
         "mae_vs_supervised.py", "--batch-size", "1", "--steps", "1", "--decoder-depth", "1"
     )
     assert "MAE / supervised step time:" in out
+
+
+def test_data_pipeline_prints_a_ratio_per_pipeline():
+    out = run_benchmark(
+        "data_pipeline.py",
+        "--images",
+        "8",
+        "--img-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--rounds",
+        "1",
+    )
+    rows = [line for line in out.splitlines() if "images/s" in line]
+    assert [row.split("  ")[0].strip() for row in rows] == [
+        "torchvision ImageFolder + PIL",
+        "vitlab",
+        "vitlab + batch step",
+        "vitlab, packed",
+        "vitlab, packed + batch step",
+    ]
+    assert rows[0].endswith("1.00x")

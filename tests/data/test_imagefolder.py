@@ -10,10 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from vitlab.data.imagefolder import ImageFolderDataModule, ImageNetDataModule, load_image
+from vitlab.data.imagefolder import (
+    ImageFolderDataModule,
+    ImageNetDataModule,
+    decode_image,
+    load_image,
+)
 from vitlab.data.sampler import RepeatedAugSampler
 from vitlab.data.synthetic import synthetic_image, write_image_tree
-from vitlab.data.transforms import MixCollate
+from vitlab.data.transforms import collate_present
 
 SMALL = {"img_size": 32, "batch_size": 4, "num_workers": 0}
 
@@ -59,13 +64,13 @@ def test_a_corrupt_image_is_named_in_a_warning_and_skipped(tree: Path):
 
 
 def test_a_batch_holding_a_corrupt_image_drops_it_and_keeps_soft_targets(tree: Path):
-    datamodule = ImageFolderDataModule(tree, **SMALL)
+    datamodule = ImageFolderDataModule(tree, mix={"mixup_alpha": 0.8}, **SMALL)
     datamodule.setup()
     train = datamodule.splits["train"]
-    collate = MixCollate(num_classes=3)
     with pytest.warns(UserWarning, match="broken.JPEG"):
-        images, targets = collate([train[i] for i in range(len(train))])
-    assert images.shape == (18, 3, 32, 32)
+        batch = collate_present([train[i] for i in range(len(train))])
+    images, targets = datamodule.batch_step(batch, train=True)
+    assert images.shape == (18, 3, 32, 32) and images.dtype == torch.float32
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(18))
 
 
@@ -129,6 +134,23 @@ def test_fast_path_decodes_large_jpegs_at_reduced_size(tmp_path: Path):
     assert reduced.size == (200, 150)
     assert load_image(str(path), min_side=400).size == (800, 600)
     assert load_image(str(path)).size == (800, 600)
+    assert decode_image(str(path), min_side=150).size == (200, 150)
+
+
+def test_fast_path_decodes_jpegs_to_the_same_tensors_as_pil(tmp_path: Path):
+    photo = synthetic_image((400, 300), 0, np.random.default_rng(0))
+    photo.save(tmp_path / "photo.jpg")
+    photo.save(tmp_path / "photo.png")
+    decoded = decode_image(str(tmp_path / "photo.jpg"), min_side=224)
+    assert isinstance(decoded, torch.Tensor) and decoded.shape == (3, 300, 400)
+    reference = np.asarray(load_image(str(tmp_path / "photo.jpg"))).astype(int)
+    assert np.abs(decoded.permute(1, 2, 0).numpy() - reference).max() <= 2
+    assert decode_image(str(tmp_path / "photo.png")).size == (400, 300)
+    truncated = tmp_path / "truncated.jpg"
+    jpeg = (tmp_path / "photo.jpg").read_bytes()
+    truncated.write_bytes(jpeg[: len(jpeg) // 2])
+    with pytest.raises(OSError, match="incomplete or truncated"):
+        decode_image(str(truncated))
 
 
 def test_imagenet_needs_val_and_reads_class_names(tmp_path: Path):

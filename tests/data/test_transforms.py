@@ -1,4 +1,5 @@
-"""Train/eval transforms (sizes, crop ratio) and the MixUp/CutMix collate's soft targets."""
+"""Train/eval transforms (uint8 crops, crop ratio, erasing) and the batch step: normalisation
+and the MixUp/CutMix soft targets."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from PIL import Image
 
 from vitlab.data.synthetic import synthetic_image
 from vitlab.data.transforms import (
-    MixCollate,
+    BatchMix,
+    BatchStep,
+    ToPIL,
     build_eval_transform,
     build_train_transform,
     collate_present,
@@ -22,11 +25,32 @@ PHOTO = synthetic_image((50, 40), 0, np.random.default_rng(0))
 
 @pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("auto_augment", ["rand", "trivial", None])
-def test_train_transform_outputs_normalised_crops(fast: bool, auto_augment: str | None):
+def test_train_transform_outputs_uint8_crops(fast: bool, auto_augment: str | None):
     transform = build_train_transform(32, auto_augment=auto_augment, color_jitter=0.4, fast=fast)
     image = transform(PHOTO)
-    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
-    assert image.min() < 0 < image.max()
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
+    assert image.min() < image.max()
+
+
+def test_fast_train_transform_takes_decoded_tensors():
+    photo = torch.from_numpy(np.array(PHOTO)).permute(2, 0, 1)
+    image = build_train_transform(32)(photo)
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
+
+
+def test_erased_boxes_normalise_to_zero():
+    mean, std = (0.2, 0.5, 0.7), (0.3, 0.3, 0.3)
+    erase = build_train_transform(32, mean, auto_augment=None, erase_prob=1.0).transforms[-1]
+    erased = erase(torch.zeros(3, 32, 32, dtype=torch.uint8))
+    box = erased.bool().any(dim=0)
+    assert 0 < box.sum() < 32 * 32
+    normalised = BatchStep(mean, std, num_classes=2)((erased[None], torch.tensor([0])), False)[0]
+    assert normalised[0][:, box].abs().max() < 1 / 255 / min(std)
+
+
+def test_to_pil_keeps_the_pixels():
+    image = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8)
+    assert np.array_equal(np.asarray(ToPIL()(image)), image.permute(1, 2, 0).numpy())
 
 
 def test_unknown_auto_augment_is_an_error():
@@ -41,13 +65,11 @@ def test_eval_resizes_by_the_crop_ratio_then_center_crops(fast: bool):
     # 224 center crop cuts exactly the frame away
     framed = np.full((256, 256, 3), 255, np.uint8)
     framed[16:-16, 16:-16] = 0
-    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    cropped = build_eval_transform(224, mean, std, crop_pct=0.875, fast=fast)(
-        Image.fromarray(framed)
-    )
-    assert cropped.shape == (3, 224, 224) and cropped.max() == 0
-    whole = build_eval_transform(224, mean, std, crop_pct=1.0, fast=fast)(Image.fromarray(framed))
-    assert whole.max() == 1
+    cropped = build_eval_transform(224, crop_pct=0.875, fast=fast)(Image.fromarray(framed))
+    assert cropped.shape == (3, 224, 224) and cropped.dtype == torch.uint8
+    assert cropped.max() == 0
+    whole = build_eval_transform(224, crop_pct=1.0, fast=fast)(Image.fromarray(framed))
+    assert whole.max() == 255
 
 
 def test_decode_side_keeps_the_smallest_crop_at_full_resolution():
@@ -55,14 +77,14 @@ def test_decode_side_keeps_the_smallest_crop_at_full_resolution():
     assert min_decode_side(build_eval_transform(224)) == 256
 
 
-def constant_batch(size: int) -> list[tuple[torch.Tensor, int]]:
+def constant_batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample k is an image filled with the value k, labelled k: mixing shows in the pixels."""
-    return [(torch.full((1, 8, 8), float(k)), k) for k in range(size)]
+    return torch.arange(size).float().view(size, 1, 1, 1).expand(size, 1, 8, 8), torch.arange(size)
 
 
 def test_mixup_targets_sum_to_one_and_match_the_mixing_coefficient():
     torch.manual_seed(0)
-    images, targets = MixCollate(num_classes=6, cutmix_alpha=0.0)(constant_batch(6))
+    images, targets = BatchMix(num_classes=6, cutmix_alpha=0.0)(*constant_batch(6))
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(6))
     # MixUp blends each sample with its predecessor: pixel = lam * k + (1 - lam) * (k - 1)
     lam = images[3, 0, 0, 0] - 2
@@ -74,7 +96,7 @@ def test_mixup_targets_sum_to_one_and_match_the_mixing_coefficient():
 
 def test_cutmix_targets_match_the_pasted_area():
     torch.manual_seed(1)
-    images, targets = MixCollate(num_classes=6, mixup_alpha=0.0, switch_prob=1.0)(constant_batch(6))
+    images, targets = BatchMix(num_classes=6, mixup_alpha=0.0, switch_prob=1.0)(*constant_batch(6))
     torch.testing.assert_close(targets.sum(dim=1), torch.ones(6))
     for k in range(6):
         own_pixels = (images[k] == k).float().mean()
@@ -82,11 +104,24 @@ def test_cutmix_targets_match_the_pasted_area():
 
 
 def test_unmixed_batches_get_one_hot_targets():
-    images, targets = MixCollate(num_classes=4, prob=0.0)(constant_batch(4))
+    images, targets = BatchMix(num_classes=4, prob=0.0)(*constant_batch(4))
     torch.testing.assert_close(targets, torch.eye(4))
     assert images[2].eq(2).all()
 
 
+def test_batch_step_normalises_every_batch_and_mixes_training_batches_only():
+    images = torch.full((4, 3, 2, 2), 255, dtype=torch.uint8)
+    images[0] = 0
+    step = BatchStep((0.5,) * 3, (0.5,) * 3, num_classes=4, mix={"cutmix_alpha": 0.0})
+    evaluated, labels = step((images, torch.arange(4)), train=False)
+    assert evaluated.dtype == torch.float32 and labels.tolist() == [0, 1, 2, 3]
+    assert evaluated[0].eq(-1).all() and evaluated[1:].eq(1).all()
+    mixed, targets = step((images, torch.arange(4)), train=True)
+    assert targets.shape == (4, 4) and not mixed.eq(evaluated).all()
+    assert BatchStep((0.5,) * 3, (0.5,) * 3, 4)((images, torch.arange(4)), True)[1].ndim == 1
+
+
 def test_collate_drops_skipped_samples():
-    images, labels = collate_present([*constant_batch(2), None])
+    samples = [(torch.full((1, 8, 8), k), k) for k in range(2)]
+    images, labels = collate_present([*samples, None])
     assert images.shape == (2, 1, 8, 8) and labels.tolist() == [0, 1]

@@ -29,7 +29,9 @@ class ValidationImageGrid(L.Callback):
 
     def fixed_images(self, trainer: L.Trainer) -> torch.Tensor:
         if self.images is None:
-            images, _ = next(iter(trainer.datamodule.val_dataloader()))
+            # the loader's batch as the model sees it (e.g. RGB data normalises it on transfer)
+            batch = next(iter(trainer.datamodule.val_dataloader()))
+            images, _ = trainer.datamodule.on_after_batch_transfer(batch, 0)
             self.images = images[: self.num_images]
         return self.images
 

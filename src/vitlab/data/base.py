@@ -19,7 +19,7 @@ from vitlab.data.sampler import RepeatedAugSampler
 from vitlab.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    MixCollate,
+    BatchStep,
     build_eval_transform,
     build_train_transform,
     collate_present,
@@ -44,8 +44,11 @@ def carve_split(size: int, fraction: float, seed: int) -> tuple[list[int], list[
 class ImageDataModule(L.LightningDataModule):
     """Base for RGB classification data.
 
+    Loaders yield uint8 images; ``on_after_batch_transfer`` normalises them on the device they
+    were moved to and mixes training batches (``BatchStep``).
+
     ``train_transform`` configures the train augmentation (see ``build_train_transform``),
-    ``mix`` the batch-level MixUp/CutMix (see ``MixCollate``; null disables it),
+    ``mix`` the batch-level MixUp/CutMix (see ``BatchMix``; null disables it),
     ``repeated_aug`` > 1 the repeated-augmentation sampler. ``num_workers`` null picks one from
     the CPU count, ``pin_memory`` null pins when CUDA is available. ``epoch_seed`` reseeds every
     RNG at each epoch's train loader, so resumed runs replay their epochs exactly.
@@ -82,7 +85,7 @@ class ImageDataModule(L.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.train_transform_cfg = dict(train_transform or {})
         self.eval_crop_pct = eval_crop_pct
-        self.mix_cfg = dict(mix) if mix else None
+        self.batch_step = BatchStep(self.mean, self.std, num_classes, mix)
         self.repeated_aug = repeated_aug
         self.fast_path = fast_path
         self.num_workers = num_workers
@@ -102,17 +105,16 @@ class ImageDataModule(L.LightningDataModule):
         if self.splits:
             return
         train_transform = build_train_transform(
-            self.img_size, self.mean, self.std, fast=self.fast_path, **self.train_transform_cfg
+            self.img_size, self.mean, fast=self.fast_path, **self.train_transform_cfg
         )
-        eval_transform = build_eval_transform(
-            self.img_size, self.mean, self.std, self.eval_crop_pct, fast=self.fast_path
-        )
+        eval_transform = build_eval_transform(self.img_size, self.eval_crop_pct, self.fast_path)
         self.splits = self.build_splits(train_transform, eval_transform)
 
-    def train_collate(self) -> Callable:
-        if self.mix_cfg is None:
-            return collate_present
-        return MixCollate(self.num_classes, **self.mix_cfg)
+    def on_after_batch_transfer(
+        self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        training = self.trainer is not None and self.trainer.training
+        return self.batch_step(batch, train=training)
 
     def train_sampler(self) -> Sampler | None:
         """Repeated augmentation when asked; else the epoch's seeded shuffle when ``epoch_seed``
@@ -141,7 +143,7 @@ class ImageDataModule(L.LightningDataModule):
             sampler=sampler,
             # MixUp/CutMix need full batches
             drop_last=train,
-            collate_fn=self.train_collate() if train else collate_present,
+            collate_fn=collate_present,
             num_workers=workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers and workers > 0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import math
 import os
@@ -13,6 +15,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from torchcodec.decoders import decode_jpeg
 
 from vitlab.data.base import ImageDataModule, carve_split
 from vitlab.data.transforms import min_decode_side
@@ -65,18 +68,39 @@ def scan_split(split_dir: Path, classes: list[str]) -> tuple[list[Sample], int]:
 
 
 def load_image(path: str, min_side: int | None = None) -> Image.Image:
-    """Decode an image as RGB; a JPEG only at the smallest DCT scale whose shorter side is still
-    ``min_side`` or more (``Image.draft``: 2-8x less decoding work for large photos)."""
+    """Decode an image as RGB with PIL; see ``reduced_rgb`` for ``min_side``."""
     with Image.open(path) as image:
-        if min_side is not None:
-            width, height = image.size
-            factor = min(1.0, min_side / min(width, height))
-            image.draft("RGB", (math.ceil(width * factor), math.ceil(height * factor)))
-        return image.convert("RGB")
+        return reduced_rgb(image, min_side)
+
+
+def reduced_rgb(image: Image.Image, min_side: int | None) -> Image.Image:
+    """``image`` as RGB; a JPEG only at the smallest DCT scale whose shorter side is still
+    ``min_side`` or more (``Image.draft``: 2-8x less decoding work for large photos)."""
+    if min_side is not None:
+        width, height = image.size
+        factor = min(1.0, min_side / min(width, height))
+        image.draft("RGB", (math.ceil(width * factor), math.ceil(height * factor)))
+    return image.convert("RGB")
+
+
+def decode_image(path: str, min_side: int | None = None) -> torch.Tensor | Image.Image:
+    """The fast path's decode: a JPEG straight into a uint8 CHW tensor by TorchCodec (20% less
+    time than PIL, and no conversion after); a JPEG at least twice ``min_side`` at reduced size
+    by ``reduced_rgb``; other formats by PIL."""
+    data = Path(path).read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        reducible = min_side is not None and min(image.size) >= 2 * min_side
+        if image.format != "JPEG" or reducible:
+            return reduced_rgb(image, min_side)
+    try:
+        return decode_jpeg(data)
+    except RuntimeError as error:
+        raise OSError(str(error)) from error
 
 
 class ImageFiles(Dataset):
-    """Labelled image files, transformed per sample.
+    """Labelled image files, decoded by ``decode`` (a path to a PIL image or uint8 tensor) and
+    transformed per sample.
 
     A file that does not decode is named in a warning and yields ``None`` (the collate drops it)
     when ``on_corrupt="skip"``, or raises when ``on_corrupt="raise"``.
@@ -86,13 +110,13 @@ class ImageFiles(Dataset):
         self,
         samples: list[Sample],
         transform: Callable,
-        min_side: int | None = None,
+        decode: Callable[[str], torch.Tensor | Image.Image] = load_image,
         on_corrupt: Literal["skip", "raise"] = "skip",
     ):
         if on_corrupt not in ("skip", "raise"):
             raise ValueError(f"on_corrupt must be 'skip' or 'raise', got {on_corrupt!r}")
         self.samples, self.transform = samples, transform
-        self.min_side, self.on_corrupt = min_side, on_corrupt
+        self.decode, self.on_corrupt = decode, on_corrupt
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -100,7 +124,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         path, label = self.samples[index]
         try:
-            image = load_image(path, self.min_side)
+            image = self.decode(path)
         except DECODE_ERRORS as error:
             if self.on_corrupt == "raise":
                 raise OSError(f"cannot decode image {path}: {error}") from error
@@ -115,8 +139,8 @@ class ImageFolderDataModule(ImageDataModule):
     val: ``<root>/val`` when present, else ``val_fraction`` of train held out (fixed by ``seed``).
     test: ``<root>/test`` when present, else the val split. ``num_classes`` null reads the count
     from the tree; a number is checked against it. Stray non-image files and empty class folders
-    are skipped and counted in the log. ``fast_path`` decodes JPEGs at reduced size when the
-    transform allows it and crops/resizes on tensors; false is plain PIL decoding.
+    are skipped and counted in the log. ``fast_path`` decodes with ``decode_image`` and
+    crops/resizes on tensors; false is plain PIL decoding and PIL transforms.
     """
 
     name = "imagefolder"
@@ -185,8 +209,10 @@ class ImageFolderDataModule(ImageDataModule):
         log.info("%s: %d train, %d val, %d test images", self.name, len(train), len(val), len(test))
 
         def files(samples: list[Sample], transform: Callable) -> ImageFiles:
-            min_side = min_decode_side(transform) if self.fast_path else None
-            return ImageFiles(samples, transform, min_side, self.on_corrupt)
+            decode = load_image
+            if self.fast_path:
+                decode = functools.partial(decode_image, min_side=min_decode_side(transform))
+            return ImageFiles(samples, transform, decode, self.on_corrupt)
 
         return {
             "train": files(train, train_transform),
