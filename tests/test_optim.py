@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from vitlab.models.segmenter import ViTSegmenter
 from vitlab.models.vit import VisionTransformer
 from vitlab.optim import WarmupCosine, effective_batch_size, layer_id, param_groups, scaled_lr
 
@@ -82,3 +83,15 @@ def test_schedule_drives_lambda_lr_per_group_scale():
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.5, 0.25])
     state = scheduler.state_dict()
     assert state["lr_lambdas"][0] == {"warmup_steps": 2, "total_steps": 10, "min_ratio": 0.0}
+
+
+def test_layer_decay_follows_the_backbone_of_a_segmenter():
+    segmenter = ViTSegmenter(tiny_vit(), num_classes=4)
+    groups = param_groups(segmenter, weight_decay=0.05, layer_decay=0.5)
+    scale = {name: g["lr_scale"] for g in groups for name in g["names"]}
+    assert scale["backbone.blocks.2.attn.qkv.weight"] == 0.5
+    assert scale["backbone.patch_embed.proj.weight"] == 0.5**4
+    decoder = [name for name in scale if not name.startswith("backbone.")]
+    assert decoder and all(scale[name] == 1.0 for name in decoder)
+    no_decay = {name for g in groups if g["weight_decay"] == 0 for name in g["names"]}
+    assert "backbone.pos_embed" in no_decay

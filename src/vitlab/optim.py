@@ -31,22 +31,39 @@ def layer_id(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
+def encoder(model: nn.Module) -> tuple[str, nn.Module]:
+    """The ViT inside ``model`` (the first module with ``blocks``) and its parameter-name
+    prefix: ``""`` for a ViT or MAE itself, ``"backbone."`` for a segmenter."""
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "blocks", None), nn.Sequential | nn.ModuleList):
+            return (f"{name}." if name else ""), module
+    raise ValueError(f"layer decay needs a ViT with blocks inside {type(model).__name__}")
+
+
 def param_groups(
     model: nn.Module, weight_decay: float, layer_decay: float | None = None
 ) -> list[dict]:
     """AdamW groups: no decay on biases, norms and tokens; optional layer-wise lr decay.
 
     Each group carries ``lr_scale`` (1.0 without layer decay); the optimizer's lr is multiplied
-    by it, so layer ``i`` of ``L`` blocks gets ``lr * layer_decay ** (L + 1 - i)``.
+    by it, so layer ``i`` of ``L`` blocks gets ``lr * layer_decay ** (L + 1 - i)``. Depths are
+    those of ``model``'s ViT (see ``encoder``); parameters outside it (a segmentation decoder)
+    sit on top with the head.
     """
+    prefix, vit = encoder(model) if layer_decay is not None else ("", model)
     skip = getattr(model, "no_weight_decay", lambda: set())()
-    num_layers = len(model.blocks) if layer_decay is not None else 0
+    num_layers = len(vit.blocks) if layer_decay is not None else 0
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decay = param.ndim > 1 and name not in skip
-        depth = layer_id(name, num_layers) if layer_decay is not None else 0
+        if layer_decay is None:
+            depth = 0
+        elif name.startswith(prefix):
+            depth = layer_id(name.removeprefix(prefix), num_layers)
+        else:
+            depth = num_layers + 1
         key = (depth, decay)
         if key not in groups:
             scale = layer_decay ** (num_layers + 1 - depth) if layer_decay is not None else 1.0

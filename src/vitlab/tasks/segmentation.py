@@ -35,8 +35,7 @@ class SegmentationTask(RecipeTask):
 
     ``pretrained`` (a vitlab, MAE or timm ViT checkpoint) is loaded into ``model.backbone``
     when fitting starts, so evaluating or resuming never needs that file; the decoder keeps its
-    initialisation. Layer-wise lr decay is not offered: ``vitlab.optim.layer_id`` reads
-    unprefixed ViT names, not ``backbone.``-prefixed ones.
+    initialisation. ``layer_decay`` decays the backbone's lr by depth; the decoder gets the full lr.
     """
 
     def __init__(
@@ -46,10 +45,11 @@ class SegmentationTask(RecipeTask):
         warmup_epochs: float = 5.0,
         min_lr: float = 1e-6,
         pretrained: str | None = None,
+        layer_decay: float | None = None,
         compile: bool = False,
         skip_nonfinite: bool = False,
     ):
-        super().__init__(optimizer, warmup_epochs, min_lr, None, compile, skip_nonfinite)
+        super().__init__(optimizer, warmup_epochs, min_lr, layer_decay, compile, skip_nonfinite)
         self.model = model
         self.pretrained = pretrained
         self.val_metrics = segmentation_metrics(model.num_classes, "val/")
