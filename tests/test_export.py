@@ -27,6 +27,7 @@ from vitlab.export import (
 )
 from vitlab.models.vit import VisionTransformer
 from vitlab.tasks.classification import ClassificationTask
+from vitlab.tasks.linear_probe import LinearProbeTask
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONFIG = {
@@ -42,14 +43,10 @@ MODEL_CONFIG = {
 }
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained_checkpoint(task: L.LightningModule, path: Path) -> Path:
     """A few steps of training, saved with the run config in the hyperparameters (as train.py)."""
-    torch.manual_seed(0)
-    model_config = {k: v for k, v in MODEL_CONFIG.items() if k != "_target_"}
-    optimizer = functools.partial(torch.optim.AdamW, lr=1e-3)
-    task = ClassificationTask(VisionTransformer(**model_config), optimizer, warmup_epochs=0)
-    task_config = {"_target_": "vitlab.tasks.classification.ClassificationTask"}
+    task_class = type(task)
+    task_config = {"_target_": f"{task_class.__module__}.{task_class.__name__}"}
     task.save_hyperparameters({"model": MODEL_CONFIG, "task": task_config})
     trainer = L.Trainer(
         accelerator="cpu",
@@ -61,9 +58,32 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         limit_val_batches=0,
     )
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=16))
-    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
     trainer.save_checkpoint(path)
     return path
+
+
+def tiny_vit() -> VisionTransformer:
+    return VisionTransformer(**{k: v for k, v in MODEL_CONFIG.items() if k != "_target_"})
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    optimizer = functools.partial(torch.optim.AdamW, lr=1e-3)
+    task = ClassificationTask(tiny_vit(), optimizer, warmup_epochs=0)
+    return trained_checkpoint(task, tmp_path_factory.mktemp("ckpt") / "last.ckpt")
+
+
+def test_a_linear_probe_exports_as_a_plain_vit_with_its_batchnorm_folded(tmp_path: Path):
+    torch.manual_seed(0)
+    optimizer = functools.partial(torch.optim.SGD, lr=0.1)
+    probe = LinearProbeTask(tiny_vit(), optimizer, warmup_epochs=0)
+    path = trained_checkpoint(probe, tmp_path / "probe.ckpt")
+    assert probe.model.head[0].num_batches_tracked == 3
+    export(path, tmp_path / "export")
+    images = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(tmp_path / "export")(images), probe.eval()(images))
 
 
 def test_safetensors_hold_exactly_the_vit_weights_and_load_from_the_json_config(

@@ -1,6 +1,7 @@
 """A trained checkpoint as deployable files: ``python -m vitlab.export CKPT OUT_DIR [--onnx]``.
 
-Writes ``model.safetensors`` (the ``VisionTransformer`` state dict, timm names, nothing else),
+Writes ``model.safetensors`` (the ``VisionTransformer`` state dict, timm names, nothing else; a
+linear probe's BatchNorm is folded into its Linear head),
 ``config.json`` (its constructor arguments: ``VisionTransformer(**config)`` loads it) and with
 ``--onnx`` ``model.onnx`` (dynamic batch), checked against PyTorch on random images.
 """
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from vitlab.models.checkpoint import read_state_dict
 from vitlab.models.vit import VisionTransformer
 from vitlab.run import UserError, existing_file, stored_config
+from vitlab.tasks.linear_probe import PROBE_EPS
 
 VIT_TARGET = f"{VisionTransformer.__module__}.{VisionTransformer.__name__}"
 WEIGHTS_FILE, CONFIG_FILE, ONNX_FILE = "model.safetensors", "config.json", "model.onnx"
@@ -40,13 +42,30 @@ def trained_vit(ckpt_path: Path) -> tuple[VisionTransformer, DictConfig]:
     """The classifier a train.py checkpoint holds (eval mode, on the CPU), and its run config."""
     run_cfg = stored_config(ckpt_path)
     model = VisionTransformer(**vit_config(run_cfg))
-    missing, unexpected = model.load_state_dict(read_state_dict(ckpt_path), strict=False)
+    state = fold_probe_head(read_state_dict(ckpt_path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(
             f"ckpt_path: {ckpt_path} is not a VisionTransformer classifier of task "
             f"{run_cfg.task._target_}: missing keys {missing}, unexpected keys {unexpected}"
         )
     return model.eval(), run_cfg
+
+
+def fold_probe_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A linear probe's head (``probe_head``: BatchNorm without affine, then Linear) as the one
+    Linear it computes in eval mode, so the export is a plain ViT; other states pass as they are.
+    """
+    if "head.0.running_var" not in state:
+        return state
+    state = dict(state)
+    inv_std = (state.pop("head.0.running_var") + PROBE_EPS).rsqrt()
+    mean = state.pop("head.0.running_mean")
+    state.pop("head.0.num_batches_tracked", None)
+    weight = state.pop("head.1.weight") * inv_std
+    state["head.weight"] = weight
+    state["head.bias"] = state.pop("head.1.bias") - weight @ mean
+    return state
 
 
 def export_safetensors(model: VisionTransformer, config: dict[str, Any], out_dir: Path) -> Path:

@@ -11,6 +11,8 @@ from torch.optim import Optimizer
 from vitlab.models.vit import VisionTransformer
 from vitlab.tasks.classification import ClassificationTask
 
+PROBE_EPS = 1e-6
+
 
 def probe_head(embed_dim: int, num_classes: int) -> nn.Sequential:
     """BatchNorm without affine parameters, then a linear classifier (the MAE release's probe).
@@ -20,7 +22,7 @@ def probe_head(embed_dim: int, num_classes: int) -> nn.Sequential:
     linear = nn.Linear(embed_dim, num_classes)
     nn.init.trunc_normal_(linear.weight, std=0.01)
     nn.init.zeros_(linear.bias)
-    return nn.Sequential(nn.BatchNorm1d(embed_dim, affine=False, eps=1e-6), linear)
+    return nn.Sequential(nn.BatchNorm1d(embed_dim, affine=False, eps=PROBE_EPS), linear)
 
 
 class LinearProbeTask(ClassificationTask):
