@@ -3,13 +3,13 @@
 The model is rebuilt from the run config stored in the checkpoint, and every image goes
 through that run's evaluation preprocessing: for digits, grayscale, resized to the model's
 input and standardised with the training split's statistics; for RGB datasets, the
-resize + center-crop of ``build_eval_transform``, then ``Normalize``.
+resize + center-crop of ``build_eval_transform``, then ``Normalize``. Class names come from the
+checkpoint (``NamedClasses``), so the training data need not be here.
 """
 
 from __future__ import annotations
 
 import csv
-import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -24,11 +24,10 @@ from torchvision.transforms import v2
 from vitlab.data.base import ImageDataModule
 from vitlab.data.digits import DigitsDataModule
 from vitlab.data.imagefolder import DECODE_ERRORS, is_image, load_image
+from vitlab.data.named_classes import stored_class_names
 from vitlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize, build_eval_transform
 from vitlab.export import trained_vit
 from vitlab.run import UserError, build, existing_file
-
-log = logging.getLogger(__name__)
 
 Preprocess = Callable[[Path], torch.Tensor]
 # rows shown on the console; the CSV holds them all
@@ -44,10 +43,12 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     if cfg.top_k < 1:
         raise UserError(f"top_k must be at least 1, got {cfg.top_k}")
     paths = image_paths(Path(cfg.inputs).expanduser())
-    model, run_cfg = trained_vit(existing_file(cfg.ckpt_path, "ckpt_path"))
+    ckpt_path = existing_file(cfg.ckpt_path, "ckpt_path")
+    model, run_cfg = trained_vit(ckpt_path)
     device = torch.device(resolve_device(cfg.device))
     model.to(device)
-    preprocess, class_names = eval_preprocessing(run_cfg.data, model.patch_embed.img_size[0])
+    preprocess = eval_preprocessing(run_cfg.data, model.patch_embed.img_size[0])
+    class_names = stored_class_names(ckpt_path, run_cfg.data._target_)
     names = class_names or [str(index) for index in range(model.num_classes)]
 
     top_k = min(cfg.top_k, model.num_classes)
@@ -84,8 +85,8 @@ def image_paths(inputs: Path) -> list[Path]:
     return paths
 
 
-def eval_preprocessing(data_cfg: DictConfig, img_size: int) -> tuple[Preprocess, list[str] | None]:
-    """The run's evaluation preprocessing of one image file, and its class names if known."""
+def eval_preprocessing(data_cfg: DictConfig, img_size: int) -> Preprocess:
+    """The run's evaluation preprocessing of one image file."""
     data_class = get_class(data_cfg._target_)
     if issubclass(data_class, DigitsDataModule):
         return digits_preprocessing(data_cfg, img_size)
@@ -100,11 +101,11 @@ def eval_preprocessing(data_cfg: DictConfig, img_size: int) -> tuple[Preprocess,
                 Normalize(data_cfg.get("mean", IMAGENET_MEAN), data_cfg.get("std", IMAGENET_STD)),
             ]
         )
-        return lambda path: transform(load_image(str(path))), rgb_class_names(data_cfg)
+        return lambda path: transform(load_image(str(path)))
     raise UserError(f"data: predict.py knows no image preprocessing for {data_cfg._target_}")
 
 
-def digits_preprocessing(data_cfg: DictConfig, img_size: int) -> tuple[Preprocess, list[str]]:
+def digits_preprocessing(data_cfg: DictConfig, img_size: int) -> Preprocess:
     """Grayscale in [0, 1], resized like the digits (bilinear, antialiased), then standardised
     with the statistics of the run's training split (recomputed: the split is fixed by seed)."""
     datamodule = build(data_cfg, "data")
@@ -118,17 +119,7 @@ def digits_preprocessing(data_cfg: DictConfig, img_size: int) -> tuple[Preproces
             )
         return normalize(v2.functional.resize(gray, [img_size, img_size], antialias=True))
 
-    return preprocess, datamodule.class_names
-
-
-def rgb_class_names(data_cfg: DictConfig) -> list[str] | None:
-    """Class names when the run's data can still be opened here (e.g. its image-folder tree)."""
-    try:
-        names = getattr(build(data_cfg, "data"), "class_names", None)
-    except UserError as error:
-        log.warning("class indices instead of names: %s", error)
-        return None
-    return list(names) if names else None
+    return preprocess
 
 
 def load(preprocess: Preprocess, path: Path) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vitlab.data.epoch_seed import SeededShuffle, seed_epoch
+from vitlab.data.named_classes import NamedClasses
 from vitlab.data.sampler import RepeatedAugSampler
 from vitlab.data.transforms import (
     IMAGENET_MEAN,
@@ -41,7 +42,7 @@ def carve_split(size: int, fraction: float, seed: int) -> tuple[list[int], list[
     return sorted(order[held_out:]), sorted(order[:held_out])
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(NamedClasses, L.LightningDataModule):
     """Base for RGB classification data.
 
     Loaders yield uint8 images; ``on_after_batch_transfer`` normalises them on the device they

@@ -6,9 +6,10 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from vitlab.data.epoch_seed import SeededShuffle, seed_epoch
+from vitlab.data.named_classes import NamedClasses
 
 
-class SplitsDataModule(L.LightningDataModule):
+class SplitsDataModule(NamedClasses, L.LightningDataModule):
     """Serves ``self.splits`` ("train", "val", "test"): full, shuffled train batches whose order
     and augmentation are seeded per epoch from ``epoch_seed`` (exact resume), plain val/test."""
 
