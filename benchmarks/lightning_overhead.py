@@ -127,7 +127,7 @@ def raw_steps(
         logits = model(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=task.label_smoothing)
         if metrics:
-            task.train_metrics(logits, targets)
+            task.train_metrics.update(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip:
