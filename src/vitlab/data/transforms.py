@@ -118,8 +118,10 @@ class Normalize:
         self.shift = -torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.scale.to(images.device), self.shift.to(images.device)
-        return images.float().mul_(scale).add_(shift)
+        if self.scale.device != images.device:
+            # moved once: a blocking copy to a GPU each batch would synchronise every step
+            self.scale, self.shift = self.scale.to(images.device), self.shift.to(images.device)
+        return images.float().mul_(self.scale).add_(self.shift)
 
 
 class BatchMix:
