@@ -12,12 +12,13 @@ from vitlab.data.synthetic import synthetic_image
 from vitlab.data.transforms import (
     BatchMix,
     BatchStep,
-    ToPIL,
+    RandAugment,
     build_eval_transform,
     build_train_transform,
     collate_present,
     eval_resize_size,
     min_decode_side,
+    to_pil,
 )
 
 PHOTO = synthetic_image((50, 40), 0, np.random.default_rng(0))
@@ -50,7 +51,20 @@ def test_erased_boxes_normalise_to_zero():
 
 def test_to_pil_keeps_the_pixels():
     image = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8)
-    assert np.array_equal(np.asarray(ToPIL()(image)), image.permute(1, 2, 0).numpy())
+    assert np.array_equal(np.asarray(to_pil(image)), image.permute(1, 2, 0).numpy())
+
+
+@pytest.mark.parametrize("op", sorted(RandAugment.PIL_OPS))
+def test_policy_ops_routed_through_pil_match_pil_and_stay_tensors(op: str):
+    policy = RandAugment(num_ops=1, magnitude=9)
+    magnitude = float(policy._AUGMENTATION_SPACE[op][0](31, 32, 32)[9])
+    image = torch.from_numpy(np.array(PHOTO)).permute(2, 0, 1).contiguous()
+    args = (op, magnitude, policy.interpolation, policy._fill)
+    on_tensor = policy._apply_image_or_video_transform(image, *args)
+    on_pil = policy._apply_image_or_video_transform(to_pil(image), *args)
+    assert type(on_tensor) is torch.Tensor and on_tensor.dtype == torch.uint8
+    assert not torch.equal(on_tensor, image)
+    assert np.array_equal(on_tensor.permute(1, 2, 0).numpy(), np.asarray(on_pil))
 
 
 def test_unknown_auto_augment_is_an_error():
