@@ -34,6 +34,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, TensorDataset
 
 from vitlab.optim import WarmupCosine, param_groups, scaled_lr
+from vitlab.tasks.base import fused_adam
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,8 +106,9 @@ def lightning_steps(task, cfg: DictConfig, loader: DataLoader, out_dir: str) -> 
 def raw_steps(
     task, cfg: DictConfig, loader: DataLoader, metrics: bool = False
 ) -> tuple[list[float], float]:
-    """The same step by hand: groups, scaled lr, warmup + cosine per step, loss, clipping;
-    with ``metrics`` also the task's train accuracy metrics, as its training_step does."""
+    """The same step by hand: groups, scaled lr, fused AdamW, warmup + cosine per step, loss,
+    clipping; with ``metrics`` also the task's train accuracy metrics, as its training_step
+    does."""
     model = task.model
     model.train()
     optimizer_cfg = cfg.task.optimizer
@@ -114,7 +116,8 @@ def raw_steps(
     groups = param_groups(model, optimizer_cfg.weight_decay, cfg.task.layer_decay)
     for group in groups:
         group["lr"] = lr * group["lr_scale"]
-    optimizer = instantiate(optimizer_cfg)(groups, lr=lr)
+    factory = instantiate(optimizer_cfg)
+    optimizer = factory(groups, lr=lr, **fused_adam(factory, groups))
     total = len(loader)
     warmup = min(total, round(cfg.task.warmup_epochs * total))
     min_ratio = min(1.0, cfg.task.min_lr / lr)

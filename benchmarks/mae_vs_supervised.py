@@ -1,6 +1,6 @@
 """Time of one MAE pretraining step over one supervised step of the same ViT (lower is better).
 
-Both steps are forward + backward + AdamW on the same encoder, measured in the same process
+Both steps are forward + backward + AdamW (fused, as vitlab trains) on the same encoder, measured in the same process
 on the same inputs; MAE's encoder runs on the visible 25% of the patches and its decoder
 (512 wide, 8 deep by default) on all of them. Defaults finish in under 2 minutes on a CPU:
 
@@ -53,7 +53,7 @@ def median_step_seconds(
 
 
 def train_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=True)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -8,7 +8,7 @@ from torch import nn
 from vitlab.data.digits import DigitsDataModule
 from vitlab.models.vit import VisionTransformer
 from vitlab.run import use_tf32_matmuls
-from vitlab.tasks.base import fused_on_cuda
+from vitlab.tasks.base import fused_adam
 from vitlab.tasks.classification import ClassificationTask
 
 
@@ -72,23 +72,33 @@ def test_inductor_compiled_model_matches_and_keeps_its_keys():
     assert list(task.state_dict()) == list(plain.state_dict())
 
 
-def test_fused_adamw_only_for_cuda_parameters():
+def test_adamw_runs_fused_on_cpu_unless_the_config_chose():
     adamw = functools.partial(torch.optim.AdamW, lr=1e-3)
-    cpu_groups = [{"params": list(nn.Linear(2, 2).parameters())}]
-    assert fused_on_cuda(adamw, cpu_groups) == {}
-    assert fused_on_cuda(functools.partial(torch.optim.SGD, lr=0.1), cpu_groups) == {}
-    # a CPU optimizer built the way configure_optimizers builds it still steps
-    optimizer = adamw(cpu_groups, **fused_on_cuda(adamw, cpu_groups))
-    optimizer.step()
+    model = nn.Linear(2, 2)
+    groups = [{"params": list(model.parameters())}]
+    assert fused_adam(adamw, groups) == {"fused": True}
+    assert fused_adam(functools.partial(adamw, foreach=True), groups) == {}
+    assert fused_adam(functools.partial(torch.optim.SGD, lr=0.1), groups) == {}
+    # built the way configure_optimizers builds it, it steps like the unfused optimizer
+    reference = nn.Linear(2, 2)
+    reference.load_state_dict(model.state_dict())
+    initial = model.weight.detach().clone()
+    fused = adamw(groups, **fused_adam(adamw, groups))
+    unfused = adamw(reference.parameters())
+    for optimizer, module in ((fused, model), (unfused, reference)):
+        module(torch.ones(3, 2)).square().sum().backward()
+        optimizer.step()
+    torch.testing.assert_close(model.weight, reference.weight)
+    assert not torch.equal(model.weight, initial)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_fused_adamw_and_tf32_on_cuda():
     groups = [{"params": list(nn.Linear(2, 2).cuda().parameters())}]
-    assert fused_on_cuda(functools.partial(torch.optim.AdamW, lr=1e-3), groups) == {"fused": True}
+    assert fused_adam(functools.partial(torch.optim.AdamW, lr=1e-3), groups) == {"fused": True}
     explicit = functools.partial(torch.optim.AdamW, lr=1e-3, foreach=True)
-    assert fused_on_cuda(explicit, groups) == {}
+    assert fused_adam(explicit, groups) == {}
     previous = torch.get_float32_matmul_precision()
     try:
         use_tf32_matmuls()
