@@ -4,13 +4,14 @@ ImageFolder + PIL with the same augmentation, on generated ~500x375 JPEGs (Image
     python benchmarks/data_pipeline.py [--images 96] [--img-size 224] [--rounds 3]
 
 One process, one thread, no loader workers, timed in this process's CPU seconds: images/s per
-core, whatever else the machine runs (its caches and memory bus stay shared). The baseline is the textbook
-torchvision pipeline: PIL decode, RandomResizedCrop (bicubic), flip, RandAugment(2, 9),
-normalise, RandomErasing per sample, MixUp/CutMix in the collate. vitlab's loader does the same
-per-sample work on uint8 tensors (TorchCodec decode, tensor kernels) and leaves normalising and mixing to
-the batch step that runs after the batch reaches the accelerator; the rows "+ batch step" run
-that step on this CPU too, as a CPU-only training run would. Rounds alternate between the
-pipelines and the best round of each counts. Also measured: vitlab on a `vitlab.data.pack` copy.
+core, whatever else the machine runs (its caches and memory bus stay shared). The baseline is
+the textbook torchvision pipeline: PIL decode, RandomResizedCrop (bicubic), flip,
+RandAugment(2, 9), normalise, RandomErasing per sample, MixUp/CutMix in the collate. vitlab's
+loader does the same per-sample work on uint8 tensors (TorchCodec decode, tensor kernels) and
+leaves normalising and mixing to the batch step that runs after the batch reaches the
+accelerator; the rows "+ batch step" run that step on this CPU too, as a CPU-only training run
+would. Rounds alternate between the pipelines and the best round of each counts. Also
+measured: vitlab on a `vitlab.data.pack` copy.
 """
 
 from __future__ import annotations

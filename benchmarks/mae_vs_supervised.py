@@ -1,8 +1,9 @@
 """Time of one MAE pretraining step over one supervised step of the same ViT (lower is better).
 
-Both steps are forward + backward + AdamW (fused, as vitlab trains) on the same encoder, measured in the same process
-on the same inputs; MAE's encoder runs on the visible 25% of the patches and its decoder
-(512 wide, 8 deep by default) on all of them. Defaults finish in under 2 minutes on a CPU:
+Both steps are forward + backward + AdamW (fused, as vitlab trains) on the same encoder,
+measured in the same process on the same inputs; MAE's encoder runs on the visible 25% of the
+patches and its decoder (512 wide, 8 deep by default) on all of them. Defaults finish in under 2
+minutes on a CPU:
 
     python benchmarks/mae_vs_supervised.py                      # ViT-B/16, batch 4, 3 steps
     python benchmarks/mae_vs_supervised.py --batch-size 64 --steps 20 --device cuda

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import tv_tensors
 
 from vitlab.data.synthetic import synthetic_image
 from vitlab.data.transforms import (
@@ -65,6 +66,21 @@ def test_policy_ops_routed_through_pil_match_pil_and_stay_tensors(op: str):
     assert type(on_tensor) is torch.Tensor and on_tensor.dtype == torch.uint8
     assert not torch.equal(on_tensor, image)
     assert np.array_equal(on_tensor.permute(1, 2, 0).numpy(), np.asarray(on_pil))
+
+
+def test_policies_route_pil_ops_of_rgb_uint8_tensors_only(monkeypatch):
+    converted = []
+    monkeypatch.setattr(
+        "vitlab.data.transforms.to_pil", lambda image: converted.append(image) or to_pil(image)
+    )
+    sharpen = RandAugment(num_ops=1, magnitude=9)
+    sharpen._AUGMENTATION_SPACE = {"Sharpness": sharpen._AUGMENTATION_SPACE["Sharpness"]}
+    rgb = torch.from_numpy(np.array(PHOTO)).permute(2, 0, 1).contiguous()
+    assert sharpen(rgb).dtype == torch.uint8 and len(converted) == 1
+    for other in (rgb[:1], rgb.float() / 255, tv_tensors.Image(rgb)):
+        out = sharpen(other)
+        assert type(out) is type(other) and out.dtype == other.dtype
+    assert len(converted) == 1
 
 
 def test_unknown_auto_augment_is_an_error():

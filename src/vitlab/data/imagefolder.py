@@ -140,7 +140,7 @@ class ImageFolderDataModule(ImageDataModule):
     test: ``<root>/test`` when present, else the val split. ``num_classes`` null reads the count
     from the tree; a number is checked against it. Stray non-image files and empty class folders
     are skipped and counted in the log. ``fast_path`` decodes with ``decode_image`` and
-    crops/resizes on tensors; false is plain PIL decoding and PIL transforms.
+    crops, resizes and augments tensors; false is plain PIL decoding and PIL transforms.
     """
 
     name = "imagefolder"

@@ -26,8 +26,8 @@ from torchvision.transforms import v2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BICUBIC = v2.InterpolationMode.BICUBIC
-# RandAugment/TrivialAugment's rotations and shears: PIL's bicubic warp costs twice as much and
-# tensors have none
+# RandAugment/TrivialAugment's rotations and shears: tensor warps have no bicubic, and PIL's
+# (the slow path) costs twice its bilinear
 BILINEAR = v2.InterpolationMode.BILINEAR
 
 
@@ -38,10 +38,12 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 
 class PILWhereFaster:
-    """Mixin for torchvision's auto-augment policies: on uint8 tensors, runs the ops whose PIL
-    kernels beat the tensor ones even with both conversions (224 crops, one core: Sharpness
-    0.66 vs 2.6 ms, Solarize 0.24 vs 0.61 ms) through PIL, and every other op on the tensor
-    (warps 0.55 vs 0.75 ms in PIL)."""
+    """Mixin for torchvision's auto-augment policies: on plain uint8 RGB tensors (the fast
+    path's), runs the ops whose PIL kernels beat the tensor ones even with both conversions
+    (224 crops, one core: Sharpness 0.66 vs 2.6 ms, Solarize 0.24 vs 0.61 ms) through PIL, and
+    every other op on the tensor (warps 0.55 vs 0.75 ms in PIL). Other inputs run as in
+    torchvision. The PIL ops round like PIL: Sharpness may differ by 1, and Solarize compares
+    with the threshold in float64, not float32."""
 
     PIL_OPS = frozenset({"Sharpness", "Solarize"})
 
@@ -49,9 +51,19 @@ class PILWhereFaster:
         self, image: Any, transform_id: str, *args: Any, **kwargs: Any
     ) -> Any:
         apply = super()._apply_image_or_video_transform  # type: ignore[misc]
-        if transform_id in self.PIL_OPS and type(image) is torch.Tensor:
+        if transform_id in self.PIL_OPS and is_rgb_uint8(image):
             return v2.functional.pil_to_tensor(apply(to_pil(image), transform_id, *args, **kwargs))
         return apply(image, transform_id, *args, **kwargs)
+
+
+def is_rgb_uint8(image: Any) -> bool:
+    """A plain (not tv_tensors) uint8 CHW tensor with 3 channels."""
+    return (
+        type(image) is torch.Tensor
+        and image.dtype == torch.uint8
+        and image.ndim == 3
+        and image.shape[0] == 3
+    )
 
 
 class RandAugment(PILWhereFaster, v2.RandAugment):
