@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from quiet_trainer import quiet_trainer
 from safetensors.torch import load_file
 
 from vitlab.data.digits import DigitsDataModule
@@ -48,12 +49,7 @@ def trained_checkpoint(task: L.LightningModule, path: Path) -> Path:
     task_class = type(task)
     task_config = {"_target_": f"{task_class.__module__}.{task_class.__name__}"}
     task.save_hyperparameters({"model": MODEL_CONFIG, "task": task_config})
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = quiet_trainer(
         max_steps=3,
         limit_val_batches=0,
     )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from PIL import Image
+from quiet_trainer import quiet_trainer
 
 from vitlab.callbacks.attention import AttentionMaps, attention_panels
 from vitlab.data.digits import DigitsDataModule
@@ -43,13 +43,8 @@ def test_panels_hold_the_image_then_rollout_then_each_head_upsampled_per_patch()
 
 def test_callback_writes_a_png_per_validation_epoch_with_a_row_per_image(tmp_path: Path):
     optimizer = functools.partial(torch.optim.AdamW, lr=1e-3)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         max_epochs=2,
         limit_train_batches=2,
         limit_val_batches=1,

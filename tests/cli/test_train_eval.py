@@ -17,8 +17,12 @@ def metrics_of(run_dir: Path) -> dict[str, float]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def test_train_then_eval_reproduces_the_test_metrics(cli):
-    result = cli("train.py", "debug=limit", "trainer.limit_test_batches=1.0", "logger=csv")
+@pytest.mark.parametrize(
+    "ema", [[], ["callbacks=[default,ema]", "callbacks.ema.decay=0.9"]], ids=["plain", "ema"]
+)
+def test_train_then_eval_reproduces_the_test_metrics(cli, ema: list[str]):
+    overrides = ["debug=limit", "trainer.limit_test_batches=1.0", "logger=csv", *ema]
+    result = cli("train.py", *overrides)
     assert "effective batch 64" in result.stdout + result.stderr
     (run_dir,) = run_dirs(cli.log_dir)
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
@@ -31,6 +35,8 @@ def test_train_then_eval_reproduces_the_test_metrics(cli):
     best = next(p for p in (run_dir / "checkpoints").iterdir() if p.name != "last.ckpt")
     checkpoint = torch.load(best, weights_only=True)
     assert checkpoint["hyper_parameters"]["model"]["embed_dim"] == 64
+    # with the EMA, the state_dict holds the averaged weights that both tests must evaluate
+    assert ("current_model_state" in checkpoint) == bool(ema)
 
     cli("eval.py", f"ckpt_path={best}")
     (eval_dir,) = run_dirs(cli.log_dir, "eval")

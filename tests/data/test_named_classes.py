@@ -6,8 +6,8 @@ import functools
 import shutil
 from pathlib import Path
 
-import lightning as L
 import torch
+from quiet_trainer import quiet_trainer
 
 from vitlab.data.imagefolder import ImageFolderDataModule
 from vitlab.data.named_classes import stored_class_names
@@ -27,14 +27,9 @@ def test_a_checkpoint_keeps_the_class_names_after_the_data_is_gone(tmp_path: Pat
         img_size=16, patch_size=8, num_classes=2, embed_dim=8, depth=1, num_heads=2
     )
     task = ClassificationTask(vit, functools.partial(torch.optim.SGD, lr=0.1), warmup_epochs=0)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=1,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(task, datamodule=datamodule)
     trainer.save_checkpoint(tmp_path / "last.ckpt")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import lightning as L
 import pytest
 import timm
 import torch
+from quiet_trainer import quiet_trainer
 
 from vitlab.data.digits import DigitsDataModule
 from vitlab.models.checkpoint import load_pretrained, read_state_dict
@@ -148,14 +148,9 @@ def test_fine_tuning_layer_decay_scales_every_parameter_by_its_depth(tmp_path: P
         layer_decay=0.65,
         pretrained=str(tmp_path / "mae.pth"),
     )
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=1,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=16))
     lrs = {

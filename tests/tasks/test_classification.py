@@ -4,6 +4,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from quiet_trainer import quiet_trainer
 
 from vitlab.data.digits import DigitsDataModule
 from vitlab.models.vit import VisionTransformer
@@ -31,12 +32,7 @@ def fit(
     task: ClassificationTask, batch_size: int = 32, **trainer_kwargs
 ) -> tuple[L.Trainer, RecordLr]:
     record = RecordLr()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = quiet_trainer(
         callbacks=[record],
         limit_val_batches=1,
         **trainer_kwargs,

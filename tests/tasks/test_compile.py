@@ -1,8 +1,8 @@
 import functools
 
-import lightning as L
 import pytest
 import torch
+from quiet_trainer import quiet_trainer
 from torch import nn
 
 from vitlab.data.digits import DigitsDataModule
@@ -42,13 +42,8 @@ def test_compile_is_off_by_default_and_in_place_when_asked(eager_compile):
 def test_compiled_checkpoint_keys_are_clean_and_load_uncompiled(eager_compile, tmp_path):
     torch.manual_seed(0)
     task = digits_task(compile=True)
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=4))
     assert task.model._compiled_call_impl is not None

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from quiet_trainer import quiet_trainer
 from tiny_models import TINY_ENCODER, tiny_mae
 from torch import nn
 
@@ -41,17 +42,12 @@ def probe_task(tmp_path: Path, global_pool: str = "token") -> LinearProbeTask:
 
 
 def fit(task: LinearProbeTask, tmp_path: Path, callbacks: list[L.Callback]) -> L.Trainer:
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         default_root_dir=tmp_path,
         max_epochs=2,
         limit_train_batches=5,
         limit_val_batches=2,
         limit_test_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=callbacks,
     )
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=32))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from quiet_trainer import quiet_trainer
 from tiny_models import tiny_mae
 
 from vitlab.callbacks.reconstruction import ReconstructionGrid, reconstruction_panels
@@ -21,13 +22,8 @@ def mae_task(probe_num_classes: int | None = 10, lr: float = 1e-3) -> MAEPretrai
 
 
 def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
+    return quiet_trainer(
         default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         **kwargs,
     )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from quiet_trainer import quiet_trainer
 from torch.utils.data import DataLoader
 
 from vitlab.data.segmentation import SegmentationDataModule, write_digit_canvas
@@ -36,13 +37,8 @@ def test_fitting_a_few_canvases_segments_them_well_above_all_background(tmp_path
     datamodule = SegmentationDataModule(root, img_size=32, num_classes=11, batch_size=16)
     L.seed_everything(0)
     task = canvas_task()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         max_epochs=100,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         gradient_clip_val=1.0,
         limit_val_batches=0,
     )

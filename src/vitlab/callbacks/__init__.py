@@ -1,1 +1,1 @@
-"""Lightning callbacks: reconstruction grids, attention maps, throughput."""
+"""Lightning callbacks: reconstruction grids, attention maps, weight EMA."""
