@@ -72,7 +72,7 @@ def test_every_model_instantiates(option, tmp_path):
 def test_callbacks_instantiate(option, tmp_path):
     cfg = compose_train(f"callbacks={option}", tmp_path=tmp_path)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    assert len(callbacks) == (6 if option == "default" else 0)
+    assert len(callbacks) == (7 if option == "default" else 0)
 
 
 def test_a_task_takes_its_backbone_from_the_model_group(tmp_path):

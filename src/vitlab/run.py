@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from vitlab.callbacks.throughput import training_flops
 from vitlab.checks import (
     UserError,
     check_argument_types,
@@ -89,6 +90,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path:
         check_checkpoint_matches(ckpt_path, cfg.model.num_classes)
     task = instantiate(cfg.task)
+    if "throughput" in (cfg.get("callbacks") or {}):
+        task.flops_per_batch = training_flops(cfg.task, cfg.model, cfg.data.batch_size)
     if rank_zero_only.rank == 0:
         check_output_dir(Path(cfg.paths.output_dir), 2 * checkpoint_bytes(task))
     # the resolved config travels in every checkpoint (plain containers): eval.py reads it back

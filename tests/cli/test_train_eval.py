@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
+
+from vitlab.callbacks.throughput import training_flops
 
 
 def run_dirs(log_dir: Path, script: str = "train") -> list[Path]:
@@ -91,6 +95,22 @@ def test_missing_checkpoint_is_a_one_line_error(cli, tmp_path):
         result.stderr.strip().splitlines()[-1]
         == f"error: ckpt_path: no such file: {tmp_path / 'nope.ckpt'}"
     )
+
+
+def test_training_throughput_and_flops_are_logged(cli):
+    every_2_steps = ["callbacks.throughput.window_size=2", "trainer.log_every_n_steps=2"]
+    cli("train.py", "debug=limit", "logger=csv", "test=false", *every_2_steps)
+    (run_dir,) = run_dirs(cli.log_dir)
+    with (run_dir / "csv" / "metrics.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    step_flops = training_flops(cfg.task, cfg.model, batch_size=64)
+    logged = [row for row in rows if row["train/device/samples_per_sec"]]
+    assert logged
+    for row in logged:
+        batches_per_s = float(row["train/device/batches_per_sec"])
+        assert float(row["train/device/samples_per_sec"]) == pytest.approx(64 * batches_per_s)
+        assert float(row["train/device/flops_per_sec"]) == pytest.approx(step_flops * batches_per_s)
 
 
 def test_eval_without_a_checkpoint_says_how_to_call_it(cli):
