@@ -113,6 +113,17 @@ def test_training_throughput_and_flops_are_logged(cli):
         assert float(row["train/device/flops_per_sec"]) == pytest.approx(step_flops * batches_per_s)
 
 
+def test_early_stopping_ends_a_run_that_stops_improving(cli):
+    never_improves = ["callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=1"]
+    overrides = ["debug=limit", "trainer.max_epochs=6", "logger=csv", "test=false"]
+    cli("train.py", "callbacks=[default,early_stopping]", *never_improves, *overrides)
+    (run_dir,) = run_dirs(cli.log_dir)
+    with (run_dir / "csv" / "metrics.csv").open() as file:
+        validated = [int(row["epoch"]) for row in csv.DictReader(file) if row["val/acc1"]]
+    # epoch 0 sets the best; epoch 1 fails to beat it by min_delta, which exhausts patience 1
+    assert validated == [0, 1]
+
+
 def test_eval_without_a_checkpoint_says_how_to_call_it(cli):
     result = cli("eval.py", check=False)
     assert result.returncode == 2
