@@ -29,14 +29,14 @@ def last_checkpoint(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def start_and_interrupt(run_dir: Path, log_dir: Path, sig: signal.Signals) -> None:
+def start_and_interrupt(run_dir: Path, log_dir: Path, sig: signal.Signals, *run: str) -> None:
     """Start a run, wait for its first checkpoint, then send ``sig`` while it trains on."""
     command = [
         sys.executable,
         str(ROOT / "train.py"),
         f"paths.log_dir={log_dir}",
         f"hydra.run.dir={run_dir}",
-        *RUN,
+        *run,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
@@ -52,15 +52,18 @@ def start_and_interrupt(run_dir: Path, log_dir: Path, sig: signal.Signals) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_interrupted_run_resumes_to_the_same_weights(cli, tmp_path, sig):
+@pytest.mark.parametrize(
+    ("sig", "workers"), [(signal.SIGKILL, 0), (signal.SIGTERM, 0), (signal.SIGKILL, 2)]
+)
+def test_interrupted_run_resumes_to_the_same_weights(cli, tmp_path, sig, workers):
+    run = (*RUN, f"data.num_workers={workers}")
     uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
-    cli("train.py", f"hydra.run.dir={uninterrupted}", *RUN)
-    start_and_interrupt(interrupted, cli.log_dir, sig)
+    cli("train.py", f"hydra.run.dir={uninterrupted}", *run)
+    start_and_interrupt(interrupted, cli.log_dir, sig, *run)
     assert (
         last_checkpoint(interrupted)["global_step"] < last_checkpoint(uninterrupted)["global_step"]
     )
-    cli("train.py", f"hydra.run.dir={interrupted}", "ckpt_path=auto", *RUN)
+    cli("train.py", f"hydra.run.dir={interrupted}", "ckpt_path=auto", *run)
 
     expected, resumed = last_checkpoint(uninterrupted), last_checkpoint(interrupted)
     assert resumed["global_step"] == expected["global_step"] == 5 * 6

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from quiet_trainer import quiet_trainer
+from torch.utils.data import DataLoader, TensorDataset
 
 from vitlab.data.digits import DigitsDataModule
 from vitlab.models.vit import VisionTransformer
@@ -60,6 +61,15 @@ def test_optimizer_groups_scaled_lr_and_per_step_schedule():
     assert decays["cls_token"] == decays["blocks.0.norm1.bias"] == 0.0
 
 
+@pytest.mark.parametrize("max_epochs", [100, -1])
+def test_warmup_epochs_count_epochs_when_max_steps_caps_the_run(max_epochs: int):
+    task = digits_task(warmup_epochs=2, min_lr=0.0)
+    _, record = fit(task, max_epochs=max_epochs, max_steps=12, limit_train_batches=4)
+    peak = 1e-3 * 32 / 256
+    schedule = WarmupCosine(8, 12, min_ratio=0.0)  # 2 epochs of 4 steps warm up, of 12 steps
+    assert [lrs[0] for lrs in record.lrs] == pytest.approx([peak * schedule(s) for s in range(12)])
+
+
 def test_soft_targets_use_soft_cross_entropy():
     task = digits_task(label_smoothing=0.0)
     images = torch.randn(4, 1, 8, 8)
@@ -67,6 +77,35 @@ def test_soft_targets_use_soft_cross_entropy():
     expected = F.cross_entropy(task(images), soft)
     task.log = lambda *args, **kwargs: None
     torch.testing.assert_close(task.training_step((images, soft), 0), expected)
+
+
+class OneNanBatch(L.LightningDataModule):
+    """16 random digits-sized images, one of them NaN: under 2-process DDP with batches of 4,
+    one rank meets it in one of its 2 steps."""
+
+    batch_size = 4
+
+    def train_dataloader(self) -> DataLoader:
+        images = torch.randn(16, 1, 8, 8)
+        images[5] = float("nan")
+        labels = torch.zeros(16, dtype=torch.long)
+        return DataLoader(TensorDataset(images, labels), batch_size=self.batch_size)
+
+
+def test_under_ddp_a_nonfinite_batch_is_skipped_and_the_ranks_step_on(tmp_path):
+    task = digits_task(warmup_epochs=0)
+    task.skip_nonfinite = True
+    trainer = quiet_trainer(
+        strategy="ddp_spawn", devices=2, max_epochs=1, default_root_dir=tmp_path
+    )
+    initial = [parameter.detach().clone() for parameter in task.parameters()]
+    trainer.fit(task, datamodule=OneNanBatch())
+    # rank 0's trained weights come back to this process: stepped, and still finite
+    trained = list(task.parameters())
+    assert any(
+        not torch.equal(before, after) for before, after in zip(initial, trained, strict=True)
+    )
+    assert all(torch.isfinite(parameter).all() for parameter in trained)
 
 
 def test_training_reduces_the_loss_on_digits():

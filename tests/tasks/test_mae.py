@@ -38,7 +38,6 @@ def test_pretraining_logs_losses_and_probe_accuracy_and_lowers_the_loss(tmp_path
     metrics = run.callback_metrics
     assert {"train/loss", "train/probe_loss", "val/loss", "val/probe_acc1"} <= metrics.keys()
     assert metrics["val/loss"] < initial
-    assert 0 <= metrics["val/probe_acc1"] <= 1
 
 
 def test_optimizer_holds_encoder_decoder_and_probe_with_mae_betas(tmp_path: Path):

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from vitlab.data.epoch_seed import SeededShuffle, seed_epoch
+from vitlab.data.epoch_seed import SeededShuffle, keep_workers, seed_epoch
 from vitlab.data.named_classes import NamedClasses
 from vitlab.data.sampler import RepeatedAugSampler
 from vitlab.data.transforms import (
@@ -147,7 +147,9 @@ class ImageDataModule(NamedClasses, L.LightningDataModule):
             collate_fn=collate_present,
             num_workers=workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and workers > 0,
+            persistent_workers=keep_workers(
+                self.persistent_workers, workers, seeded=train and self.epoch_seed is not None
+            ),
         )
 
     def train_dataloader(self) -> DataLoader:

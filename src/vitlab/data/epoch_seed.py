@@ -23,18 +23,33 @@ from torch.utils.data import Sampler
 
 
 def seed_epoch(seed: int | None, trainer: L.Trainer | None) -> int | None:
-    """Reseed python, numpy and torch for the trainer's current epoch and return the epoch's
-    seed, for the train loader's ``SeededShuffle`` (None, and no reseeding, without a seed)."""
+    """Reseed python, numpy and torch for the trainer's current epoch and rank, and return the
+    epoch's shuffle seed for the train loader's ``SeededShuffle`` (None, and no reseeding,
+    without a seed).
+
+    The shuffle seed is the same on every rank: Lightning shards one order across data-parallel
+    processes, and shards of different orders would overlap. The RNGs differ per rank, so that
+    the processes draw different augmentations.
+    """
     if seed is None:
         return None
     epoch = trainer.current_epoch if trainer is not None else 0
     rank = trainer.global_rank if trainer is not None else 0
-    # ranks differ so that data-parallel processes do not draw identical augmentations
-    epoch_seed = (seed * 1_000_003 + epoch * 1_009 + rank) % 2**32
-    random.seed(epoch_seed)
-    np.random.seed(epoch_seed)
-    torch.manual_seed(epoch_seed)
-    return epoch_seed
+    shuffle_seed = (seed * 1_000_003 + epoch * 1_009) % 2**32
+    rng_seed = (shuffle_seed + 7_919 * rank) % 2**32
+    random.seed(rng_seed)
+    np.random.seed(rng_seed)
+    torch.manual_seed(rng_seed)
+    return shuffle_seed
+
+
+def keep_workers(requested: bool, workers: int, seeded: bool) -> bool:
+    """Whether a loader's worker processes should persist between its iterators: as
+    ``requested`` when there are workers, but never for a seeded train loader. Lightning starts
+    an epoch's iterator twice in an uninterrupted run and once in a resumed one; persistent
+    workers would carry the first start's random draws into the second, out of the seed's reach.
+    """
+    return requested and workers > 0 and not seeded
 
 
 class SeededShuffle(Sampler[int]):

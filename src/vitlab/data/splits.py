@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from vitlab.data.epoch_seed import SeededShuffle, seed_epoch
+from vitlab.data.epoch_seed import SeededShuffle, keep_workers, seed_epoch
 from vitlab.data.named_classes import NamedClasses
 
 
@@ -31,7 +31,7 @@ class SplitsDataModule(NamedClasses, L.LightningDataModule):
             sampler=sampler,
             drop_last=shuffle,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=keep_workers(True, self.num_workers, seeded=epoch_seed is not None),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -190,7 +190,10 @@ class BatchMix:
         self, images: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if torch.rand(()).item() < self.prob:
-            return self.mix(images, labels)
+            # torchvision mixes each image with its neighbour in the batch, and repeated
+            # augmentation on few processes puts an image's copies side by side: shuffle first
+            order = torch.randperm(len(labels), device=labels.device)
+            return self.mix(images[order], labels[order])
         return images, F.one_hot(labels, self.num_classes).float()
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim import Optimizer
@@ -60,12 +62,19 @@ class RecipeTask(L.LightningModule):
 
     def finite_or_stop(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
         """The loss if finite. Otherwise stop with the step and batch named, or, with
-        ``skip_nonfinite``, skip this optimizer step (Lightning skips a None loss)."""
+        ``skip_nonfinite``, skip this optimizer step (Lightning skips a None loss).
+
+        Data-parallel ranks must step together, and Lightning cannot skip a step there: a rank
+        with a non-finite loss returns a zero loss instead, so that its batch adds nothing to the
+        averaged gradients of the step the other ranks take.
+        """
         if torch.isfinite(loss):
             return loss
         where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
         if self.skip_nonfinite:
-            log.warning("non-finite loss %s at %s: step skipped", loss.item(), where)
+            log.warning("non-finite loss %s at %s: this batch skipped", loss.item(), where)
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             return None
         raise FloatingPointError(
             f"non-finite loss {loss.item()} at {where}; lower the lr, enable "
@@ -102,7 +111,10 @@ class RecipeTask(L.LightningModule):
             groups, lr=lr, **fused_adam(self.optimizer_factory, groups)
         )
         total_steps = max(1, int(trainer.estimated_stepping_batches))
-        steps_per_epoch = total_steps / max(1, trainer.max_epochs or 1)
+        # an epoch's optimizer steps, whatever caps the run (max_epochs or max_steps); the train
+        # loader must be set up to count them, which Lightning skips when max_epochs is -1
+        trainer.fit_loop.setup_data()
+        steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
         warmup_steps = min(total_steps, round(self.warmup_epochs * steps_per_epoch))
         rank_zero_info(
             f"effective batch {batch} = {self.per_device_batch_size()} per device x "
