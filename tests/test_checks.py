@@ -20,6 +20,27 @@ def test_number_arguments_given_text_are_refused_with_their_path():
         check_argument_types(cfg)
 
 
+def test_a_value_given_through_an_interpolation_is_named_where_it_was_given():
+    cfg = OmegaConf.create(
+        {
+            "seed": 1,
+            "model": {"img_size": "abc"},
+            "data": {
+                "_target_": "vitlab.data.digits.DigitsDataModule",
+                "img_size": "${model.img_size}",
+            },
+        }
+    )
+    with pytest.raises(UserError, match=r"^model.img_size: expected a number, got 'abc'$"):
+        check_argument_types(cfg)
+
+
+@pytest.mark.parametrize("key", ["seed", "num_threads"])
+def test_top_level_integers_given_text_are_refused(key: str):
+    with pytest.raises(UserError, match=rf"^{key}: expected an integer, got 'abc'$"):
+        check_argument_types(OmegaConf.create({key: "abc"}))
+
+
 def test_well_typed_config_passes_and_strings_for_string_arguments_are_fine():
     cfg = OmegaConf.create(
         {
@@ -47,6 +68,12 @@ def test_output_dir_without_room_for_checkpoints_is_refused(tmp_path):
     assert not list((tmp_path / "run").iterdir())  # the probe is cleaned up
     with pytest.raises(UserError, match=r"MiB free in .*, checkpoints need about"):
         check_output_dir(tmp_path / "run", needed_bytes=2**62)
+
+
+def test_output_dir_under_a_file_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(UserError, match=r"^paths.output_dir: cannot write to .*notes.txt/run"):
+        check_output_dir(tmp_path / "notes.txt" / "run", needed_bytes=1)
 
 
 def test_checkpoint_size_counts_weights_and_two_moments():

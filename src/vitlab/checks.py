@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from vitlab.models.vit import patch_grid
@@ -36,8 +36,13 @@ def check_argument_types(cfg: DictConfig) -> None:
     """Every config value passed to a number-typed constructor argument must be a number.
 
     Checked against the signatures of the ``_target_`` callables, so ``task.optimizer.lr=abc``
-    is refused at start instead of when the optimizer is first built.
+    is refused at start instead of when the optimizer is first built. A value that came through
+    an interpolation is reported under the key it was given at (``seed``, not the
+    ``data.epoch_seed: ${seed}`` that received it).
     """
+    for key in ("seed", "num_threads"):
+        if not isinstance(cfg.get(key), int | None):
+            raise UserError(f"{key}: expected an integer, got {cfg.get(key)!r}")
     for path, node in targets(cfg):
         try:
             parameters = inspect.signature(get_object(node._target_)).parameters
@@ -50,7 +55,16 @@ def check_argument_types(cfg: DictConfig) -> None:
             value = node[key]
             expects_number = NUMBER.search(annotation) and "str" not in annotation
             if expects_number and isinstance(value, str):
-                raise UserError(f"{path}.{key}: expected a number, got {value!r}")
+                raise UserError(f"{given_at(node, key, path)}: expected a number, got {value!r}")
+
+
+def given_at(node: DictConfig, key: str, path: str) -> str:
+    """The dotted key ``node[key]`` was given at: the target of a plain ``${...}``
+    interpolation, else ``path.key`` itself."""
+    raw = OmegaConf.to_container(node, resolve=False)[key]
+    if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}") and ":" not in raw:
+        return raw[2:-1]
+    return f"{path}.{key}"
 
 
 def targets(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]:
@@ -90,9 +104,9 @@ def checkpoint_bytes(module: nn.Module) -> int:
 
 def check_output_dir(run_dir: Path, needed_bytes: int) -> None:
     """The run directory takes files and has room for a few checkpoints, before training."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     probe = run_dir / ".write_probe"
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as error:

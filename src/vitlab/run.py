@@ -68,7 +68,18 @@ def main(job: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> floa
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         raise
-    return metrics.get(cfg.get("optimized_metric") or "")
+    return optimized_value(metrics, cfg.get("optimized_metric"))
+
+
+def optimized_value(metrics: Mapping[str, float], name: str | None) -> float | None:
+    """The metric a sweep optimises; in a sweep, a name the run never logged is reported with
+    the names it did log, and scored NaN."""
+    if not name:
+        return None
+    if name not in metrics and in_multirun():
+        log.error("optimized_metric %s was not logged; this run logged %s", name, sorted(metrics))
+        return float("nan")
+    return metrics.get(name)
 
 
 def in_multirun() -> bool:
@@ -77,9 +88,12 @@ def in_multirun() -> bool:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
-    check_model(cfg.model)
     check_argument_types(cfg)
+    check_model(cfg.model)
     ckpt_path = resume_checkpoint(cfg)
+    if cfg.task.get("pretrained") and not ckpt_path:
+        # loaded when fitting starts; a resumed run restores its own weights instead
+        existing_file(cfg.task.pretrained, "task.pretrained")
     print_config(cfg)
     prepare_process(cfg)
 
@@ -103,8 +117,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = scalar_metrics(trainer.callback_metrics)
     if cfg.get("test", True):
-        best = best_checkpoint(trainer)
-        trainer.test(task, datamodule=datamodule, ckpt_path=best)
+        # without training (train=false), the checkpoint given is what gets tested
+        tested = best_checkpoint(trainer) if cfg.get("train", True) else ckpt_path
+        trainer.test(task, datamodule=datamodule, ckpt_path=tested)
         metrics |= scalar_metrics(trainer.callback_metrics)
     report(metrics, trainer, Path(cfg.paths.output_dir), time.perf_counter() - started)
     finish_loggers()

@@ -42,6 +42,12 @@ def test_a_training_step_costs_three_forwards_of_the_configured_vit():
     assert training_flops(cfg.task, cfg.model, 4) == pytest.approx(3 * forward, rel=0.1)
 
 
+def test_a_rectangular_image_size_is_counted():
+    square = train_config()
+    wide = train_config("model.img_size=[8,16]", "model.pos_embed=learned")
+    assert training_flops(wide.task, wide.model, 4) > training_flops(square.task, square.model, 4)
+
+
 def test_a_frozen_backbone_costs_no_weight_gradients():
     probe = train_config("experiment=digits_linear_probe")
     scratch = train_config("experiment=digits_linear_probe", "task=classification")

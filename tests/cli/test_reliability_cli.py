@@ -93,6 +93,17 @@ def test_bad_type_is_a_one_line_error_before_training(cli):
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "checkpoints").exists()
 
 
+def test_a_missing_pretrained_checkpoint_is_a_one_line_error(cli, tmp_path):
+    missing = tmp_path / "mae.ckpt"
+    result = cli(
+        "train.py", "experiment=digits_mae_finetune", f"task.pretrained={missing}", check=False
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip().splitlines()[-1] == f"error: task.pretrained: no such file: {missing}"
+    )
+
+
 def test_resuming_into_data_with_another_class_count_is_refused(cli, tmp_path):
     cli("train.py", "debug=limit", "trainer.max_epochs=1", "logger=none", "test=false")
     (run_dir,) = (cli.log_dir / "train" / "runs").iterdir()

@@ -88,6 +88,29 @@ def test_optuna_sweep_of_three_trials_writes_its_results(cli):
     assert results["best_value"] == pytest.approx(max(scores))
 
 
+@pytest.mark.slow
+def test_optuna_over_ddp_jobs_minimises_an_experiments_loss_with_one_sweep(cli):
+    result = cli(
+        "train.py",
+        "experiment=digits_mae_pretrain",
+        "hparams_search=vit_optuna",
+        "hydra.sweeper.n_trials=2",
+        "trainer=ddp_cpu",
+        "trainer.devices=2",
+        "debug=limit",
+        "logger=none",
+    )
+    output = result.stdout + result.stderr
+    # each trial launched once, by rank 0: the second rank re-runs its trial, not a sweep
+    assert output.count("Launching 1 jobs locally") == 2
+    sweep_dir = only((cli.log_dir / "train" / "multiruns").iterdir())
+    results = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    losses = [
+        json.loads((sweep_dir / str(n) / "metrics.json").read_text())["val/loss"] for n in range(2)
+    ]
+    assert results["best_value"] == pytest.approx(min(losses))
+
+
 def test_submitit_local_launcher_runs_a_job(cli):
     cli("train.py", "-m", "hydra/launcher=local", "debug=fdr", "logger=none")
     sweep_dir = only((cli.log_dir / "train" / "multiruns").iterdir())

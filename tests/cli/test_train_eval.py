@@ -42,11 +42,14 @@ def test_train_then_eval_reproduces_the_test_metrics(cli, ema: list[str]):
     # with the EMA, the state_dict holds the averaged weights that both tests must evaluate
     assert ("current_model_state" in checkpoint) == bool(ema)
 
-    cli("eval.py", f"ckpt_path={best}")
+    cli("eval.py", f"ckpt_path={best}", "+data.batch_size=32")
     (eval_dir,) = run_dirs(cli.log_dir, "eval")
-    evaluated = metrics_of(eval_dir)
-    for name in ("test/acc1", "test/acc5", "test/loss"):
-        assert evaluated[name] == pytest.approx(trained[name], abs=1e-6)
+    # and train.py told not to train tests the checkpoint it is given
+    cli("train.py", *overrides, "train=false", f"ckpt_path={best}")
+    (_, retest_dir) = run_dirs(cli.log_dir)
+    for evaluated in (metrics_of(eval_dir), metrics_of(retest_dir)):
+        for name in ("test/acc1", "test/acc5", "test/loss"):
+            assert evaluated[name] == pytest.approx(trained[name], abs=1e-6)
 
 
 def test_config_tree_and_results_summary_are_printed(cli):

@@ -57,6 +57,8 @@ def test_patch_that_does_not_divide_the_image_is_refused_with_the_valid_sizes():
         patch_grid(8, 3)
     with pytest.raises(ValueError, match="does not divide"):
         small_vit(patch_size=5)
+    with pytest.raises(ValueError, match="patch size 0x0 must be positive"):
+        patch_grid(8, 0)
 
 
 def test_wrong_input_size_is_refused():

@@ -8,6 +8,8 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.throughput import measure_flops
 from omegaconf import DictConfig
 
+from vitlab.models.vit import to_2tuple
+
 
 def images_in(batch: tuple[torch.Tensor, ...]) -> int:
     """The images of an ``(images, targets)`` batch."""
@@ -19,8 +21,7 @@ def training_flops(task_cfg: DictConfig, model_cfg: DictConfig, batch_size: int)
     ``batch_size`` images, counted on the meta device: no weights allocated, nothing computed."""
     with torch.device("meta"):
         model = instantiate(task_cfg).model
-        shape = (batch_size, model_cfg.in_chans, model_cfg.img_size, model_cfg.img_size)
-        images = torch.empty(shape)
+        images = torch.empty(batch_size, model_cfg.in_chans, *to_2tuple(model_cfg.img_size))
         return measure_flops(model, lambda: model(images), loss_fn=first_output_sum)
 
 

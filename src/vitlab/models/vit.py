@@ -30,6 +30,8 @@ def to_2tuple(size: Size2d) -> tuple[int, int]:
 def patch_grid(img_size: Size2d, patch_size: Size2d) -> tuple[int, int]:
     """Number of patches along each side; a clear error when the patch does not tile the image."""
     (height, width), (ph, pw) = to_2tuple(img_size), to_2tuple(patch_size)
+    if min(height, width, ph, pw) < 1:
+        raise ValueError(f"image size {height}x{width} and patch size {ph}x{pw} must be positive")
     if height % ph or width % pw:
         divisors = [
             p for p in range(1, min(height, width) + 1) if height % p == 0 and width % p == 0
