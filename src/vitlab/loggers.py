@@ -7,6 +7,7 @@ in place continues the same W&B run.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import netrc
 import os
@@ -35,8 +36,28 @@ def instantiate_loggers(logger_cfg: Mapping[str, Any], run_dir: Path) -> list[Lo
             continue
         if conf._target_.endswith("WandbLogger"):
             complete_wandb_config(conf, run_dir)
+        if conf._target_.endswith("CSVLogger"):
+            keep_earlier_csv(conf)
         loggers.append(instantiate(conf))
     return loggers
+
+
+def keep_earlier_csv(conf: DictConfig) -> None:
+    """Lightning's CSV logger deletes a ``metrics.csv`` it finds in its folder: a run resumed in
+    place moves the earlier part aside first (``metrics.0.csv``, ``metrics.1.csv``, ...)."""
+    version = conf.get("version")
+    if version is None or rank_zero_only.rank != 0:
+        return  # a new version_N folder each time: nothing to lose
+    folder = version if isinstance(version, str) else f"version_{version}"
+    metrics = Path(conf.save_dir) / conf.get("name", "lightning_logs") / folder / "metrics.csv"
+    if metrics.is_file():
+        earlier = next(
+            metrics.with_name(f"metrics.{index}.csv")
+            for index in itertools.count()
+            if not metrics.with_name(f"metrics.{index}.csv").exists()
+        )
+        metrics.rename(earlier)
+        log.info("CSV logger: the earlier metrics of this run are kept in %s", earlier)
 
 
 def complete_wandb_config(conf: DictConfig, run_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -70,6 +71,19 @@ def test_interrupted_run_resumes_to_the_same_weights(cli, tmp_path, sig, workers
     assert resumed["lr_schedulers"][0]["last_epoch"] == expected["lr_schedulers"][0]["last_epoch"]
     for name, tensor in expected["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_resumed_in_place_keeps_its_earlier_csv_metrics(cli, tmp_path):
+    run_dir, run = tmp_path / "run", ("debug=limit", "logger=csv", "test=false")
+    cli("train.py", f"hydra.run.dir={run_dir}", *run)
+    cli("train.py", f"hydra.run.dir={run_dir}", "ckpt_path=auto", "trainer.max_epochs=3", *run)
+
+    def validated_epochs(name: str) -> list[int]:
+        with (run_dir / "csv" / name).open() as file:
+            return [int(row["epoch"]) for row in csv.DictReader(file) if row["val/acc1"]]
+
+    assert validated_epochs("metrics.0.csv") == [0, 1]
+    assert validated_epochs("metrics.csv") == [2]
 
 
 def test_every_checkpoint_loads_with_weights_only(cli):
