@@ -9,6 +9,7 @@ from vitlab.checks import (
     check_model,
     check_output_dir,
     checkpoint_bytes,
+    read_checkpoint,
 )
 
 
@@ -74,6 +75,19 @@ def test_output_dir_under_a_file_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("")
     with pytest.raises(UserError, match=r"^paths.output_dir: cannot write to .*notes.txt/run"):
         check_output_dir(tmp_path / "notes.txt" / "run", needed_bytes=1)
+
+
+def test_files_that_are_not_checkpoints_are_refused(tmp_path):
+    text, truncated = tmp_path / "notes.ckpt", tmp_path / "cut.ckpt"
+    text.write_text("not a checkpoint")
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-2000])
+    for path in (text, truncated):
+        with pytest.raises(UserError, match=rf"^ckpt_path: {path} is not a"):
+            read_checkpoint(path)
+    torch.save([1, 2], text)
+    with pytest.raises(UserError, match="holds a list, not a checkpoint"):
+        read_checkpoint(text)
 
 
 def test_checkpoint_size_counts_weights_and_two_moments():

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from vitlab.data.transforms import Normalize, build_eval_transform
-from vitlab.predict import eval_preprocessing, image_paths
+from vitlab.predict import eval_preprocessing, image_paths, predict, resolve_device
 from vitlab.run import UserError
 
 
@@ -52,3 +52,22 @@ def test_inputs_are_a_file_or_the_sorted_images_below_a_folder(tmp_path: Path):
     empty.mkdir()
     with pytest.raises(UserError, match="no image files"):
         image_paths(empty)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("top_k", "abc"), ("top_k", 0), ("batch_size", 0), ("batch_size", 2.5)]
+)
+def test_counts_must_be_whole_and_positive(key: str, value: object):
+    cfg = OmegaConf.create({"ckpt_path": "x.ckpt", "inputs": "x", "top_k": 5, "batch_size": 4})
+    cfg[key] = value
+    with pytest.raises(UserError, match=rf"^{key} must be a whole number of at least 1"):
+        predict(cfg)
+
+
+def test_devices_are_checked_against_this_machine():
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(UserError, match="expected auto, cpu, cuda or cuda:N, got 'bogus'"):
+        resolve_device("bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="this machine has no CUDA device"):
+            resolve_device("cuda:0")

@@ -6,6 +6,7 @@ import inspect
 import os
 import re
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,9 +87,24 @@ def existing_file(path: str | os.PathLike, key: str) -> Path:
     return resolved
 
 
+def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path") -> dict:
+    """A checkpoint's contents (tensors memory-mapped, on the CPU, ``weights_only``); a file
+    that is not a PyTorch checkpoint (text, truncated, another format) is a ``UserError``."""
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{key}: {path} is not a PyTorch checkpoint (torch.save's zip format)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises many types for files it cannot read
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{key}: {path} is not a readable PyTorch checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{key}: {path} holds a {type(checkpoint).__name__}, not a checkpoint")
+    return checkpoint
+
+
 def check_checkpoint_matches(ckpt_path: str, num_classes: int) -> None:
     """A checkpoint to resume from must have been trained for the same number of classes."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint = read_checkpoint(ckpt_path)
     stored = (checkpoint.get("hyper_parameters") or {}).get("model", {}).get("num_classes")
     if stored is not None and stored != num_classes:
         raise UserError(

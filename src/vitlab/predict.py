@@ -40,8 +40,9 @@ def predict(cfg: DictConfig) -> dict[str, float]:
             "predict.py needs a checkpoint and images: "
             "python predict.py ckpt_path=<run dir>/checkpoints/last.ckpt inputs=<image or folder>"
         )
-    if cfg.top_k < 1:
-        raise UserError(f"top_k must be at least 1, got {cfg.top_k}")
+    for key in ("top_k", "batch_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise UserError(f"{key} must be a whole number of at least 1, got {cfg[key]!r}")
     paths = image_paths(Path(cfg.inputs).expanduser())
     ckpt_path = existing_file(cfg.ckpt_path, "ckpt_path")
     model, run_cfg = trained_vit(ckpt_path)
@@ -68,8 +69,15 @@ def predict(cfg: DictConfig) -> dict[str, float]:
 
 
 def resolve_device(device: str) -> str:
+    """``auto``: CUDA when available, else the CPU; otherwise a device this machine has."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UserError(f"device: expected auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device: {device} was asked for, but this machine has no CUDA device")
     return device
 
 

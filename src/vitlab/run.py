@@ -37,6 +37,7 @@ from vitlab.checks import (
     check_output_dir,
     checkpoint_bytes,
     existing_file,
+    read_checkpoint,
 )
 from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job
 from vitlab.loggers import finish_loggers, instantiate_loggers
@@ -175,8 +176,7 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
 
 def stored_config(ckpt_path: Path) -> DictConfig:
     """The run config that ``train`` saved into a checkpoint."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    hparams = checkpoint.get("hyper_parameters") or {}
+    hparams = read_checkpoint(ckpt_path).get("hyper_parameters") or {}
     if "task" not in hparams:
         raise UserError(
             f"ckpt_path: {ckpt_path} holds no vitlab run config (not written by train.py?)"
