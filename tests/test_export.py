@@ -137,3 +137,15 @@ def test_a_missing_checkpoint_is_a_one_line_error(tmp_path: Path, capsys: pytest
     assert capsys.readouterr().err.strip() == (
         f"error: ckpt_path: no such file: {tmp_path / 'nope.ckpt'}"
     )
+
+
+def test_exporting_onto_a_file_is_a_one_line_error(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(checkpoint), str(tmp_path / "taken")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: out_dir: {tmp_path / 'taken'} is a file; give a folder to write into"
+    )

@@ -118,6 +118,8 @@ def export_onnx(model: VisionTransformer, out_dir: Path) -> float:
 
 
 def export(ckpt_path: Path, out_dir: Path, onnx: bool = False) -> dict[str, Path]:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"out_dir: {out_dir} is a file; give a folder to write into")
     model, run_cfg = trained_vit(existing_file(ckpt_path, "ckpt_path"))
     written = {"weights": export_safetensors(model, vit_config(run_cfg), out_dir)}
     written["config"] = out_dir / CONFIG_FILE

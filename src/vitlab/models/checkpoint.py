@@ -66,6 +66,15 @@ def load_pretrained(model: VisionTransformer, path: str | os.PathLike) -> None:
         unexpected = [name for name in unexpected if not name.startswith("norm.")]
     if missing or unexpected:
         raise ValueError(
-            f"{path} does not fit the model: missing keys {missing}, unexpected keys {unexpected}"
+            f"{path} does not fit the model: missing {preview(missing)}, "
+            f"unexpected {preview(unexpected)}"
         )
     log.info("loaded %d tensors from %s; classifier left at its initialisation", len(state), path)
+
+
+def preview(names: list[str], shown: int = 5) -> str:
+    """``"2 keys (a, b)"``, or the first ``shown`` names and a count of the rest."""
+    listed = ", ".join(names[:shown]) + (
+        f", ... {len(names) - shown} more" if len(names) > shown else ""
+    )
+    return f"{len(names)} keys ({listed})" if names else "no keys"

@@ -14,6 +14,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from vitlab.checks import UserError
+from vitlab.models.checkpoint import load_pretrained
 from vitlab.optim import WarmupCosine, effective_batch_size, param_groups, scaled_lr
 
 log = logging.getLogger(__name__)
@@ -143,3 +145,11 @@ def fused_adam(factory: Callable[..., Optimizer], groups: Iterable[dict]) -> dic
     devices = {p.device for p in params}
     supported = len(devices) == 1 and next(iter(devices)).type in FUSED_ADAM_DEVICES
     return {"fused": True} if supported and all(p.is_floating_point() for p in params) else {}
+
+
+def load_pretrained_weights(module: nn.Module, path: str) -> None:
+    """``load_pretrained``, with a checkpoint that does not fit reported as a one-line error."""
+    try:
+        load_pretrained(module, path)
+    except ValueError as error:
+        raise UserError(f"task.pretrained: {error}") from None

@@ -11,8 +11,7 @@ from torch.optim import Optimizer
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from vitlab.models.checkpoint import load_pretrained
-from vitlab.tasks.base import RecipeTask
+from vitlab.tasks.base import RecipeTask, load_pretrained_weights
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -55,7 +54,7 @@ class ClassificationTask(RecipeTask):
     def setup(self, stage: str) -> None:
         # a resumed run restores its own weights: the pretrained file is not needed again
         if stage == "fit" and self.pretrained is not None and self.trainer.ckpt_path is None:
-            load_pretrained(self.model, self.pretrained)
+            load_pretrained_weights(self.model, self.pretrained)
 
     def trained_module(self) -> nn.Module:
         return self.model

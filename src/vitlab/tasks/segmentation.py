@@ -11,9 +11,8 @@ from torch.optim import Optimizer
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from vitlab.models.checkpoint import load_pretrained
 from vitlab.models.segmenter import ViTSegmenter
-from vitlab.tasks.base import RecipeTask
+from vitlab.tasks.base import RecipeTask, load_pretrained_weights
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -58,7 +57,7 @@ class SegmentationTask(RecipeTask):
     def setup(self, stage: str) -> None:
         # a resumed run restores its own weights: the pretrained file is not needed again
         if stage == "fit" and self.pretrained is not None and self.trainer.ckpt_path is None:
-            load_pretrained(self.model.backbone, self.pretrained)
+            load_pretrained_weights(self.model.backbone, self.pretrained)
 
     def trained_module(self) -> nn.Module:
         return self.model
