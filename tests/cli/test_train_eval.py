@@ -127,6 +127,19 @@ def test_early_stopping_ends_a_run_that_stops_improving(cli):
     assert validated == [0, 1]
 
 
+@pytest.mark.parametrize(
+    ("script", "says"),
+    [
+        ("train.py", "vitlab: train Vision Transformers"),
+        ("eval.py", "eval.py: test (or validate) a checkpoint"),
+        ("predict.py", "predict.py: top-k classes of image files"),
+    ],
+)
+def test_each_entry_point_explains_itself_in_help(cli, script: str, says: str):
+    output = cli(script, "--help").stdout
+    assert output.startswith(says) and "model: vit_b" in output and f"python {script}" in output
+
+
 def test_eval_without_a_checkpoint_says_how_to_call_it(cli):
     result = cli("eval.py", check=False)
     assert result.returncode == 2
