@@ -48,6 +48,7 @@ def fit(task: LinearProbeTask, tmp_path: Path, callbacks: list[L.Callback]) -> L
         limit_train_batches=5,
         limit_val_batches=2,
         limit_test_batches=2,
+        log_every_n_steps=5,
         callbacks=callbacks,
     )
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=32))

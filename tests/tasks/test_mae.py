@@ -31,7 +31,9 @@ def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
 def test_pretraining_logs_losses_and_probe_accuracy_and_lowers_the_loss(tmp_path: Path):
     torch.manual_seed(0)
     task = mae_task(lr=1e-2)
-    run = trainer(tmp_path, max_epochs=3, limit_train_batches=10, limit_val_batches=2)
+    run = trainer(
+        tmp_path, max_epochs=3, limit_train_batches=10, limit_val_batches=2, log_every_n_steps=10
+    )
     run.validate(task, datamodule=DigitsDataModule(batch_size=32))
     initial = run.callback_metrics["val/loss"].item()
     run.fit(task, datamodule=DigitsDataModule(batch_size=32))

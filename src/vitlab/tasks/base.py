@@ -62,6 +62,19 @@ class RecipeTask(L.LightningModule):
             self.trained_module().compile()
             self._compiled = True
 
+    def log_step(self, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
+        """``self.log`` of a training step's value, called only on the steps whose values Lightning
+        writes to the loggers (every ``trainer.log_every_n_steps``): the logs are the same, and
+        the progress bar shows the latest logged value.
+
+        Each ``self.log`` call costs ~0.3 ms of Lightning bookkeeping, 1.5% of a digits step, and
+        it is only worth paying when the value is written. Lightning's own LearningRateMonitor and
+        ThroughputMonitor ask the same question of the trainer.
+        """
+        trainer = self._trainer  # None when called by hand: self.log warns then, as it should
+        if trainer is None or trainer.fast_dev_run or trainer._logger_connector.should_update_logs:
+            self.log(name, value, prog_bar=prog_bar)
+
     def finite_or_stop(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
         """The loss if finite. Otherwise stop with the step and batch named, or, with
         ``skip_nonfinite``, skip this optimizer step (Lightning skips a None loss).

@@ -61,11 +61,11 @@ class MAEPretrainTask(RecipeTask):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         loss, probe_logits, targets = self._losses(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_step("train/loss", loss, prog_bar=True)
         if probe_logits is None:
             return self.finite_or_stop(loss, batch_idx)
         probe_loss = F.cross_entropy(probe_logits, targets)
-        self.log("train/probe_loss", probe_loss)
+        self.log_step("train/probe_loss", probe_loss)
         return self.finite_or_stop(loss + probe_loss, batch_idx)
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:

@@ -68,7 +68,7 @@ class SegmentationTask(RecipeTask):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         images, masks = batch
         loss = F.cross_entropy(self(images), masks)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log_step("train/loss", loss, prog_bar=True)
         return self.finite_or_stop(loss, batch_idx)
 
     def _evaluate(self, batch: Batch, stage: str) -> None:
