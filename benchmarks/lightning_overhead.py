@@ -130,7 +130,7 @@ def raw_steps(
         logits = model(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=task.label_smoothing)
         if metrics:
-            task.train_metrics.update(logits, targets)
+            task.track_train_accuracy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip:
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the data config's")
     parser.add_argument("--steps", type=int, default=20, help="steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per round")
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides of train.py's config")
     args = parser.parse_args()
@@ -182,7 +182,7 @@ def main() -> None:
             else:
                 starts, end = raw_steps(task, cfg, loader, metrics=name == "raw+metrics")
             times[name].extend(step_seconds(starts, end, args.warmup))
-        task.train_metrics.reset()
+        task.train_acc1.reset()
     lightning_s, raw_s, metrics_s = (statistics.median(times[name]) for name in times)
     params = sum(p.numel() for p in task.model.parameters())
     print(

@@ -70,6 +70,33 @@ def test_warmup_epochs_count_epochs_when_max_steps_caps_the_run(max_epochs: int)
     assert [lrs[0] for lrs in record.lrs] == pytest.approx([peak * schedule(s) for s in range(12)])
 
 
+class RecordHits(L.Callback):
+    """Top-1 hits of each training batch under the weights its step starts from."""
+
+    def __init__(self):
+        self.hits: list[list[torch.Tensor]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.hits.append([])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        images, targets = batch
+        with torch.no_grad():
+            self.hits[-1].append(pl_module(images).argmax(dim=-1) == targets)
+
+
+def test_train_accuracy_is_the_top1_of_the_epochs_batches():
+    task = digits_task(lr=2e-2, warmup_epochs=0)
+    record = RecordHits()
+    trainer = quiet_trainer(
+        max_epochs=2, limit_train_batches=3, limit_val_batches=0, callbacks=[record]
+    )
+    trainer.fit(task, datamodule=DigitsDataModule(batch_size=32))
+    last_epoch = torch.cat(record.hits[-1]).float().mean()
+    assert trainer.callback_metrics["train/acc1"].item() == pytest.approx(last_epoch.item())
+    assert torch.cat(record.hits[0]).float().mean() != pytest.approx(last_epoch.item())
+
+
 def test_soft_targets_use_soft_cross_entropy():
     task = digits_task(label_smoothing=0.0)
     images = torch.randn(4, 1, 8, 8)
