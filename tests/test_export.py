@@ -139,6 +139,29 @@ def test_a_missing_checkpoint_is_a_one_line_error(tmp_path: Path, capsys: pytest
     )
 
 
+def test_a_checkpoint_of_another_task_is_refused_with_a_preview_of_its_keys(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+):
+    segmenter = {f"model.backbone.blocks.{i}.attn.qkv.weight": torch.zeros(1) for i in range(8)}
+    task = {"_target_": "vitlab.tasks.segmentation.SegmentationTask"}
+    checkpoint = tmp_path / "segmenter.ckpt"
+    torch.save(
+        {"state_dict": segmenter, "hyper_parameters": {"model": MODEL_CONFIG, "task": task}},
+        checkpoint,
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(checkpoint), str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(
+        f"error: ckpt_path: {checkpoint} is not a VisionTransformer classifier of task "
+        "vitlab.tasks.segmentation.SegmentationTask: missing "
+    )
+    assert "unexpected 8 keys (backbone.blocks.0.attn.qkv.weight, " in error
+    assert error.endswith(", ... 3 more)")
+    assert "\n" not in error
+
+
 def test_exporting_onto_a_file_is_a_one_line_error(
     checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ):

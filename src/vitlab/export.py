@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
-from vitlab.models.checkpoint import read_state_dict
+from vitlab.models.checkpoint import preview, read_state_dict
 from vitlab.models.vit import VisionTransformer
 from vitlab.run import UserError, existing_file, stored_config
 from vitlab.tasks.linear_probe import PROBE_EPS
@@ -47,7 +47,7 @@ def trained_vit(ckpt_path: Path) -> tuple[VisionTransformer, DictConfig]:
     if missing or unexpected:
         raise UserError(
             f"ckpt_path: {ckpt_path} is not a VisionTransformer classifier of task "
-            f"{run_cfg.task._target_}: missing keys {missing}, unexpected keys {unexpected}"
+            f"{run_cfg.task._target_}: missing {preview(missing)}, unexpected {preview(unexpected)}"
         )
     return model.eval(), run_cfg
 
