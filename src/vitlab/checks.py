@@ -1,28 +1,28 @@
-"""Checks run before any heavy work, each failing with a one-line ``UserError``."""
+"""Checks of a composed run config and what it built, run before any training or logger run
+starts, each failing with a one-line ``UserError`` that names the key to change."""
 
 from __future__ import annotations
 
+import difflib
 import inspect
-import os
+import math
 import re
 import shutil
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from vitlab.checkpoint_file import RUN_CONFIG_KEY, read_checkpoint
+from vitlab.errors import UserError
 from vitlab.models.vit import patch_grid
 
 NUMBER = re.compile(r"\b(float|int)\b")
-
-
-class UserError(Exception):
-    """Bad input the user can fix: reported as one line and exit code 2, before any training."""
+# keys of a config node that Hydra's instantiate consumes itself
+HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
 
 
 def check_model(model_cfg: DictConfig) -> None:
@@ -33,30 +33,67 @@ def check_model(model_cfg: DictConfig) -> None:
         raise UserError(f"model: {error}") from None
 
 
-def check_argument_types(cfg: DictConfig) -> None:
-    """Every config value passed to a number-typed constructor argument must be a number.
+def check_arguments(cfg: DictConfig) -> None:
+    """Every config node with a ``_target_`` passes arguments its callable takes, and numbers
+    where it expects numbers.
 
-    Checked against the signatures of the ``_target_`` callables, so ``task.optimizer.lr=abc``
-    is refused at start instead of when the optimizer is first built. A value that came through
-    an interpolation is reported under the key it was given at (``seed``, not the
-    ``data.epoch_seed: ${seed}`` that received it).
+    Checked against the signatures of the ``_target_`` callables, so ``task.optimizer.lr=abc`` or
+    ``+trainer.max_epoch=3`` is refused at start instead of when the object is first built. A
+    value that came through an interpolation is reported under the key it was given at
+    (``seed``, not the ``data.epoch_seed: ${seed}`` that received it).
     """
     for key in ("seed", "num_threads"):
         if not isinstance(cfg.get(key), int | None):
             raise UserError(f"{key}: expected an integer, got {cfg.get(key)!r}")
     for path, node in targets(cfg):
-        try:
-            parameters = inspect.signature(get_object(node._target_)).parameters
-        except (ImportError, AttributeError, TypeError, ValueError):
+        parameters = accepted_parameters(node._target_)
+        if parameters is None:
             continue
-        for key, param in parameters.items():
-            if key not in node or param.annotation is inspect.Parameter.empty:
+        for key in node:
+            if key in HYDRA_KEYS:
                 continue
-            annotation = str(param.annotation)
-            value = node[key]
-            expects_number = NUMBER.search(annotation) and "str" not in annotation
-            if expects_number and isinstance(value, str):
-                raise UserError(f"{given_at(node, key, path)}: expected a number, got {value!r}")
+            if key not in parameters:
+                raise UserError(unknown_argument(f"{path}.{key}", node._target_, parameters))
+            annotation = parameters[key].annotation
+            if annotation is inspect.Parameter.empty:
+                continue
+            expects_number = NUMBER.search(str(annotation)) and "str" not in str(annotation)
+            if expects_number and isinstance(node[key], str):
+                raise UserError(
+                    f"{given_at(node, key, path)}: expected a number, got {node[key]!r}"
+                )
+
+
+def accepted_parameters(target: str) -> dict[str, inspect.Parameter] | None:
+    """The keyword arguments ``target`` takes, following ``**kwargs`` that a class passes on to
+    its bases; None when that cannot be known (a ``**kwargs`` that goes elsewhere)."""
+    try:
+        obj = get_object(target)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    classes = obj.__mro__ if inspect.isclass(obj) else (obj,)
+    parameters: dict[str, inspect.Parameter] = {}
+    for owner in classes:
+        function = owner.__init__ if inspect.isclass(owner) else owner
+        try:
+            signature = inspect.signature(function)
+        except (TypeError, ValueError):
+            return None
+        own = {k: p for k, p in signature.parameters.items() if k != "self"}
+        named = {k: p for k, p in own.items() if p.kind != p.VAR_KEYWORD}
+        parameters = named | parameters
+        if not any(p.kind == p.VAR_KEYWORD for p in own.values()):
+            return parameters
+        if owner is object or not inspect.isclass(obj):
+            return None
+    return None
+
+
+def unknown_argument(key: str, target: str, parameters: dict[str, inspect.Parameter]) -> str:
+    name = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, list(parameters), n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"{key}: {target.rsplit('.', 1)[-1]} takes no argument {name!r}{hint}"
 
 
 def given_at(node: DictConfig, key: str, path: str) -> str:
@@ -80,36 +117,38 @@ def targets(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]:
             yield from targets(item, f"{path}[{index}]")
 
 
-def existing_file(path: str | os.PathLike, key: str) -> Path:
-    resolved = Path(path).expanduser()
-    if not resolved.is_file():
-        raise UserError(f"{key}: no such file: {resolved}")
-    return resolved
-
-
-def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path") -> dict:
-    """A checkpoint's contents (tensors memory-mapped, on the CPU, ``weights_only``); a file
-    that is not a PyTorch checkpoint (text, truncated, another format) is a ``UserError``."""
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"{key}: {path} is not a PyTorch checkpoint (torch.save's zip format)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # torch raises many types for files it cannot read
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{key}: {path} is not a readable PyTorch checkpoint ({reason})") from None
-    if not isinstance(checkpoint, dict):
-        raise UserError(f"{key}: {path} holds a {type(checkpoint).__name__}, not a checkpoint")
-    return checkpoint
-
-
 def check_checkpoint_matches(ckpt_path: str, num_classes: int) -> None:
     """A checkpoint to resume from must have been trained for the same number of classes."""
-    checkpoint = read_checkpoint(ckpt_path)
-    stored = (checkpoint.get("hyper_parameters") or {}).get("model", {}).get("num_classes")
-    if stored is not None and stored != num_classes:
+    run_config = read_checkpoint(ckpt_path).get(RUN_CONFIG_KEY) or {}
+    stored_classes = run_config.get("data", {}).get("num_classes")
+    if stored_classes is not None and stored_classes != num_classes:
         raise UserError(
-            f"ckpt_path: {ckpt_path} was trained for {stored} classes, "
+            f"ckpt_path: {ckpt_path} was trained for {stored_classes} classes, "
             f"but the data has {num_classes}"
+        )
+
+
+def check_monitor(monitor: str, logged: list[str]) -> None:
+    """The task's monitored metric must be one it logs after validation."""
+    if monitor not in logged:
+        raise UserError(f"task.monitor: the task logs no {monitor!r}; choose one of {logged}")
+
+
+def check_split_sizes(
+    sizes: dict[str, int], batch_size: int, world_size: int, needed: tuple[str, ...]
+) -> None:
+    """Training drops incomplete batches: each process needs one full batch of train images,
+    and every split the run validates or tests on needs an image."""
+    for split in needed:
+        if sizes.get(split, 0) == 0:
+            raise UserError(f"data: the {split} split is empty")
+    per_process = math.ceil(sizes["train"] / world_size)
+    if per_process < batch_size:
+        shared = f" ({per_process} for each of {world_size} processes)" if world_size > 1 else ""
+        raise UserError(
+            f"data.batch_size: the train split has {sizes['train']} images{shared}, fewer than "
+            f"one batch of {batch_size} (training drops incomplete batches); "
+            f"set data.batch_size={per_process} or less"
         )
 
 
@@ -118,15 +157,23 @@ def checkpoint_bytes(module: nn.Module) -> int:
     return 3 * sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def check_output_dir(run_dir: Path, needed_bytes: int) -> None:
-    """The run directory takes files and has room for a few checkpoints, before training."""
-    probe = run_dir / ".write_probe"
+def check_writable(directory: Path, key: str) -> None:
+    """``directory`` exists (made if needed) and takes files."""
+    probe = directory / ".write_probe"
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as error:
-        raise UserError(f"paths.output_dir: cannot write to {run_dir}: {error.strerror}") from None
+        raise UserError(f"{key}: cannot write to {directory}: {error.strerror}") from None
+
+
+def check_output_dir(run_dir: Path, checkpoint_dirs: list[Path], needed_bytes: int) -> None:
+    """The run directory and the checkpoint folders take files, with room for a few
+    checkpoints, before training."""
+    check_writable(run_dir, "paths.output_dir")
+    for directory in checkpoint_dirs:
+        check_writable(directory, "paths.output_dir")
     free = shutil.disk_usage(run_dir).free
     if free < needed_bytes:
         raise UserError(

@@ -18,10 +18,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
+from vitlab.checkpoint_file import read_checkpoint, stored_config
+from vitlab.errors import UserError, existing_file
 from vitlab.models.checkpoint import preview, read_state_dict
+from vitlab.models.probe import PROBE_EPS
 from vitlab.models.vit import VisionTransformer
-from vitlab.run import UserError, existing_file, stored_config
-from vitlab.tasks.linear_probe import PROBE_EPS
 
 VIT_TARGET = f"{VisionTransformer.__module__}.{VisionTransformer.__name__}"
 WEIGHTS_FILE, CONFIG_FILE, ONNX_FILE = "model.safetensors", "config.json", "model.onnx"
@@ -40,7 +41,7 @@ def vit_config(run_cfg: DictConfig) -> dict[str, Any]:
 
 def trained_vit(ckpt_path: Path) -> tuple[VisionTransformer, DictConfig]:
     """The classifier a train.py checkpoint holds (eval mode, on the CPU), and its run config."""
-    run_cfg = stored_config(ckpt_path)
+    run_cfg = stored_config(read_checkpoint(ckpt_path), ckpt_path)
     model = VisionTransformer(**vit_config(run_cfg))
     state = fold_probe_head(read_state_dict(ckpt_path))
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -14,20 +14,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-from hydra.utils import get_class
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
-from torchvision.transforms import v2
 
-from vitlab.data.base import ImageDataModule
-from vitlab.data.digits import DigitsDataModule
-from vitlab.data.imagefolder import DECODE_ERRORS, is_image, load_image
-from vitlab.data.named_classes import stored_class_names
-from vitlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, Normalize, build_eval_transform
+from vitlab.checkpoint_file import read_checkpoint, stored_class_names
+from vitlab.data.decode import DECODE_ERRORS, is_image
+from vitlab.errors import UserError, existing_file
 from vitlab.export import trained_vit
-from vitlab.run import UserError, build, existing_file
 
 Preprocess = Callable[[Path], torch.Tensor]
 # rows shown on the console; the CSV holds them all
@@ -48,8 +44,9 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     model, run_cfg = trained_vit(ckpt_path)
     device = torch.device(resolve_device(cfg.device))
     model.to(device)
-    preprocess = eval_preprocessing(run_cfg.data, model.patch_embed.img_size[0])
-    class_names = stored_class_names(ckpt_path, run_cfg.data._target_)
+    prepare = instantiate(run_cfg.data).predict_transform()
+    preprocess = lambda path: prepare(Image.open(path))  # noqa: E731
+    class_names = stored_class_names(read_checkpoint(ckpt_path), run_cfg.data._target_)
     names = class_names or [str(index) for index in range(model.num_classes)]
 
     top_k = min(cfg.top_k, model.num_classes)
@@ -91,43 +88,6 @@ def image_paths(inputs: Path) -> list[Path]:
     if not paths:
         raise UserError(f"inputs: no image files (JPEG, PNG, ...) under {inputs}")
     return paths
-
-
-def eval_preprocessing(data_cfg: DictConfig, img_size: int) -> Preprocess:
-    """The run's evaluation preprocessing of one image file."""
-    data_class = get_class(data_cfg._target_)
-    if issubclass(data_class, DigitsDataModule):
-        return digits_preprocessing(data_cfg, img_size)
-    if issubclass(data_class, ImageDataModule):
-        transform = v2.Compose(
-            [
-                build_eval_transform(
-                    img_size,
-                    data_cfg.get("eval_crop_pct", 0.875),
-                    fast=data_cfg.get("fast_path", True),
-                ),
-                Normalize(data_cfg.get("mean", IMAGENET_MEAN), data_cfg.get("std", IMAGENET_STD)),
-            ]
-        )
-        return lambda path: transform(load_image(str(path)))
-    raise UserError(f"data: predict.py knows no image preprocessing for {data_cfg._target_}")
-
-
-def digits_preprocessing(data_cfg: DictConfig, img_size: int) -> Preprocess:
-    """Grayscale in [0, 1], resized like the digits (bilinear, antialiased), then standardised
-    with the statistics of the run's training split (recomputed: the split is fixed by seed)."""
-    datamodule = build(data_cfg, "data")
-    datamodule.setup()
-    normalize = datamodule.splits["test"].transform
-
-    def preprocess(path: Path) -> torch.Tensor:
-        with Image.open(path) as image:
-            gray = v2.functional.to_dtype(
-                v2.functional.pil_to_tensor(image.convert("L")), torch.float32, scale=True
-            )
-        return normalize(v2.functional.resize(gray, [img_size, img_size], antialias=True))
-
-    return preprocess
 
 
 def load(preprocess: Preprocess, path: Path) -> torch.Tensor:

@@ -1,16 +1,16 @@
 """Training and evaluation jobs: a composed Hydra config in, metrics out.
 
-``train(cfg)`` reads like the recipe: validate, seed, build the data, task, callbacks, loggers
-and trainer from the config, fit, test the best checkpoint, summarise. ``evaluate(cfg)``
-rebuilds data and task from the config stored in a checkpoint and tests it.
+``train(cfg)`` reads like the recipe: check the config, seed, build the data, task, callbacks,
+loggers and trainer from it, check what they will do, fit, test the best checkpoint, summarise.
+``evaluate(cfg)`` rebuilds data and task from the config stored in a checkpoint and tests it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,66 +21,78 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from vitlab.callbacks.throughput import training_flops
+import vitlab.config  # noqa: F401  (registers the resolvers the config groups use)
+from vitlab.checkpoint_file import read_checkpoint, stored_config
 from vitlab.checks import (
-    UserError,
-    check_argument_types,
+    check_arguments,
     check_checkpoint_matches,
     check_model,
+    check_monitor,
     check_output_dir,
+    check_split_sizes,
     checkpoint_bytes,
-    existing_file,
-    read_checkpoint,
 )
 from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job
+from vitlab.errors import UserError, existing_file
 from vitlab.loggers import finish_loggers, instantiate_loggers
+from vitlab.tasks.base import RecipeTask, build_task
 
 log = logging.getLogger(__name__)
+# Lightning's own use of a deprecated torch API, printed on every run; nothing a user can change
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 # shown first when the config tree is printed; other top-level keys follow
 CONFIG_ORDER = ("data", "model", "task", "trainer", "callbacks", "logger", "paths")
+# the results table shows the task's metrics, not the monitors' (lr, throughput)
+RESULT_PREFIXES = ("train/", "val/", "test/")
+# overrides that a resume command sets itself
+RESUME_KEYS = ("ckpt_path", "hydra.run.dir")
 
 
 def main(job: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
-    """Run ``job`` for a Hydra entry point; return the metric a sweep optimises, if any.
+    """Run ``job`` for a Hydra entry point; return the score a sweep optimises (the best value of
+    the task's monitored metric, ``<monitor>_best``), if any.
 
-    A failing job of a multirun is reported and scored NaN so the rest of the sweep goes on.
+    A user's mistake is one line (``error: <key>: ...``) on the console and in the run's log,
+    and exit code 2. A failing job of a multirun is reported and scored NaN so the rest of the
+    sweep goes on.
     """
     try:
         with distributed_job():
             metrics = job(cfg)
+            return metrics.get(best_key(cfg.task.monitor)) if "task" in cfg else None
     except Exception as error:
+        user_error = as_user_error(error)
         if in_multirun():
             log.error(
-                "job failed, the sweep goes on: %s",
-                error,
-                exc_info=not isinstance(error, UserError),
+                "job failed, the sweep goes on: %s", user_error or error, exc_info=not user_error
             )
             finish_loggers()
             return float("nan")
-        if isinstance(error, UserError):
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-        raise
-    return optimized_value(metrics, cfg.get("optimized_metric"))
+        if user_error is None:
+            raise
+        log.error("error: %s", user_error)
+        raise SystemExit(2) from None
 
 
-def optimized_value(metrics: Mapping[str, float], name: str | None) -> float | None:
-    """The metric a sweep optimises; in a sweep, a name the run never logged is reported with
-    the names it did log, and scored NaN."""
-    if not name:
-        return None
-    if name not in metrics and in_multirun():
-        log.error("optimized_metric %s was not logged; this run logged %s", name, sorted(metrics))
-        return float("nan")
-    return metrics.get(name)
+def as_user_error(error: Exception) -> UserError | None:
+    """``error`` as the user's mistake it reports, if it is one: a ``UserError``, or one raised by
+    a resolver while the config was read (OmegaConf re-raises it under its own type)."""
+    if isinstance(error, UserError):
+        return error
+    prefix = f"{UserError.__name__} raised while resolving interpolation: "
+    message = str(error).splitlines()[0] if str(error) else ""
+    if isinstance(error, OmegaConfBaseException) and message.startswith(prefix):
+        return UserError(message.removeprefix(prefix))
+    return None
 
 
 def in_multirun() -> bool:
@@ -89,7 +101,7 @@ def in_multirun() -> bool:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
-    check_argument_types(cfg)
+    check_arguments(cfg)
     check_model(cfg.model)
     ckpt_path = resume_checkpoint(cfg)
     if cfg.task.get("pretrained") and not ckpt_path:
@@ -99,30 +111,45 @@ def train(cfg: DictConfig) -> dict[str, float]:
     prepare_process(cfg)
 
     datamodule = build(cfg.data, "data")
+    prepare(datamodule)
     if cfg.data.get("num_classes", 0) is None:
         # data read the class count from its files; the model's num_classes interpolates it
         cfg.data.num_classes = datamodule.num_classes
     if ckpt_path:
-        check_checkpoint_matches(ckpt_path, cfg.model.num_classes)
-    task = instantiate(cfg.task)
-    if "throughput" in (cfg.get("callbacks") or {}):
-        task.flops_per_batch = training_flops(cfg.task, cfg.model, cfg.data.batch_size)
-    if rank_zero_only.rank == 0:
-        check_output_dir(Path(cfg.paths.output_dir), 2 * checkpoint_bytes(task))
-    # the resolved config travels in every checkpoint (plain containers): eval.py reads it back
-    task.save_hyperparameters(OmegaConf.to_container(cfg, resolve=True))
-    pin_child_ranks_to_this_job()
+        check_checkpoint_matches(ckpt_path, cfg.data.num_classes)
+    task = build(cfg.task, "task", build_task)
+    check_monitor(task.monitor, task.val_metric_names())
     trainer = build_trainer(cfg)
+    check_split_sizes(
+        datamodule.dataset_sizes(),
+        datamodule.batch_size,
+        trainer.world_size,
+        splits_used(cfg, trainer),
+    )
+    if rank_zero_only.rank == 0:
+        check_output_dir(
+            Path(cfg.paths.output_dir), checkpoint_dirs(trainer), 2 * checkpoint_bytes(task)
+        )
+    task.set_input_shape(datamodule.batch_shape())
+    # the resolved config travels in every checkpoint (plain containers): eval.py reads it back
+    task.run_config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(task.run_config)
+    pin_child_ranks_to_this_job()
 
     if cfg.get("train", True):
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = scalar_metrics(trainer.callback_metrics)
+    best = best_score(trainer, task, metrics)
+    if best is not None:
+        metrics[best_key(task.monitor)] = best
+    tested = None
     if cfg.get("test", True):
         # without training (train=false), the checkpoint given is what gets tested
         tested = best_checkpoint(trainer) if cfg.get("train", True) else ckpt_path
-        trainer.test(task, datamodule=datamodule, ckpt_path=tested)
+        trainer.test(task, datamodule=datamodule, ckpt_path=tested, verbose=False)
         metrics |= scalar_metrics(trainer.callback_metrics)
-    report(metrics, trainer, Path(cfg.paths.output_dir), time.perf_counter() - started)
+    report(metrics, tested, Path(cfg.paths.output_dir), time.perf_counter() - started)
     finish_loggers()
     return metrics
 
@@ -131,36 +158,57 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
     if not cfg.get("ckpt_path"):
         raise UserError(
-            "eval.py needs a checkpoint: python eval.py ckpt_path=<run dir>/checkpoints/last.ckpt"
+            "ckpt_path: eval.py needs a checkpoint: "
+            "python eval.py ckpt_path=<run dir>/checkpoints/last.ckpt"
         )
     if cfg.split not in ("test", "val"):
-        raise UserError(f"split must be 'test' or 'val', got {cfg.split!r}")
+        raise UserError(f"split: expected 'test' or 'val', got {cfg.split!r}")
     ckpt_path = existing_file(cfg.ckpt_path, "ckpt_path")
-    run_cfg = stored_config(ckpt_path)
-    run_cfg.data = OmegaConf.merge(run_cfg.data, cfg.get("data") or {})
+    run_cfg = stored_config(read_checkpoint(ckpt_path), ckpt_path)
+    changes = {key: value for key, value in (cfg.get("data") or {}).items() if value is not None}
+    run_cfg.data = OmegaConf.merge(run_cfg.data, changes)
     print_config(OmegaConf.merge(run_cfg, {"trainer": cfg.trainer}))
     prepare_process(cfg)
 
     datamodule = build(run_cfg.data, "data")
-    task = instantiate(run_cfg.task)
+    task = build(run_cfg.task, "task", build_task)
     trainer = build_trainer(cfg)
     run_split = trainer.validate if cfg.split == "val" else trainer.test
-    run_split(task, datamodule=datamodule, ckpt_path=str(ckpt_path))
+    run_split(task, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)
     metrics = scalar_metrics(trainer.callback_metrics)
-    report(metrics, trainer, Path(cfg.paths.output_dir), time.perf_counter() - started)
+    report(metrics, str(ckpt_path), Path(cfg.paths.output_dir), time.perf_counter() - started)
     finish_loggers()
     return metrics
 
 
-def build(conf: DictConfig, key: str) -> Any:
-    """``instantiate``, with a constructor's complaint about its arguments or files (a
-    ValueError or FileNotFoundError) reported as a one-line ``UserError`` naming the group."""
+def build(conf: DictConfig, key: str, builder: Callable[[DictConfig], Any] = instantiate) -> Any:
+    """``builder(conf)``, with a constructor's complaint about its arguments or files (a
+    ValueError or FileNotFoundError) reported as a one-line ``UserError`` naming the group, or
+    the argument when the complaint starts with its name (``data.batch_size: ...``)."""
     try:
-        return instantiate(conf)
+        return builder(conf)
     except InstantiationException as error:
         if isinstance(error.__cause__, ValueError | FileNotFoundError):
-            raise UserError(f"{key}: {error.__cause__}") from None
+            raise UserError(located(key, str(error.__cause__), conf)) from None
         raise
+
+
+def located(key: str, message: str, conf: DictConfig) -> str:
+    """``message`` under ``key``: ``key.arg: ...`` when it starts with ``arg: `` of ``conf``."""
+    argument, separator, rest = message.partition(": ")
+    if separator and argument in conf:
+        return f"{key}.{argument}: {rest}"
+    return f"{key}: {message}"
+
+
+def prepare(datamodule: L.LightningDataModule) -> None:
+    """Write (``prepare_data``) and read (``setup``) the data now, before the trainer starts, with
+    a missing or malformed dataset reported as a one-line ``UserError``."""
+    try:
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    except (ValueError, FileNotFoundError) as error:
+        raise UserError(f"data: {error}") from None
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
@@ -170,18 +218,25 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
         return None
     if ckpt_path == "auto":
         last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
+        if last.is_file():
+            return str(last)
+        log.info("ckpt_path=auto: no %s yet, so this run starts from scratch", last)
+        return None
     return str(existing_file(ckpt_path, "ckpt_path"))
 
 
-def stored_config(ckpt_path: Path) -> DictConfig:
-    """The run config that ``train`` saved into a checkpoint."""
-    hparams = read_checkpoint(ckpt_path).get("hyper_parameters") or {}
-    if "task" not in hparams:
-        raise UserError(
-            f"ckpt_path: {ckpt_path} holds no vitlab run config (not written by train.py?)"
-        )
-    return OmegaConf.create(hparams)
+def splits_used(cfg: DictConfig, trainer: L.Trainer) -> tuple[str, ...]:
+    """The splits this run reads besides train: val when it validates, test when it tests."""
+    validates = cfg.get("train", True) and trainer.limit_val_batches != 0
+    return ("val",) * bool(validates) + ("test",) * bool(cfg.get("test", True))
+
+
+def checkpoint_dirs(trainer: L.Trainer) -> list[Path]:
+    return [
+        Path(callback.dirpath)
+        for callback in trainer.checkpoint_callbacks
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath
+    ]
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -192,12 +247,25 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     if not loggers:
         # nothing to report learning rates to (logger=none): Lightning would refuse to start
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return instantiate(
-        cfg.trainer,
-        callbacks=callbacks,
-        logger=loggers or False,
-        precision=resolve_precision(cfg.trainer.get("precision", "auto")),
-    )
+    return instantiate(cfg.trainer, callbacks=[*callbacks, ResumeHint()], logger=loggers or False)
+
+
+class ResumeHint(L.Callback):
+    """On Ctrl-C, names the command that continues the run from its last checkpoint."""
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
+            log.warning("interrupted; continue from the last checkpoint with: %s", resume_command())
+
+
+def resume_command() -> str:
+    """The command that resumes this job in its run directory from its last checkpoint."""
+    hydra_cfg = HydraConfig.get()
+    kept = [o for o in hydra_cfg.overrides.task if not o.lstrip("+~").startswith(RESUME_KEYS)]
+    run_dir = hydra_cfg.runtime.output_dir
+    return " ".join(["python train.py", *kept, "ckpt_path=auto", f"hydra.run.dir={run_dir}"])
 
 
 def prepare_process(cfg: DictConfig) -> None:
@@ -206,7 +274,7 @@ def prepare_process(cfg: DictConfig) -> None:
         torch.set_num_threads(cfg.num_threads)
     use_tf32_matmuls()
     if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
 
 
 def use_tf32_matmuls() -> None:
@@ -215,22 +283,28 @@ def use_tf32_matmuls() -> None:
         torch.set_float32_matmul_precision("high")
 
 
-def resolve_precision(precision: str | int) -> str | int:
-    """``auto``: bf16 mixed precision on a GPU that supports it, full fp32 otherwise."""
-    if precision != "auto":
-        return precision
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
-
-
 def best_checkpoint(trainer: L.Trainer) -> str | None:
     callback = trainer.checkpoint_callback
     best = getattr(callback, "best_model_path", "") if callback else ""
     if not best:
-        log.warning("no best checkpoint was saved: testing the current weights")
+        if not trainer.fast_dev_run:
+            log.warning("no best checkpoint was saved: testing the current weights")
         return None
     return best
+
+
+def best_score(trainer: L.Trainer, task: RecipeTask, metrics: Mapping[str, float]) -> float | None:
+    """The best value of the task's monitored metric over the run: the best checkpoint's score
+    when a checkpoint callback follows that metric, else its last value."""
+    for callback in trainer.checkpoint_callbacks:
+        if callback.monitor == task.monitor and callback.best_model_score is not None:
+            return float(callback.best_model_score)
+    return metrics.get(task.monitor)
+
+
+def best_key(monitor: str) -> str:
+    """The name under which a run reports the best value of its monitored metric."""
+    return f"{monitor}_best"
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -241,31 +315,47 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 @rank_zero_only
 def print_config(cfg: DictConfig) -> None:
-    """The composed config as a tree: one branch per group, then the run's own keys."""
+    """The composed config as a tree: one branch per group, then the run's own keys. A group
+    that another one includes whole (``task.model: ${model}``) is shown by reference."""
     tree = Tree("config", guide_style="dim")
     groups = [k for k in CONFIG_ORDER if k in cfg] + [
         k for k in cfg if k not in CONFIG_ORDER and isinstance(cfg[k], DictConfig)
     ]
     for key in groups:
-        tree.add(f"[bold]{key}[/bold]").add(OmegaConf.to_yaml(cfg[key], resolve=True).rstrip())
+        tree.add(f"[bold]{key}[/bold]").add(group_yaml(cfg, key))
     scalars = {k: cfg[k] for k in cfg if k not in groups}
     tree.add("[bold]run[/bold]").add(OmegaConf.to_yaml(scalars, resolve=True).rstrip())
     Console(stderr=True).print(tree)
 
 
+def group_yaml(cfg: DictConfig, key: str) -> str:
+    """``cfg[key]`` as resolved YAML, with values that are whole other groups (``${model}``)
+    left as the reference."""
+    raw = OmegaConf.to_container(cfg[key], resolve=False)
+    resolved = OmegaConf.to_container(cfg[key], resolve=True)
+    shown = {
+        name: raw[name] if is_group_reference(raw[name], cfg) else resolved[name] for name in raw
+    }
+    return OmegaConf.to_yaml(shown).rstrip()
+
+
+def is_group_reference(value: Any, cfg: DictConfig) -> bool:
+    return isinstance(value, str) and value.startswith("${") and value[2:-1] in cfg
+
+
 @rank_zero_only
-def report(metrics: Mapping[str, float], trainer: L.Trainer, run_dir: Path, seconds: float) -> None:
-    """Results table on the console, and ``metrics.json`` in the run directory."""
+def report(metrics: Mapping[str, float], tested: str | None, run_dir: Path, seconds: float) -> None:
+    """Results table of the task's metrics on the console, all metrics in ``metrics.json``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
     table = Table(title="results", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name in sorted(metrics):
-        table.add_row(name, f"{metrics[name]:.4f}")
+        if name.startswith(RESULT_PREFIXES) and "/device/" not in name:
+            table.add_row(name, f"{metrics[name]:.4f}")
     console = Console(stderr=True)
     console.print(table)
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-    if best:
-        console.print(f"best checkpoint: {best}")
+    if tested:
+        console.print(f"tested checkpoint: {tested}")
     console.print(f"run directory: {run_dir}   time: {seconds / 60:.1f} min")

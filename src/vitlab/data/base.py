@@ -1,32 +1,33 @@
-"""Shared DataModule for RGB image classification: transforms, loaders, sampling, mixing.
+"""The base of every vitlab DataModule: splits, loaders, seeded epochs, and one batch contract.
 
-Subclasses (image folders, ImageNet, CIFAR) only say where the images come from, by
-implementing ``build_splits``; everything between a decoded image and a batch lives here.
+A DataModule's constructor only records its arguments; ``setup`` reads the data (and raises a
+``ValueError`` or ``FileNotFoundError`` that names what is missing). Subclasses say where the
+images come from (``build_splits``) and how one image is prepared for evaluation
+(``eval_transform``); everything between a dataset and a batch lives here.
+
+The batch contract: after ``on_after_batch_transfer``, every DataModule yields
+``(images, targets)`` with ``images`` float32 ``(B, C, H, W)``, normalised, on the batch's
+device, and ``targets`` class indices ``(B,)`` (soft ``(B, K)`` for mixed training batches) or
+masks ``(B, H, W)``. ``predict_transform()`` takes an image as read from a file to one such
+image, exactly as evaluation prepares it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from vitlab.data.epoch_seed import SeededShuffle, keep_workers, seed_epoch
 from vitlab.data.named_classes import NamedClasses
-from vitlab.data.sampler import RepeatedAugSampler
-from vitlab.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    BatchStep,
-    build_eval_transform,
-    build_train_transform,
-    collate_present,
-)
 
 SPLITS = ("train", "val", "test")
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def default_num_workers(processes_per_node: int = 1) -> int:
@@ -42,101 +43,94 @@ def carve_split(size: int, fraction: float, seed: int) -> tuple[list[int], list[
     return sorted(order[held_out:]), sorted(order[:held_out])
 
 
-class ImageDataModule(NamedClasses, L.LightningDataModule):
-    """Base for RGB classification data.
+class SplitsDataModule(NamedClasses, L.LightningDataModule):
+    """Serves ``self.splits`` ("train", "val", "test", filled by ``setup``): full, shuffled train
+    batches whose order and augmentation are seeded per epoch from ``epoch_seed`` (exact resume),
+    plain val/test batches.
 
-    Loaders yield uint8 images; ``on_after_batch_transfer`` normalises them on the device they
-    were moved to and mixes training batches (``BatchStep``).
-
-    ``train_transform`` configures the train augmentation (see ``build_train_transform``),
-    ``mix`` the batch-level MixUp/CutMix (see ``BatchMix``; null disables it),
-    ``repeated_aug`` > 1 the repeated-augmentation sampler. ``num_workers`` null picks one from
-    the CPU count, ``pin_memory`` null pins when CUDA is available. ``epoch_seed`` reseeds every
-    RNG at each epoch's train loader, so resumed runs replay their epochs exactly.
+    ``img_size``, ``in_chans`` and ``num_classes`` describe what the model sees; ``mean`` and
+    ``std`` standardise it. ``augment`` false trains on the evaluation preprocessing (no
+    augmentation, no mixing). ``num_workers`` null picks one from the CPU count, ``pin_memory``
+    null pins when CUDA is available.
     """
 
     def __init__(
         self,
         img_size: int,
-        num_classes: int,
-        in_chans: int = 3,
-        batch_size: int = 128,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        train_transform: Mapping[str, Any] | None = None,
-        eval_crop_pct: float = 0.875,
-        mix: Mapping[str, float] | None = None,
-        repeated_aug: int = 1,
-        fast_path: bool = True,
-        num_workers: int | None = None,
+        in_chans: int,
+        num_classes: int | None,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: bool = True,
+        num_workers: int | None = 0,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
-        seed: int = 0,
         epoch_seed: int | None = None,
     ):
         super().__init__()
-        if in_chans != 3:
+        if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(
-                f"{type(self).__name__} yields RGB images: in_chans must be 3, got {in_chans}"
+                f"batch_size: expected a whole number of at least 1, got {batch_size!r}"
+            )
+        if len(mean) != in_chans or len(std) != in_chans:
+            raise ValueError(
+                f"mean and std need one value per channel ({in_chans}), got {mean} and {std}"
             )
         self.img_size = img_size
-        self.num_classes = num_classes
         self.in_chans = in_chans
+        self.num_classes = num_classes
         self.batch_size = batch_size
         self.mean, self.std = tuple(mean), tuple(std)
-        self.train_transform_cfg = dict(train_transform or {})
-        self.eval_crop_pct = eval_crop_pct
-        self.batch_step = BatchStep(self.mean, self.std, num_classes, mix)
-        self.repeated_aug = repeated_aug
-        self.fast_path = fast_path
+        self.augment = augment
         self.num_workers = num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers
-        self.seed = seed
         self.epoch_seed = epoch_seed
         self.splits: dict[str, Dataset] = {}
 
-    def build_splits(
-        self, train_transform: Callable, eval_transform: Callable
-    ) -> dict[str, Dataset]:
-        """The train, val and test datasets, with these transforms applied per sample."""
+    def build_splits(self) -> dict[str, Dataset]:
+        """The train, val and test datasets."""
+        raise NotImplementedError
+
+    def eval_transform(self) -> Callable:
+        """What evaluation does to one image as the datasets read it (before batching)."""
+        raise NotImplementedError
+
+    def predict_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """An image file's contents (any size; PIL) to one model input ``(C, H, W)``, prepared
+        exactly as evaluation prepares an image: the DataModule's ``eval_transform`` and what
+        ``on_after_batch_transfer`` does to an evaluation batch."""
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
-        train_transform = build_train_transform(
-            self.img_size, self.mean, fast=self.fast_path, **self.train_transform_cfg
-        )
-        eval_transform = build_eval_transform(self.img_size, self.eval_crop_pct, self.fast_path)
-        self.splits = self.build_splits(train_transform, eval_transform)
+        if not self.splits:
+            self.splits = self.build_splits()
 
-    def on_after_batch_transfer(
-        self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        training = self.trainer is not None and self.trainer.training
-        return self.batch_step(batch, train=training)
+    def dataset_sizes(self) -> dict[str, int]:
+        return {split: len(dataset) for split, dataset in self.splits.items()}
 
-    def train_sampler(self) -> Sampler | None:
-        """Repeated augmentation when asked; else the epoch's seeded shuffle when ``epoch_seed``
-        is set; else None (a plain shuffle). Lightning shards the latter two under DDP."""
-        epoch_seed = seed_epoch(self.epoch_seed, self.trainer)
-        if self.repeated_aug > 1:
-            return RepeatedAugSampler(
-                self.splits["train"], repeats=self.repeated_aug, seed=self.seed
-            )
-        if epoch_seed is not None:
-            return SeededShuffle(len(self.splits["train"]), epoch_seed)
-        return None
+    def batch_shape(self) -> tuple[int, int, int, int]:
+        """The shape of a batch of images as the model sees it."""
+        return (self.batch_size, self.in_chans, self.img_size, self.img_size)
+
+    def train_sampler(self, shuffle_seed: int | None) -> Sampler | None:
+        """The epoch's seeded shuffle (None without a seed: a plain shuffle); Lightning shards it
+        under DDP."""
+        if shuffle_seed is None:
+            return None
+        return SeededShuffle(len(self.splits["train"]), shuffle_seed)
+
+    def collate(self, samples: list[Any]) -> Any:
+        return default_collate(samples)
 
     def loader_workers(self) -> int:
         if self.num_workers is not None:
             return self.num_workers
         return default_num_workers(self.trainer.num_devices if self.trainer is not None else 1)
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def loader(self, split: str, sampler: Sampler | None = None, train: bool = False) -> DataLoader:
         workers = self.loader_workers()
-        sampler = self.train_sampler() if train else None
         return DataLoader(
             self.splits[split],
             batch_size=self.batch_size,
@@ -144,7 +138,7 @@ class ImageDataModule(NamedClasses, L.LightningDataModule):
             sampler=sampler,
             # MixUp/CutMix need full batches
             drop_last=train,
-            collate_fn=collate_present,
+            collate_fn=self.collate,
             num_workers=workers,
             pin_memory=self.pin_memory,
             persistent_workers=keep_workers(
@@ -153,10 +147,13 @@ class ImageDataModule(NamedClasses, L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        # every RNG is reseeded from (epoch_seed, epoch) here, the one moment that precedes all
+        # of an epoch's draws in a fresh and in a resumed run alike (see vitlab.data.epoch_seed)
+        shuffle_seed = seed_epoch(self.epoch_seed, self.trainer)
+        return self.loader("train", self.train_sampler(shuffle_seed), train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+        return self.loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return self.loader("test")

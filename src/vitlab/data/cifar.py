@@ -10,7 +10,8 @@ from typing import Any
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from vitlab.data.base import ImageDataModule, carve_split
+from vitlab.data.base import carve_split
+from vitlab.data.rgb import ImageDataModule
 
 
 def present_files_only(dataset: type[CIFAR10]) -> type[CIFAR10]:
@@ -67,8 +68,6 @@ class CIFARDataModule(ImageDataModule):
         self.dataset_class = DATASETS[num_classes]
         self.download = download
         self.val_fraction = val_fraction
-        if not download:
-            self.require_files()
         self.class_names: list[str] = []
 
     def missing_files_message(self) -> str:
@@ -94,9 +93,11 @@ class CIFARDataModule(ImageDataModule):
                 f"download failed ({error}); {self.missing_files_message()}"
             ) from error
 
-    def build_splits(
+    def build_rgb_splits(
         self, train_transform: Callable, eval_transform: Callable
     ) -> dict[str, Dataset]:
+        self.require_files()
+
         def dataset(train: bool, transform: Callable) -> CIFAR10:
             return self.dataset_class(self.root, train=train, transform=transform)
 

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
+from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from vitlab.data.splits import SplitsDataModule
+from vitlab.data.base import SplitsDataModule
 
 NATIVE_SIZE = 8
+# pixel statistics of the train split (seed 0), in [0, 1]
+DIGITS_MEAN, DIGITS_STD = (0.3049,), (0.3758,)
 
 
 class TensorImages(Dataset):
     """Images held in memory as one tensor, transformed per sample."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: v2.Transform):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable):
         self.images, self.labels, self.transform = images, labels, transform
 
     def __len__(self) -> int:
@@ -27,15 +32,15 @@ class TensorImages(Dataset):
 
 
 class DigitsDataModule(SplitsDataModule):
-    """Fixed stratified train/val/test split of the digits, standardised with train statistics.
+    """Fixed stratified train/val/test split of the digits (grayscale in [0, 1]), standardised
+    with ``mean``/``std``.
 
-    ``img_size`` upsamples the 8x8 digits (bilinear) for models that expect larger inputs; the
-    train split gets a light random affine (small shifts, rotations and scalings).
-    ``epoch_seed`` reseeds every RNG at each epoch's train loader (see ``epoch_seed``).
+    ``img_size`` resizes the 8x8 digits (bilinear, antialiased) for models that expect other
+    inputs; with ``augment`` the train split gets a light random affine (small shifts, rotations
+    and scalings). ``epoch_seed`` reseeds every RNG at each epoch's train loader (see
+    ``vitlab.data.epoch_seed``).
     """
 
-    num_classes = 10
-    in_chans = 1
     class_names = [str(digit) for digit in range(10)]
 
     def __init__(
@@ -44,28 +49,60 @@ class DigitsDataModule(SplitsDataModule):
         in_chans: int = 1,
         num_classes: int = 10,
         batch_size: int = 64,
+        mean: Sequence[float] = DIGITS_MEAN,
+        std: Sequence[float] = DIGITS_STD,
+        augment: bool = True,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         split_seed: int = 0,
-        augment: bool = True,
         num_workers: int = 0,
         epoch_seed: int | None = None,
     ):
-        super().__init__(batch_size, num_workers, epoch_seed)
-        if (in_chans, num_classes) != (self.in_chans, self.num_classes):
+        if (in_chans, num_classes) != (1, 10):
             raise ValueError(
-                f"digits are {self.in_chans}-channel images of {self.num_classes} classes, "
+                "digits are 1-channel images of 10 classes, "
                 f"got in_chans={in_chans}, num_classes={num_classes}"
             )
-        self.img_size = img_size
+        super().__init__(
+            img_size,
+            in_chans,
+            num_classes,
+            batch_size,
+            mean,
+            std,
+            augment,
+            num_workers,
+            epoch_seed=epoch_seed,
+        )
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
-        self.augment = augment
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.splits:
-            return
+    def eval_transform(self) -> v2.Compose:
+        """Grayscale in [0, 1], (1, H, W), of any size: resized to ``img_size``, standardised."""
+        return v2.Compose(
+            [
+                v2.Resize([self.img_size, self.img_size], antialias=True),
+                v2.Normalize(list(self.mean), list(self.std)),
+            ]
+        )
+
+    def train_transform(self) -> v2.Compose:
+        if not self.augment:
+            return self.eval_transform()
+        augment = v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
+        return v2.Compose([augment, self.eval_transform()])
+
+    def predict_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        transform = self.eval_transform()
+
+        def prepare(image: Image.Image) -> torch.Tensor:
+            gray = v2.functional.pil_to_tensor(image.convert("L"))
+            return transform(v2.functional.to_dtype(gray, torch.float32, scale=True))
+
+        return prepare
+
+    def build_splits(self) -> dict[str, Dataset]:
         pixels, labels = load_digits(return_X_y=True)
         images = torch.tensor(pixels, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
         labels = torch.tensor(labels)
@@ -79,13 +116,9 @@ class DigitsDataModule(SplitsDataModule):
             stratify=labels[train_val],
             random_state=self.split_seed,
         )
-        if self.img_size != NATIVE_SIZE:
-            images = v2.functional.resize(images, [self.img_size, self.img_size], antialias=True)
-        normalize = v2.Normalize([images[train].mean().item()], [images[train].std().item()])
-        augment = v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
-        train_transform = v2.Compose([augment, normalize]) if self.augment else normalize
-        self.splits = {
-            "train": TensorImages(images[train], labels[train], train_transform),
-            "val": TensorImages(images[val], labels[val], normalize),
-            "test": TensorImages(images[test], labels[test], normalize),
+        eval_transform = self.eval_transform()
+        return {
+            "train": TensorImages(images[train], labels[train], self.train_transform()),
+            "val": TensorImages(images[val], labels[val], eval_transform),
+            "test": TensorImages(images[test], labels[test], eval_transform),
         }

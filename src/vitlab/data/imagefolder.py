@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import io
 import logging
-import math
 import os
 import warnings
 from collections.abc import Callable
@@ -15,23 +13,17 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchcodec.decoders import decode_jpeg
 
-from vitlab.data.base import ImageDataModule, carve_split
+from vitlab.data.base import carve_split
+from vitlab.data.decode import DECODE_ERRORS, decode_image, is_image, load_image
+from vitlab.data.rgb import ImageDataModule
 from vitlab.data.transforms import min_decode_side
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff"})
 # ImageNet's "<wnid> <names>" lines (as distributed on Kaggle); any tree may carry one
 CLASS_NAMES_FILE = "LOC_synset_mapping.txt"
-# PIL raises these for unreadable, truncated or malformed files
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 Sample = tuple[str, int]
-
-
-def is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def has_image(folder: Path) -> bool:
@@ -67,37 +59,6 @@ def scan_split(split_dir: Path, classes: list[str]) -> tuple[list[Sample], int]:
     return samples, skipped
 
 
-def load_image(path: str, min_side: int | None = None) -> Image.Image:
-    """Decode an image as RGB with PIL; see ``reduced_rgb`` for ``min_side``."""
-    with Image.open(path) as image:
-        return reduced_rgb(image, min_side)
-
-
-def reduced_rgb(image: Image.Image, min_side: int | None) -> Image.Image:
-    """``image`` as RGB; a JPEG only at the smallest DCT scale whose shorter side is still
-    ``min_side`` or more (``Image.draft``: 2-8x less decoding work for large photos)."""
-    if min_side is not None:
-        width, height = image.size
-        factor = min(1.0, min_side / min(width, height))
-        image.draft("RGB", (math.ceil(width * factor), math.ceil(height * factor)))
-    return image.convert("RGB")
-
-
-def decode_image(path: str, min_side: int | None = None) -> torch.Tensor | Image.Image:
-    """The fast path's decode: a JPEG straight into a uint8 CHW tensor by TorchCodec (20% less
-    time than PIL, and no conversion after); a JPEG at least twice ``min_side`` at reduced size
-    by ``reduced_rgb``; other formats by PIL."""
-    data = Path(path).read_bytes()
-    with Image.open(io.BytesIO(data)) as image:
-        reducible = min_side is not None and min(image.size) >= 2 * min_side
-        if image.format != "JPEG" or reducible:
-            return reduced_rgb(image, min_side)
-    try:
-        return decode_jpeg(data)
-    except RuntimeError as error:
-        raise OSError(str(error)) from error
-
-
 class ImageFiles(Dataset):
     """Labelled image files, decoded by ``decode`` (a path to a PIL image or uint8 tensor) and
     transformed per sample.
@@ -113,8 +74,6 @@ class ImageFiles(Dataset):
         decode: Callable[[str], torch.Tensor | Image.Image] = load_image,
         on_corrupt: Literal["skip", "raise"] = "skip",
     ):
-        if on_corrupt not in ("skip", "raise"):
-            raise ValueError(f"on_corrupt must be 'skip' or 'raise', got {on_corrupt!r}")
         self.samples, self.transform = samples, transform
         self.decode, self.on_corrupt = decode, on_corrupt
 
@@ -155,7 +114,17 @@ class ImageFolderDataModule(ImageDataModule):
         on_corrupt: Literal["skip", "raise"] = "skip",
         **kwargs: Any,
     ):
+        if on_corrupt not in ("skip", "raise"):
+            raise ValueError(f"on_corrupt must be 'skip' or 'raise', got {on_corrupt!r}")
+        super().__init__(img_size=img_size, num_classes=num_classes, **kwargs)
         self.root = Path(root).expanduser()
+        self.val_fraction = val_fraction
+        self.on_corrupt = on_corrupt
+        self.classes: list[str] = []
+
+    def read_classes(self) -> None:
+        """The class folders of train/ (checked against ``num_classes`` when it is given), with
+        their names; a clear error for a tree that is not one."""
         for split in self.required_splits:
             if not (self.root / split).is_dir():
                 raise FileNotFoundError(
@@ -172,20 +141,18 @@ class ImageFolderDataModule(ImageDataModule):
             log.warning(
                 "%s: skipped %d empty class folder(s) in %s", self.name, empty, self.root / "train"
             )
-        if num_classes is not None and num_classes != len(self.classes):
+        if self.num_classes is not None and self.num_classes != len(self.classes):
             raise ValueError(
-                f"{self.name}: data.num_classes={num_classes} but {self.root / 'train'} has "
+                f"{self.name}: data.num_classes={self.num_classes} but {self.root / 'train'} has "
                 f"{len(self.classes)} class folders with images (num_classes: null reads it from the tree)"
             )
-        if not (self.root / "val").is_dir() and not 0 < val_fraction < 1:
+        if not (self.root / "val").is_dir() and not 0 < self.val_fraction < 1:
             raise ValueError(
                 f"{self.name}: {self.root} has no val/ folder, so val_fraction must be in (0, 1) "
-                f"to hold out part of train; got {val_fraction}"
+                f"to hold out part of train; got {self.val_fraction}"
             )
-        super().__init__(img_size=img_size, num_classes=len(self.classes), **kwargs)
+        self.num_classes = len(self.classes)
         self.class_names = read_class_names(self.root / CLASS_NAMES_FILE, self.classes)
-        self.val_fraction = val_fraction
-        self.on_corrupt = on_corrupt
 
     def scan(self, split: str) -> list[Sample]:
         samples, skipped = scan_split(self.root / split, self.classes)
@@ -195,9 +162,10 @@ class ImageFolderDataModule(ImageDataModule):
             )
         return samples
 
-    def build_splits(
+    def build_rgb_splits(
         self, train_transform: Callable, eval_transform: Callable
     ) -> dict[str, Dataset]:
+        self.read_classes()
         train = self.scan("train")
         has_val, has_test = (self.root / "val").is_dir(), (self.root / "test").is_dir()
         if has_val:

@@ -1,9 +1,11 @@
 """Masked autoencoder (He et al., 2022) with the parameter names of the MAE release.
 
-The encoder is a ``VisionTransformer`` (top-level ``patch_embed``, ``cls_token``, ``pos_embed``,
-``blocks``, ``norm``) that only sees the visible patches; a light decoder (``decoder_*``)
-receives the encoded visible tokens plus ``mask_token`` at every masked position and predicts
-the pixels of all patches. The loss is the mean squared error on the masked patches only.
+The encoder is any ``VisionTransformer`` (the ``model`` group's), of which the MAE keeps the
+parts the release names at its top level (``patch_embed``, ``cls_token``, ``pos_embed``,
+``blocks``, ``norm``) and only feeds the visible patches; its classifier is not used. A light
+decoder (``decoder_*``) receives the encoded visible tokens plus ``mask_token`` at every masked
+position and predicts the pixels of all patches. The loss is the mean squared error on the
+masked patches only.
 """
 
 from __future__ import annotations
@@ -12,82 +14,77 @@ import torch
 from torch import nn
 
 from vitlab.models.pos_embed import sincos_2d
-from vitlab.models.vit import Block, Size2d, VisionTransformer, _init_linear_and_norm
+from vitlab.models.vit import Block, LayerNorm, VisionTransformer, init_linear_and_norm
 
 
 def random_masking(
-    tokens: torch.Tensor, mask_ratio: float
+    tokens: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep a random ``1 - mask_ratio`` of each sample's tokens (the ones with the least noise).
 
     Returns the visible tokens (B, round(N * (1 - r)), D), the mask (B, N; 1 = removed) and
-    the indices that restore the original token order from [visible, removed].
+    the indices that restore the original token order from [visible, removed]. ``generator``
+    draws the noise (seeded evaluation masks); the global RNG otherwise.
     """
     batch, length, dim = tokens.shape
     num_keep = round(length * (1 - mask_ratio))
-    ids_shuffle = torch.rand(batch, length, device=tokens.device).argsort(dim=1)
+    noise = torch.rand(batch, length, device=tokens.device, generator=generator)
+    ids_shuffle = noise.argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
     visible = tokens.gather(1, ids_shuffle[:, :num_keep, None].expand(-1, -1, dim))
     mask = (ids_restore >= num_keep).to(tokens.dtype)
     return visible, mask, ids_restore
 
 
-class MaskedAutoencoderViT(VisionTransformer):
+class MaskedAutoencoderViT(nn.Module):
     """ViT encoder over visible patches + transformer decoder that reconstructs masked pixels.
 
-    ``norm_pix_loss`` regresses each patch normalised by its own mean and variance (computed in
-    fp32), which the paper found to give better representations.
+    ``encoder`` gives the architecture (size, patch, position embeddings, drop path); its final
+    ``norm`` normalises all tokens, as in the release (an average-pooling encoder, whose ``norm``
+    is the identity, gets a fresh one). ``norm_pix_loss`` regresses each patch normalised by its
+    own mean and variance (computed in fp32), which the paper found to give better
+    representations.
     """
 
     def __init__(
         self,
-        img_size: Size2d = 224,
-        patch_size: Size2d = 16,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
+        encoder: VisionTransformer,
         decoder_embed_dim: int = 512,
         decoder_depth: int = 8,
         decoder_num_heads: int = 16,
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
     ):
+        super().__init__()
         if not 0 < mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
-        super().__init__(
-            img_size,
-            patch_size,
-            in_chans,
-            num_classes=0,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            qkv_bias=qkv_bias,
-            pos_embed="sincos",
+        self.embed_dim = encoder.embed_dim
+        self.patch_embed = encoder.patch_embed
+        self.cls_token = encoder.cls_token
+        self.pos_embed = encoder.pos_embed
+        self.blocks = encoder.blocks
+        self.norm = (
+            encoder.norm if isinstance(encoder.norm, nn.LayerNorm) else LayerNorm(encoder.embed_dim)
         )
-        self.in_chans = in_chans
+        self.in_chans = self.patch_embed.proj.in_channels
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
         grid = self.patch_embed.grid_size
         patch_h, patch_w = self.patch_embed.patch_size
 
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_embed_dim)
         self.decoder_pos_embed = nn.Parameter(
             sincos_2d(decoder_embed_dim, grid, cls_token=True), requires_grad=False
         )
         self.decoder_blocks = nn.Sequential(
             *(
-                Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias)
+                Block(decoder_embed_dim, decoder_num_heads, encoder.mlp_ratio)
                 for _ in range(decoder_depth)
             )
         )
-        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_h * patch_w * in_chans)
+        self.decoder_norm = LayerNorm(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_h * patch_w * self.in_chans)
         nn.init.normal_(self.mask_token, std=0.02)
         for module in (
             self.decoder_embed,
@@ -95,10 +92,10 @@ class MaskedAutoencoderViT(VisionTransformer):
             self.decoder_norm,
             self.decoder_pred,
         ):
-            module.apply(_init_linear_and_norm)
+            module.apply(init_linear_and_norm)
 
     def no_weight_decay(self) -> set[str]:
-        return super().no_weight_decay() | {"mask_token", "decoder_pos_embed"}
+        return {"cls_token", "pos_embed", "mask_token", "decoder_pos_embed"}
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, patch_h * patch_w * C), pixels in (row, column, channel) order."""
@@ -123,11 +120,13 @@ class MaskedAutoencoderViT(VisionTransformer):
         return images.reshape(batch, self.in_chans, grid_h * patch_h, grid_w * patch_w)
 
     def forward_encoder(
-        self, images: torch.Tensor, mask_ratio: float
+        self, images: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encoded [cls, visible patches] (B, 1 + N_visible, D), the mask and restore indices."""
-        visible, mask, ids_restore = random_masking(self.embed(images), mask_ratio)
-        latent = self.norm(self.blocks(self.prepend_cls(visible)))
+        patches = self.patch_embed(images) + self.pos_embed[:, 1:]
+        visible, mask, ids_restore = random_masking(patches, mask_ratio, generator)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(len(images), -1, -1)
+        latent = self.norm(self.blocks(torch.cat([cls, visible], dim=1)))
         return latent, mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:

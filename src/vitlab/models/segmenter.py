@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitlab.models.vit import VisionTransformer, _init_linear_and_norm
+from vitlab.models.vit import LayerNorm, VisionTransformer, init_linear_and_norm
 
 
 class PatchDecoder(nn.Module):
@@ -25,14 +25,14 @@ class PatchDecoder(nn.Module):
 
     def __init__(self, embed_dim: int, num_classes: int, hidden_dim: int = 0):
         super().__init__()
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.norm = LayerNorm(embed_dim)
         self.hidden = (
             nn.Sequential(nn.Linear(embed_dim, hidden_dim), nn.GELU())
             if hidden_dim > 0
             else nn.Identity()
         )
         self.head = nn.Linear(hidden_dim if hidden_dim > 0 else embed_dim, num_classes)
-        self.apply(_init_linear_and_norm)
+        self.apply(init_linear_and_norm)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.head(self.hidden(self.norm(tokens)))

@@ -8,6 +8,7 @@ explicit softmax path is only used when attention maps are asked for.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Literal
 
 import torch
@@ -18,6 +19,8 @@ from torchvision.ops import StochasticDepth
 from vitlab.models.pos_embed import sincos_2d
 
 Size2d = int | Sequence[int]
+# every norm of the standard ViT (timm, the MAE release)
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
 def to_2tuple(size: Size2d) -> tuple[int, int]:
@@ -126,9 +129,9 @@ class Block(nn.Module):
         drop_path: float = 0.0,
     ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = LayerNorm(dim)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = StochasticDepth(drop_path, mode="row")
 
@@ -174,6 +177,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
         self.num_classes = num_classes
         self.embed_dim = embed_dim
+        self.mlp_ratio = mlp_ratio
         self.global_pool = global_pool
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -191,8 +195,8 @@ class VisionTransformer(nn.Module):
             )
         )
         use_fc_norm = global_pool == "avg"
-        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(embed_dim, eps=1e-6)
-        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6) if use_fc_norm else nn.Identity()
+        self.norm = nn.Identity() if use_fc_norm else LayerNorm(embed_dim)
+        self.fc_norm = LayerNorm(embed_dim) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights(pos_embed)
@@ -210,7 +214,7 @@ class VisionTransformer(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
         weight = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
-        self.apply(_init_linear_and_norm)
+        self.apply(init_linear_and_norm)
 
     def no_weight_decay(self) -> set[str]:
         """Parameter names exempt from weight decay besides biases and norms."""
@@ -262,7 +266,8 @@ class VisionTransformer(nn.Module):
         return maps
 
 
-def _init_linear_and_norm(module: nn.Module) -> None:
+def init_linear_and_norm(module: nn.Module) -> None:
+    """timm's ViT init: truncated-normal Linear weights (std 0.02), zero biases, unit norms."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:

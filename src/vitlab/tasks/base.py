@@ -1,61 +1,119 @@
-"""What every vitlab task shares: the optimizer recipe, scaled lr and the per-step schedule."""
+"""What every vitlab task shares: built from configs, the optimizer recipe, scaled lr, the
+per-step schedule, the monitored metric and the FLOPs of a training step."""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.distributed as dist
+from hydra.utils import instantiate
+from lightning.fabric.utilities.throughput import measure_flops
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from vitlab.checks import UserError
+from vitlab.checkpoint_file import RUN_CONFIG_KEY
+from vitlab.errors import UserError
 from vitlab.models.checkpoint import load_pretrained
 from vitlab.optim import WarmupCosine, effective_batch_size, param_groups, scaled_lr
 
 log = logging.getLogger(__name__)
 
-
 # device types with torch's fused Adam(W) kernels that vitlab trains on
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
+Config = Mapping[str, Any]
+
+
+def build_task(task_config: Config) -> RecipeTask:
+    """A task from its config group: the task receives its ``model`` and ``optimizer`` as configs
+    (plain containers) and builds them itself, so that its hyperparameters are those configs and
+    ``<Task>.load_from_checkpoint(path)`` rebuilds it."""
+    return instantiate(task_config, _recursive_=False, _convert_="all")
 
 
 class RecipeTask(L.LightningModule):
-    """Base for tasks: ``optimizer`` is a partial (e.g. ``torch.optim.AdamW``) whose ``lr`` is the
-    base lr for a batch of 256 and whose ``weight_decay`` applies to weight matrices only.
+    """Base for tasks: ``optimizer`` is the config of a partial (e.g. ``torch.optim.AdamW``) whose
+    ``lr`` is the base lr for a batch of 256 and whose ``weight_decay`` applies to weight matrices
+    only.
 
     The peak lr is scaled by the effective batch (per-device batch x devices x nodes x
     accumulation), warmed up linearly for ``warmup_epochs`` and decayed by a cosine to
     ``min_lr``, every optimizer step.
 
+    ``monitor`` is the validation metric that picks the best checkpoint (and stops early, and
+    scores sweeps) and ``mode`` says whether higher (``max``) or lower (``min``) is better.
     ``skip_nonfinite`` skips steps whose loss is NaN or infinite instead of stopping.
     ``compile`` compiles the trained module in place (``nn.Module.compile``), so checkpoint keys
     stay those of the plain model (no ``_orig_mod.``). Adam(W) runs fused (one kernel for all
     parameters) on CPU and CUDA.
+
+    The constructor arguments are the task's hyperparameters (``self.hparams``); the run config
+    that train.py composed travels in every checkpoint too, under ``RUN_CONFIG_KEY``, once
+    ``run_config`` is set.
     """
 
     def __init__(
         self,
-        optimizer: Callable[..., Optimizer],
+        optimizer: Config,
         warmup_epochs: float = 0.0,
         min_lr: float = 0.0,
         layer_decay: float | None = None,
         compile: bool = False,
         skip_nonfinite: bool = False,
+        monitor: str = "val/loss",
+        mode: Literal["min", "max"] = "min",
     ):
         super().__init__()
-        self.optimizer_factory = optimizer
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.save_hyperparameters(logger=False)
+        self.optimizer_factory: Callable[..., Optimizer] = instantiate(optimizer)
         self.warmup_epochs = warmup_epochs
         self.min_lr = min_lr
         self.layer_decay = layer_decay
         self.compile_model = compile
         self.skip_nonfinite = skip_nonfinite
+        self.monitor = monitor
+        self.mode = mode
+        self.run_config: dict[str, Any] | None = None
         self._compiled = False
+
+    def val_metric_names(self) -> list[str]:
+        """The names this task logs after each validation (what ``monitor`` may name)."""
+        raise NotImplementedError
+
+    def trained_module(self) -> nn.Module:
+        """The module whose parameters the optimizer updates."""
+        raise NotImplementedError
+
+    def flops_forward(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """A scalar from ``model`` (this task's model, or its copy on the meta device) on a batch
+        of ``images`` that back-propagates through what a training step computes."""
+        return model(images).sum()
+
+    def training_flops(self, images_shape: tuple[int, ...]) -> int:
+        """FLOPs of one training step's forward and backward on a batch of ``images_shape``,
+        counted on a copy of the model on the meta device: no weights, nothing computed."""
+        with torch.device("meta"):
+            model = instantiate(self.hparams.model)
+            images = torch.empty(images_shape)
+            return measure_flops(model, lambda: self.flops_forward(model, images))
+
+    def set_input_shape(self, batch_shape: tuple[int, ...]) -> None:
+        """The shape of the batches it will train on: a one-image example for the model summary,
+        and the FLOPs of a training step for Lightning's ThroughputMonitor."""
+        self.example_input_array = torch.zeros(1, *batch_shape[1:])
+        self.flops_per_batch = self.training_flops(batch_shape)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint[RUN_CONFIG_KEY] = self.run_config
 
     def configure_model(self) -> None:
         if self.compile_model and not self._compiled:
@@ -67,9 +125,10 @@ class RecipeTask(L.LightningModule):
         writes to the loggers (every ``trainer.log_every_n_steps``): the logs are the same, and
         the progress bar shows the latest logged value.
 
-        Each ``self.log`` call costs ~0.3 ms of Lightning bookkeeping, 1.5% of a digits step, and
-        it is only worth paying when the value is written. Lightning's own LearningRateMonitor and
-        ThroughputMonitor ask the same question of the trainer.
+        Each ``self.log`` call is bookkeeping that a small model's step notices
+        (``benchmarks/lightning_overhead.py``), and it is only worth paying when the value is
+        written. Lightning's own LearningRateMonitor and ThroughputMonitor ask the same question
+        of the trainer.
         """
         trainer = self._trainer  # None when called by hand: self.log warns then, as it should
         if trainer is None or trainer.fast_dev_run or trainer._logger_connector.should_update_logs:
@@ -95,10 +154,6 @@ class RecipeTask(L.LightningModule):
             f"non-finite loss {loss.item()} at {where}; lower the lr, enable "
             "trainer.gradient_clip_val, or set task.skip_nonfinite=true to skip such steps"
         )
-
-    def trained_module(self) -> nn.Module:
-        """The module whose parameters the optimizer updates."""
-        raise NotImplementedError
 
     def per_device_batch_size(self) -> int:
         datamodule = self.trainer.datamodule
@@ -148,7 +203,8 @@ class RecipeTask(L.LightningModule):
 def fused_adam(factory: Callable[..., Optimizer], groups: Iterable[dict]) -> dict:
     """``{"fused": True}`` for torch's Adam/AdamW when every parameter is a floating-point tensor
     on one CPU or CUDA device and the config chose no implementation (``fused``/``foreach``);
-    ``{}`` otherwise. Unfused, torch steps a CPU model tensor by tensor: 6x slower for ViT-B."""
+    ``{}`` otherwise. Unfused, torch steps a CPU model tensor by tensor
+    (``benchmarks/vit_vs_timm.py`` measures both sides with the same optimizer)."""
     keywords = getattr(factory, "keywords", {})
     if getattr(factory, "func", factory) not in (torch.optim.Adam, torch.optim.AdamW):
         return {}

@@ -2,50 +2,54 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
-from torch.optim import Optimizer
 
-from vitlab.models.vit import VisionTransformer
+from vitlab.models.probe import ProbeHead
+from vitlab.tasks.base import Config
 from vitlab.tasks.classification import ClassificationTask
-
-PROBE_EPS = 1e-6
-
-
-def probe_head(embed_dim: int, num_classes: int) -> nn.Sequential:
-    """BatchNorm without affine parameters, then a linear classifier (the MAE release's probe).
-
-    The normalisation puts features of any scale on an equal footing for the linear layer.
-    """
-    linear = nn.Linear(embed_dim, num_classes)
-    nn.init.trunc_normal_(linear.weight, std=0.01)
-    nn.init.zeros_(linear.bias)
-    return nn.Sequential(nn.BatchNorm1d(embed_dim, affine=False, eps=PROBE_EPS), linear)
 
 
 class LinearProbeTask(ClassificationTask):
-    """Trains only ``model.head`` (replaced by ``probe_head``) on the frozen encoder's features.
+    """Trains only ``model.head`` (replaced by a ``ProbeHead``) on the frozen encoder's features.
 
     The encoder, ``fc_norm`` included, stays in eval mode (no dropout, drop path or statistic
     updates) even when Lightning switches the module to training, and runs without autograd.
-    Metrics, ``pretrained`` loading and evaluation are those of ``ClassificationTask``.
+    Its arguments, metrics, ``pretrained`` loading and evaluation are those of
+    ``ClassificationTask``, without label smoothing by default.
     """
 
     def __init__(
         self,
-        model: VisionTransformer,
-        optimizer: Callable[..., Optimizer],
+        model: Config,
+        optimizer: Config,
         warmup_epochs: float = 10.0,
         min_lr: float = 0.0,
+        layer_decay: float | None = None,
+        label_smoothing: float = 0.0,
         pretrained: str | None = None,
+        compile: bool = False,
+        skip_nonfinite: bool = False,
+        monitor: str = "val/acc1",
+        mode: Literal["min", "max"] = "max",
     ):
-        model.requires_grad_(False)
-        model.head = probe_head(model.embed_dim, model.num_classes)
         super().__init__(
-            model, optimizer, warmup_epochs, min_lr, label_smoothing=0.0, pretrained=pretrained
+            model,
+            optimizer,
+            warmup_epochs,
+            min_lr,
+            layer_decay,
+            label_smoothing,
+            pretrained,
+            compile,
+            skip_nonfinite,
+            monitor,
+            mode,
         )
+        self.model.requires_grad_(False)
+        self.model.head = ProbeHead(self.model.embed_dim, self.model.num_classes)
         self.train()  # Lightning keeps the modes modules are built with: freeze them here
 
     def trained_module(self) -> nn.Module:

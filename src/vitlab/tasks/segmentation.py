@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import nn
-from torch.optim import Optimizer
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from vitlab.models.segmenter import ViTSegmenter
-from vitlab.tasks.base import RecipeTask, load_pretrained_weights
+from vitlab.tasks.base import Config, RecipeTask, load_pretrained_weights
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -32,27 +32,31 @@ def segmentation_metrics(num_classes: int, prefix: str) -> MetricCollection:
 class SegmentationTask(RecipeTask):
     """Per-pixel cross-entropy against integer masks (B, H, W); mIoU and pixel accuracy.
 
-    ``pretrained`` (a vitlab, MAE or timm ViT checkpoint) is loaded into ``model.backbone``
+    ``model`` is the config of a ``ViTSegmenter``. ``pretrained`` (a vitlab, MAE or timm ViT checkpoint) is loaded into ``model.backbone``
     when fitting starts, so evaluating or resuming never needs that file; the decoder keeps its
     initialisation. ``layer_decay`` decays the backbone's lr by depth; the decoder gets the full lr.
     """
 
     def __init__(
         self,
-        model: ViTSegmenter,
-        optimizer: Callable[..., Optimizer],
+        model: Config,
+        optimizer: Config,
         warmup_epochs: float = 5.0,
         min_lr: float = 1e-6,
         pretrained: str | None = None,
         layer_decay: float | None = None,
         compile: bool = False,
         skip_nonfinite: bool = False,
+        monitor: str = "val/miou",
+        mode: Literal["min", "max"] = "max",
     ):
-        super().__init__(optimizer, warmup_epochs, min_lr, layer_decay, compile, skip_nonfinite)
-        self.model = model
+        super().__init__(
+            optimizer, warmup_epochs, min_lr, layer_decay, compile, skip_nonfinite, monitor, mode
+        )
+        self.model: ViTSegmenter = instantiate(model)
         self.pretrained = pretrained
-        self.val_metrics = segmentation_metrics(model.num_classes, "val/")
-        self.test_metrics = segmentation_metrics(model.num_classes, "test/")
+        self.val_metrics = segmentation_metrics(self.model.num_classes, "val/")
+        self.test_metrics = segmentation_metrics(self.model.num_classes, "test/")
 
     def setup(self, stage: str) -> None:
         # a resumed run restores its own weights: the pretrained file is not needed again
@@ -61,6 +65,9 @@ class SegmentationTask(RecipeTask):
 
     def trained_module(self) -> nn.Module:
         return self.model
+
+    def val_metric_names(self) -> list[str]:
+        return ["val/loss", *self.val_metrics.keys()]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)

@@ -1,0 +1,59 @@
+"""OmegaConf resolvers that the config groups use; registered when this module is imported.
+
+- ``${vitlab.cwd:}``: the working directory the command was started in. Hydra's own
+  ``${hydra:runtime.cwd}`` is not set yet while a multirun builds ``hydra.sweep.dir``.
+- ``${vitlab.precision:<accelerator>}``: ``bf16-mixed`` where that accelerator is (or may be)
+  a GPU that supports it, ``32-true`` otherwise: what ``trainer.precision`` resolves to.
+- ``${vitlab.optuna_direction:<mode>}``: a task's ``mode`` (``max``/``min``, Lightning's words)
+  as Optuna's study direction (``maximize``/``minimize``).
+- ``${vitlab.per_model:<table>,<model option>}``: a recipe's row for the chosen model, with a
+  clear error when the table has none.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from vitlab.errors import UserError
+
+DIRECTIONS = {"max": "maximize", "min": "minimize"}
+
+
+def bf16_precision(accelerator: str) -> str:
+    """``bf16-mixed`` on a CUDA device with bf16 when ``accelerator`` may pick it, else fp32."""
+    gpu_allowed = accelerator in ("auto", "gpu", "cuda")
+    if gpu_allowed and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def optuna_direction(mode: str) -> str:
+    if mode not in DIRECTIONS:
+        raise UserError(f"task.mode: expected one of {sorted(DIRECTIONS)}, got {mode!r}")
+    return DIRECTIONS[mode]
+
+
+def per_model(table: Mapping[str, Any], model: str) -> Any:
+    """``table[model]``: a recipe's values for the model chosen with ``model=...``."""
+    if model not in table:
+        raise UserError(f"model: this recipe has values for {sorted(table)}, not model={model}")
+    return table[model]
+
+
+def register_resolvers() -> None:
+    resolvers = {
+        "vitlab.cwd": os.getcwd,
+        "vitlab.precision": bf16_precision,
+        "vitlab.optuna_direction": optuna_direction,
+        "vitlab.per_model": per_model,
+    }
+    for name, resolver in resolvers.items():
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
+
+
+register_resolvers()

@@ -1,0 +1,127 @@
+"""The base of the RGB classification DataModules: DeiT transforms, repeated augmentation, and
+normalisation + MixUp/CutMix once a uint8 batch is on its device.
+
+Subclasses (image folders, ImageNet, CIFAR) only say where the images come from, by
+implementing ``build_splits``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+from torchvision.transforms import v2
+
+from vitlab.data.base import Batch, SplitsDataModule
+from vitlab.data.sampler import RepeatedAugSampler
+from vitlab.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BatchStep,
+    build_eval_transform,
+    build_train_transform,
+    collate_present,
+)
+
+
+class ImageDataModule(SplitsDataModule):
+    """Base for RGB classification data.
+
+    Loaders yield uint8 images; ``on_after_batch_transfer`` normalises them on the device they
+    were moved to and mixes training batches (``BatchStep``).
+
+    ``train_transform`` configures the train augmentation (see ``build_train_transform``),
+    ``mix`` the batch-level MixUp/CutMix (see ``BatchMix``; null disables it),
+    ``repeated_aug`` > 1 the repeated-augmentation sampler, ``eval_crop_pct`` the evaluation
+    resize + center crop. ``augment`` false trains on the evaluation preprocessing, unmixed.
+    """
+
+    def __init__(
+        self,
+        img_size: int,
+        num_classes: int | None,
+        in_chans: int = 3,
+        batch_size: int = 128,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        augment: bool = True,
+        train_transform: Mapping[str, Any] | None = None,
+        eval_crop_pct: float = 0.875,
+        mix: Mapping[str, float] | None = None,
+        repeated_aug: int = 1,
+        fast_path: bool = True,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        seed: int = 0,
+        epoch_seed: int | None = None,
+    ):
+        if in_chans != 3:
+            raise ValueError(
+                f"{type(self).__name__} yields RGB images: in_chans must be 3, got {in_chans}"
+            )
+        super().__init__(
+            img_size,
+            in_chans,
+            num_classes,
+            batch_size,
+            mean,
+            std,
+            augment,
+            num_workers,
+            pin_memory,
+            persistent_workers,
+            epoch_seed,
+        )
+        self.train_transform_cfg = dict(train_transform or {})
+        self.eval_crop_pct = eval_crop_pct
+        self.mix = dict(mix) if mix is not None and augment else None
+        self.repeated_aug = repeated_aug
+        self.fast_path = fast_path
+        self.seed = seed
+        self.batch_step: BatchStep | None = None
+
+    def build_rgb_splits(
+        self, train_transform: Callable, eval_transform: Callable
+    ) -> dict[str, Dataset]:
+        """The train, val and test datasets, with these transforms applied per sample."""
+        raise NotImplementedError
+
+    def build_splits(self) -> dict[str, Dataset]:
+        splits = self.build_rgb_splits(self.train_transform(), self.eval_transform())
+        # the class count may come from the data (an image-folder tree)
+        self.batch_step = BatchStep(self.mean, self.std, self.num_classes, self.mix)
+        return splits
+
+    def train_transform(self) -> Callable:
+        if not self.augment:
+            return self.eval_transform()
+        return build_train_transform(
+            self.img_size, self.mean, fast=self.fast_path, **self.train_transform_cfg
+        )
+
+    def eval_transform(self) -> v2.Compose:
+        return build_eval_transform(self.img_size, self.eval_crop_pct, self.fast_path)
+
+    def predict_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        step = BatchStep(self.mean, self.std, num_classes=0)
+        transform = self.eval_transform()
+        return lambda image: step.normalize(transform(image.convert("RGB")))
+
+    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+        training = self.trainer is not None and self.trainer.training
+        return self.batch_step(batch, train=training)
+
+    def train_sampler(self, shuffle_seed: int | None) -> Sampler | None:
+        """Repeated augmentation when asked; else the base's seeded (or plain) shuffle."""
+        if self.repeated_aug > 1:
+            return RepeatedAugSampler(
+                self.splits["train"], repeats=self.repeated_aug, seed=self.seed
+            )
+        return super().train_sampler(shuffle_seed)
+
+    def collate(self, samples: list[Any]) -> Any:
+        return collate_present(samples)
