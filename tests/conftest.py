@@ -32,11 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as wandb_records
 
-# what a fresh copy of the repository leaves out: the package is installed, the rest is output
-NOT_COPIED = shutil.ignore_patterns(
+# what a fresh copy of the repository leaves out at its top: the package is installed, tests
+# are not a user's, the rest is output or caches
+NOT_COPIED = frozenset({
     ".git", ".venv", "src", "tests", "logs", "data", "wandb", "outputs", "multirun",
-    "__pycache__", ".pytest_cache", ".ruff_cache", "*.egg-info",
-)  # fmt: skip
+    ".pytest_cache", ".ruff_cache", "exported",
+})  # fmt: skip
 
 # a ViT for 8x8 one-channel images (the digits): 2x2 patches, 16 tokens
 TINY_VIT = dict(
@@ -200,7 +201,12 @@ class CLI:
 
 def fresh_copy(destination: Path) -> Path:
     """The repository's entry points, configs, benchmarks and notebooks, without outputs."""
-    shutil.copytree(ROOT, destination, ignore=NOT_COPIED)
+
+    def left_out(folder: str, names: list[str]) -> set[str]:
+        top = Path(folder) == ROOT
+        return {n for n in names if (top and n in NOT_COPIED) or n == "__pycache__"}
+
+    shutil.copytree(ROOT, destination, ignore=left_out)
     return destination
 
 
@@ -208,3 +214,10 @@ def fresh_copy(destination: Path) -> Path:
 def cli(tmp_path: Path) -> CLI:
     """``cli("train.py", "debug=fdr")`` runs an entry point in a fresh copy of the repository."""
     return CLI(fresh_copy(tmp_path / "repo"), tmp_path / "home")
+
+
+@pytest.fixture(scope="module")
+def module_cli(tmp_path_factory: pytest.TempPathFactory) -> CLI:
+    """One fresh copy shared by a module's tests, for commands that build on each other."""
+    folder = tmp_path_factory.mktemp("module")
+    return CLI(fresh_copy(folder / "repo"), folder / "home")

@@ -12,6 +12,7 @@ import os
 import zipfile
 from typing import Any
 
+import lightning as L
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
@@ -48,3 +49,10 @@ def stored_class_names(checkpoint: dict[str, Any], datamodule_target: str) -> li
     """The class names that a ``NamedClasses`` DataModule of class ``datamodule_target`` saved."""
     state = checkpoint.get(get_class(datamodule_target).__qualname__) or {}
     return state.get("class_names")
+
+
+def load_task(path: str | os.PathLike, run_config: DictConfig) -> L.LightningModule:
+    """The trained task in a train.py checkpoint, on the CPU: its class from the run config, its
+    constructor arguments and weights from the checkpoint (``load_from_checkpoint``)."""
+    task_class = get_class(run_config.task._target_)
+    return task_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)

@@ -30,7 +30,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 import vitlab.config  # noqa: F401  (registers the resolvers the config groups use)
-from vitlab.checkpoint_file import read_checkpoint, stored_config
+from vitlab.checkpoint_file import load_task, read_checkpoint, stored_config
 from vitlab.checks import (
     check_arguments,
     check_checkpoint_matches,
@@ -107,7 +107,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.task.get("pretrained") and not ckpt_path:
         # loaded when fitting starts; a resumed run restores its own weights instead
         existing_file(cfg.task.pretrained, "task.pretrained")
-    print_config(cfg)
     prepare_process(cfg)
 
     datamodule = build(cfg.data, "data")
@@ -131,6 +130,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             Path(cfg.paths.output_dir), checkpoint_dirs(trainer), 2 * checkpoint_bytes(task)
         )
     task.set_input_shape(datamodule.batch_shape())
+    print_config(cfg)
     # the resolved config travels in every checkpoint (plain containers): eval.py reads it back
     task.run_config = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
@@ -171,10 +171,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     prepare_process(cfg)
 
     datamodule = build(run_cfg.data, "data")
-    task = build(run_cfg.task, "task", build_task)
+    task = load_task(ckpt_path, run_cfg)
     trainer = build_trainer(cfg)
     run_split = trainer.validate if cfg.split == "val" else trainer.test
-    run_split(task, datamodule=datamodule, ckpt_path=str(ckpt_path), verbose=False)
+    run_split(task, datamodule=datamodule, verbose=False)
     metrics = scalar_metrics(trainer.callback_metrics)
     report(metrics, str(ckpt_path), Path(cfg.paths.output_dir), time.perf_counter() - started)
     finish_loggers()
@@ -354,7 +354,7 @@ def report(metrics: Mapping[str, float], tested: str | None, run_dir: Path, seco
     for name in sorted(metrics):
         if name.startswith(RESULT_PREFIXES) and "/device/" not in name:
             table.add_row(name, f"{metrics[name]:.4f}")
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # paths stay whole, to copy or grep
     console.print(table)
     if tested:
         console.print(f"tested checkpoint: {tested}")

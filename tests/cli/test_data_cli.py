@@ -12,9 +12,9 @@ QUICK = (
     "model.patch_size=8",
     "trainer=cpu",
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "+trainer.limit_val_batches=1",
-    "+trainer.limit_test_batches=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
     "logger=none",
     "callbacks=none",
     "data.batch_size=4",
@@ -22,7 +22,7 @@ QUICK = (
 )
 
 
-def image_tree(root: Path) -> Path:
+def damaged_tree(root: Path) -> Path:
     """3 classes of JPEG + PNG files, with a truncated JPEG and a stray text file in train."""
     written = write_image_tree(root, {"train": 4, "val": 2})
     jpeg = written[0].read_bytes()
@@ -32,7 +32,7 @@ def image_tree(root: Path) -> Path:
 
 
 def test_imagefolder_trains_end_to_end_with_mixing_and_a_corrupt_file(cli, tmp_path: Path):
-    root = image_tree(tmp_path / "tree")
+    root = damaged_tree(tmp_path / "tree")
     # one train batch of all 13 files: the broken JPEG is drawn, skipped and named
     result = cli("train.py", "data=imagefolder", f"data.root={root}", *QUICK, "data.batch_size=13")
     assert "broken.JPEG" in result.stderr
@@ -41,7 +41,7 @@ def test_imagefolder_trains_end_to_end_with_mixing_and_a_corrupt_file(cli, tmp_p
 
 
 def test_imagenet_trains_end_to_end_with_repeated_augmentation(cli, tmp_path: Path):
-    root = image_tree(tmp_path / "imagenet")
+    root = damaged_tree(tmp_path / "imagenet")
     result = cli(
         "train.py",
         "data=imagenet",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import subprocess
 import sys
@@ -13,9 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitlab.data.synthetic import write_image_tree
-
-ROOT = Path(__file__).resolve().parents[2]
 RUN = (
     "debug=limit",
     "trainer.max_epochs=5",
@@ -30,18 +26,11 @@ def last_checkpoint(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def start_and_interrupt(run_dir: Path, log_dir: Path, sig: signal.Signals, *run: str) -> None:
+def start_and_interrupt(cli, run_dir: Path, sig: signal.Signals, *run: str) -> None:
     """Start a run, wait for its first checkpoint, then send ``sig`` while it trains on."""
-    command = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        f"paths.log_dir={log_dir}",
-        f"hydra.run.dir={run_dir}",
-        *run,
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *run]
     process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command, cwd=cli.repo, env=cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 300
     while not (run_dir / "checkpoints" / "last.ckpt").exists():
@@ -60,7 +49,7 @@ def test_interrupted_run_resumes_to_the_same_weights(cli, tmp_path, sig, workers
     run = (*RUN, f"data.num_workers={workers}")
     uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
     cli("train.py", f"hydra.run.dir={uninterrupted}", *run)
-    start_and_interrupt(interrupted, cli.log_dir, sig, *run)
+    start_and_interrupt(cli, interrupted, sig, *run)
     assert (
         last_checkpoint(interrupted)["global_step"] < last_checkpoint(uninterrupted)["global_step"]
     )
@@ -88,7 +77,7 @@ def test_a_run_resumed_in_place_keeps_its_earlier_csv_metrics(cli, tmp_path):
 
 def test_every_checkpoint_loads_with_weights_only(cli):
     cli("train.py", "debug=limit", "logger=none")
-    (run_dir,) = (cli.log_dir / "train" / "runs").iterdir()
+    (run_dir,) = cli.run_dirs()
     checkpoints = list((run_dir / "checkpoints").glob("*.ckpt"))
     assert len(checkpoints) == 2
     for path in checkpoints:
@@ -103,7 +92,7 @@ def test_bad_type_is_a_one_line_error_before_training(cli):
         result.stderr.strip().splitlines()[-1]
         == "error: task.optimizer.lr: expected a number, got 'abc'"
     )
-    (run_dir,) = (cli.log_dir / "train" / "runs").iterdir()
+    (run_dir,) = cli.run_dirs()
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "checkpoints").exists()
 
 
@@ -118,19 +107,17 @@ def test_a_missing_pretrained_checkpoint_is_a_one_line_error(cli, tmp_path):
     )
 
 
-def test_resuming_into_data_with_another_class_count_is_refused(cli, tmp_path):
+def test_resuming_into_data_with_another_class_count_is_refused(cli, image_tree):
     cli("train.py", "debug=limit", "trainer.max_epochs=1", "logger=none", "test=false")
-    (run_dir,) = (cli.log_dir / "train" / "runs").iterdir()
+    (run_dir,) = cli.run_dirs()
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    root = tmp_path / "three_classes"
-    write_image_tree(root, {"train": 2, "val": 1})
+    root = image_tree("three_classes", {"train": 2, "val": 1})
     result = cli(
         "train.py",
         "data=imagefolder",
         f"data.root={root}",
-        "model.img_size=8",
+        "data.batch_size=2",
         f"ckpt_path={ckpt}",
-        "data.num_workers=0",
         check=False,
     )
     assert result.returncode == 2
@@ -150,3 +137,93 @@ def test_missing_dataset_root_names_the_expected_layout(cli, tmp_path):
         and "{train,val}/<class>/<image>" in last_line
         and str(tmp_path / "nowhere") in last_line
     )
+
+
+def no_run_started(run_dir: Path) -> bool:
+    """Nothing trained or logged in ``run_dir``: no checkpoint, metrics or W&B run."""
+    return not any((run_dir / name).exists() for name in ("checkpoints", "metrics.json", "wandb"))
+
+
+def test_a_training_split_smaller_than_a_batch_is_refused_before_training(cli, image_tree):
+    root = image_tree("small", {"train": 20, "val": 2})  # 60 training images, batch 128
+    result = cli("train.py", "data=imagefolder", f"data.root={root}", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: data.batch_size: the train split has 60 images, fewer than one batch of 128 "
+        "(training drops incomplete batches); set data.batch_size=60 or less"
+    ]
+    assert no_run_started(cli.run_dirs()[-1])
+
+
+def test_an_empty_validation_split_is_refused_before_training(cli, image_tree):
+    root = image_tree("no_val", {"train": 4})
+    result = cli(
+        "train.py",
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.batch_size=2",
+        "data.val_fraction=0.01",  # holds out round(12 * 0.01) = 0 images
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: data: the val split is empty"]
+    assert no_run_started(cli.run_dirs()[-1])
+
+
+def test_auto_resume_without_a_checkpoint_says_it_starts_from_scratch(cli, tmp_path):
+    run_dir = tmp_path / "new_run"
+    result = cli("train.py", "ckpt_path=auto", f"hydra.run.dir={run_dir}", "debug=fdr")
+    assert f"ckpt_path=auto: no {run_dir}/checkpoints/last.ckpt yet" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        (
+            ["+trainer.max_epoch=3"],
+            "error: trainer.max_epoch: Trainer takes no argument 'max_epoch'; "
+            "did you mean max_epochs or min_epochs or max_steps?",
+        ),
+        (
+            ["data.batch_size=0"],
+            "error: data.batch_size: expected a whole number of at least 1, got 0",
+        ),
+        (
+            ["task.monitor=val/acc9"],
+            "error: task.monitor: the task logs no 'val/acc9'; "
+            "choose one of ['val/loss', 'val/acc1', 'val/acc5']",
+        ),
+    ],
+    ids=["unknown-trainer-argument", "zero-batch", "unlogged-monitor"],
+)
+def test_bad_settings_are_one_line_errors_before_any_logger_run(cli, overrides, error):
+    result = cli("train.py", *overrides, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [error]
+    (run_dir,) = cli.run_dirs()
+    assert no_run_started(run_dir)
+    assert error in (run_dir / "train.log").read_text()
+
+
+def test_a_file_where_the_checkpoints_go_is_refused_before_training(cli, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("not a folder")
+    result = cli("train.py", f"hydra.run.dir={run_dir}", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: paths.output_dir: cannot write to {run_dir}/checkpoints: File exists"
+    ]
+    assert not (run_dir / "wandb").exists() and not (run_dir / "metrics.json").exists()
+
+
+def test_debug_runs_log_offline_even_with_credentials(cli):
+    # a W&B API key and a login for the W&B cloud: a normal run would log online
+    (Path(cli.env["HOME"]) / ".netrc").write_text(
+        "machine api.wandb.ai\n  login user\n  password " + "0" * 40 + "\n"
+    )
+    cli.env["WANDB_API_KEY"] = "0" * 40
+    cli("train.py", "debug=fdr")
+    (run_dir,) = cli.run_dirs()
+    assert list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert not list(run_dir.glob("wandb/run-*"))

@@ -1,0 +1,102 @@
+"""Every task fits a step and validates under the default callbacks and the default logger, on
+every data option it supports; the optional callbacks and the other loggers on top of that.
+
+Data sit where the configs look for them (``data/imagefolder`` in the copy), so the commands
+are the ones a user types, one batch of each split (``ONE_STEP``) being the only addition.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vitlab.data.synthetic import write_image_tree
+
+ONE_STEP = (
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+)
+# 3 classes of JPEG and PNG files: 132 training images, one batch of the RGB default (128)
+IMAGE_TREE = {"train": 44, "val": 4}
+# the metrics each task is judged by after validation (its monitor among them)
+VALIDATED = {
+    "classification": {"val/acc1", "val/acc1_best", "test/acc1"},
+    "mae_pretrain": {"val/loss", "val/loss_best", "val/probe_acc1", "test/loss"},
+    "mae_finetune": {"val/acc1", "val/acc1_best", "test/acc1"},
+    "linear_probe": {"val/acc1", "val/acc1_best", "test/acc1"},
+    "segmentation": {"val/miou", "val/miou_best", "test/miou"},
+}
+SUPPORTED = [
+    ("classification", "digits"),
+    ("classification", "imagefolder"),
+    ("mae_pretrain", "digits"),
+    ("mae_pretrain", "imagefolder"),
+    ("mae_finetune", "digits"),
+    ("mae_finetune", "imagefolder"),
+    ("linear_probe", "digits"),
+    ("linear_probe", "imagefolder"),
+    ("segmentation", "digit_canvas"),
+]
+
+
+@pytest.fixture(scope="module")
+def repo(module_cli):
+    """The shared copy, with an image tree at the imagefolder config's default root."""
+    write_image_tree(module_cli.repo / "data" / "imagefolder", IMAGE_TREE)
+    return module_cli
+
+
+def newest_metrics(cli) -> dict[str, float]:
+    return json.loads((cli.run_dirs()[-1] / "metrics.json").read_text())
+
+
+def pretrained_encoder(cli, data: str) -> Path:
+    """The last checkpoint of an MAE pretraining step on ``data`` (made once per data option)."""
+    marker = cli.repo / f"pretrained_{data}.ckpt"
+    if not marker.exists():
+        cli("train.py", "task=mae_pretrain", f"data={data}", *ONE_STEP)
+        (cli.run_dirs()[-1] / "checkpoints" / "last.ckpt").rename(marker)
+    return marker
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("task", "data"), SUPPORTED, ids=[f"{t}-{d}" for t, d in SUPPORTED])
+def test_every_task_trains_validates_and_tests_on_the_data_it_supports(repo, task, data):
+    pretrained = ()
+    if task in ("mae_finetune", "linear_probe"):
+        pretrained = (f"task.pretrained={pretrained_encoder(repo, data)}",)
+    repo("train.py", f"task={task}", f"data={data}", *pretrained, *ONE_STEP)
+    run_dir = repo.run_dirs()[-1]
+    assert VALIDATED[task] <= newest_metrics(repo).keys()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run_dir / "checkpoints").glob("epoch_*.ckpt"))) == 1
+    assert len(list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("option", "writes"),
+    [
+        ("callbacks=[default,ema,early_stopping]", "checkpoints/last.ckpt"),
+        ("callbacks=[default,attention_maps]", "wandb"),
+        ("logger=many", "csv/metrics.csv"),
+        ("logger=csv", "csv/metrics.csv"),
+        ("logger=none", "checkpoints/last.ckpt"),
+    ],
+)
+def test_optional_callbacks_and_loggers_run_on_the_default_run(repo, option, writes):
+    repo("train.py", option, *ONE_STEP)
+    run_dir = repo.run_dirs()[-1]
+    assert "test/acc1" in newest_metrics(repo)
+    assert (run_dir / writes).exists()
+
+
+@pytest.mark.slow
+def test_reconstruction_grids_run_with_mae_pretraining(repo):
+    repo("train.py", "task=mae_pretrain", "callbacks=[default,reconstruction]", *ONE_STEP)
+    assert "val/loss" in newest_metrics(repo)
+    assert list(repo.run_dirs()[-1].glob("wandb/offline-run-*/files/media/images/*.png"))

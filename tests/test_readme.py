@@ -1,0 +1,257 @@
+"""Every command in the README's code blocks, run as printed.
+
+Each command runs in a fresh copy of the repository (shared by this module, so that
+``<timestamp>`` can name a run an earlier command made), with the default logger (W&B, offline
+because there are no credentials) and the default paths. ``PLAN`` is the one table of what this
+test adds or does instead: a budget cap (``CAP``) appended to a command, the files a command's
+placeholders name, or, for a command this machine cannot run (GPU, ImageNet, SLURM), the reason
+and a build of its config on the meta device. A README command without a row fails
+``test_every_readme_command_has_a_plan``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from vitlab.checks import check_arguments, check_model
+from vitlab.data.synthetic import write_image_tree
+from vitlab.tasks.base import build_task
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+# the budget caps a test may append: one batch of each split, one epoch
+CAP = (
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+)
+SETUP = (
+    'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && python train.py'
+)
+
+
+def readme_commands() -> list[str]:
+    """The shell commands of the README's ```bash blocks, without their trailing comments."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    lines = [line for block in blocks for line in block.splitlines()]
+    return [re.sub(r"\s+#.*$", "", line).strip() for line in lines if line.strip()]
+
+
+# --- what a command's placeholders name, made in the copy when missing --------------------------
+
+
+def run_with(cli, *overrides: str) -> Path:
+    """The run directory of ``train.py <overrides>`` in this copy: an earlier one, or a new one."""
+    for run_dir in cli.run_dirs():
+        stored = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+        if (run_dir / "checkpoints" / "last.ckpt").is_file() and set(stored) == {*overrides, *CAP}:
+            return run_dir
+    cli("train.py", *overrides, *CAP)
+    return cli.run_dirs()[-1]
+
+
+def digit_pngs(cli) -> Path:
+    """A folder of the digits as 8-bit PNG files (nested, to exercise the search)."""
+    folder = cli.repo / "digit_pngs"
+    digits = load_digits()
+    for index in range(12):
+        path = folder / f"part_{index // 6}" / f"digit_{index:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = (digits.images[index] * 255 / 16).round().astype("uint8")
+        Image.fromarray(pixels, mode="L").save(path)
+    return folder
+
+
+def relative(path: Path, cli) -> str:
+    return str(path.relative_to(cli.repo))
+
+
+PLACEHOLDERS: dict[str, Callable] = {
+    "<timestamp>": lambda cli: run_with(cli).name,
+    "<pretrain>": lambda cli: run_with(cli, "experiment=digits_mae_pretrain").name,
+    "<ckpt>": lambda cli: relative(run_with(cli) / "checkpoints" / "last.ckpt", cli),
+    "<image or folder>": lambda cli: relative(digit_pngs(cli), cli),
+}
+
+
+def with_placeholders_filled(command: str, cli) -> str:
+    for placeholder, fill in PLACEHOLDERS.items():
+        if placeholder in command:
+            command = command.replace(placeholder, fill(cli))
+    return command
+
+
+# --- checks of what particular commands must show ------------------------------------------------
+
+
+def metrics_of(run_dir: Path) -> dict[str, float]:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def sweep_jobs(cli, jobs: int) -> list[Path]:
+    """The newest sweep's job directories: ``jobs`` of them, each tested and logged to its own
+    offline W&B run."""
+    sweep = cli.sweep_dirs()[-1]
+    job_dirs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(job_dirs) == jobs
+    for job_dir in job_dirs:
+        assert "test/acc1" in metrics_of(job_dir)
+        assert len(list(job_dir.glob("wandb/offline-run-*/run-*.wandb"))) == 1
+    return job_dirs
+
+
+def memorised_one_batch(cli, result: subprocess.CompletedProcess) -> None:
+    metrics = metrics_of(cli.run_dirs()[-1])
+    assert metrics["train/acc1"] == 1.0 and metrics["train/loss"] < 0.05
+
+
+def offline_wandb_run(cli, result: subprocess.CompletedProcess) -> None:
+    (run_file,) = cli.run_dirs()[-1].glob("wandb/offline-run-*/run-*.wandb")
+    assert run_file.stat().st_size > 1000
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How this test covers one README command.
+
+    ``run``: the command as printed (``runs``: the part of it that runs, when the rest is the
+    install that ``.ci/run`` does), ``cap`` appended; ``prepare`` writes what it reads first and
+    ``check`` asserts what it must show beyond a clean exit. Otherwise ``reason`` says why it
+    cannot run here, and its config is composed and built on the meta device (``meta``) or it is
+    this test suite itself.
+    """
+
+    run: bool = True
+    cap: tuple[str, ...] = CAP
+    runs: str | None = None
+    prepare: Callable | None = None
+    check: Callable | None = None
+    meta: bool = False
+    reason: str = ""
+
+
+def cannot_run(reason: str) -> Plan:
+    return Plan(run=False, meta=True, reason=reason)
+
+
+def write_imagenet_tree(cli) -> None:
+    write_image_tree(cli.repo / "data" / "imagenet", {"train": 2, "val": 1})
+
+
+PLAN: dict[str, Plan] = {
+    SETUP: Plan(runs="python train.py", check=offline_wandb_run),
+    "python -m pytest": Plan(run=False, reason="the test suite itself: .ci/run runs it"),
+    "python eval.py ckpt_path=logs/train/runs/<timestamp>/checkpoints/last.ckpt": Plan(cap=()),
+    "python train.py model=vit_b data=imagenet": cannot_run("needs ImageNet"),
+    "python train.py experiment=deit_b_imagenet": cannot_run("needs ImageNet and 8 GPUs"),
+    "python train.py model=vit_s trainer=gpu trainer.max_epochs=300": cannot_run("needs a GPU"),
+    "python train.py -m model=vit_ti,vit_s task.optimizer.lr=1e-3,5e-4": Plan(
+        check=lambda cli, result: sweep_jobs(cli, 4)
+    ),
+    "python train.py 'callbacks=[default,ema,early_stopping]'": Plan(),
+    "python train.py debug=fdr": Plan(cap=()),
+    "python train.py debug=overfit": Plan(cap=(), check=memorised_one_batch),
+    "python train.py --help": Plan(cap=()),
+    "python train.py --cfg job --resolve model=vit_l": Plan(cap=()),
+    "python train.py experiment=digits_mae_pretrain": Plan(),
+    "python train.py experiment=digits_mae_finetune task.pretrained=logs/train/runs/<pretrain>/checkpoints/last.ckpt": Plan(),  # noqa: E501
+    "python train.py experiment=digits_linear_probe task.pretrained=logs/train/runs/<pretrain>/checkpoints/last.ckpt": Plan(),  # noqa: E501
+    "python train.py experiment=digits_scratch": Plan(),
+    "python train.py experiment=mae_pretrain model=vit_l": cannot_run("needs ImageNet and GPUs"),
+    "python train.py experiment=mae_finetune model=vit_l task.pretrained=mae_pretrain_vit_large.pth": cannot_run(  # noqa: E501
+        "needs ImageNet, GPUs and the MAE release's weights (a download)"
+    ),
+    "python train.py experiment=mae_linprobe task.pretrained=mae_pretrain_vit_base.pth": cannot_run(
+        "needs ImageNet, GPUs and the MAE release's weights (a download)"
+    ),
+    "python -m vitlab.data.pack data/imagenet data/imagenet_288 --short-side 288": Plan(
+        cap=(), prepare=write_imagenet_tree
+    ),
+    "python train.py trainer=ddp trainer.devices=8": cannot_run("needs 8 GPUs"),
+    "python train.py trainer=ddp_cpu trainer.devices=2": Plan(),
+    "python train.py -m hydra/launcher=slurm trainer=multinode trainer.num_nodes=4 hydra.launcher.partition=gpu": cannot_run(  # noqa: E501
+        "needs a SLURM cluster"
+    ),
+    "python train.py hparams_search=vit_optuna hydra.sweeper.n_trials=50": Plan(
+        cap=(*CAP, "hydra.sweeper.n_trials=2")
+    ),
+    "python train.py ckpt_path=auto hydra.run.dir=logs/train/runs/<timestamp>": Plan(),
+    "python predict.py ckpt_path=<ckpt> inputs=<image or folder> top_k=5": Plan(cap=()),
+    "python -m vitlab.export <ckpt> exported/ --onnx": Plan(cap=()),
+    "python train.py 'callbacks=[default,attention_maps]'": Plan(),
+    "python train.py experiment=digits_segmentation": Plan(),
+}
+COMMANDS = readme_commands()
+
+
+def test_every_readme_command_has_a_plan():
+    assert sorted(set(COMMANDS) - set(PLAN)) == [], "README commands this test does not cover"
+    assert sorted(set(PLAN) - set(COMMANDS)) == [], "rows for commands no longer in the README"
+
+
+def test_commands_that_cannot_run_here_say_why():
+    for command in COMMANDS:
+        plan = PLAN[command]
+        assert plan.run or plan.reason, command
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [c for c in COMMANDS if PLAN[c].run])
+def test_readme_command_runs_as_printed(command: str, module_cli):
+    plan = PLAN[command]
+    if plan.prepare:
+        plan.prepare(module_cli)
+    filled = with_placeholders_filled(plan.runs or command, module_cli)
+    words = shlex.split(filled)
+    assert words[0] == "python"
+    result = module_cli(*words[1:], *plan.cap)
+    assert "Traceback" not in result.stderr
+    if plan.check:
+        plan.check(module_cli, result)
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if PLAN[c].meta])
+def test_readme_command_composes_and_builds_on_the_meta_device(command: str, tmp_path: Path):
+    """What the command would build: its config composes and resolves, every argument is one
+    its component takes, and the data, task (model and optimizer), callbacks and launcher build
+    without data, GPUs or weights (the model on the meta device)."""
+    overrides = [word for word in shlex.split(command)[2:] if not word.startswith("-")]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+    HydraConfig.instance().set_config(cfg)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    OmegaConf.resolve(cfg)
+    check_arguments(cfg)
+    check_model(cfg.model)
+    instantiate(cfg.data)
+    [instantiate(callback) for callback in cfg.callbacks.values()]
+    with torch.device("meta"):
+        task = build_task(cfg.task)
+    assert sum(p.numel() for p in task.parameters()) > 1_000_000
+    assert launcher["_target_"]
