@@ -28,7 +28,7 @@ def load_image(path: str, min_side: int | None = None) -> Image.Image:
 
 def reduced_rgb(image: Image.Image, min_side: int | None) -> Image.Image:
     """``image`` as RGB; a JPEG only at the smallest DCT scale whose shorter side is still
-    ``min_side`` or more (``Image.draft``: 2-8x less decoding work for large photos)."""
+    ``min_side`` or more (``Image.draft``: less decoding work for large photos)."""
     if min_side is not None:
         width, height = image.size
         factor = min(1.0, min_side / min(width, height))
@@ -37,8 +37,8 @@ def reduced_rgb(image: Image.Image, min_side: int | None) -> Image.Image:
 
 
 def decode_image(path: str, min_side: int | None = None) -> torch.Tensor | Image.Image:
-    """The fast path's decode: a JPEG straight into a uint8 CHW tensor by TorchCodec (20% less
-    time than PIL, and no conversion after); a JPEG at least twice ``min_side`` at reduced size
+    """The fast path's decode: a JPEG straight into a uint8 CHW tensor by TorchCodec (faster than
+    PIL, and no conversion after); a JPEG at least twice ``min_side`` at reduced size
     by ``reduced_rgb``; other formats by PIL."""
     data = Path(path).read_bytes()
     with Image.open(io.BytesIO(data)) as image:

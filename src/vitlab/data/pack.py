@@ -6,7 +6,7 @@ Every image whose shorter side exceeds ``--short-side`` is downscaled to it (nev
 stored as ``<dest>/<split>/<class>/<name>.JPEG``; other files are copied as they are (class-name
 files) or skipped (stray files, unreadable images: counted and named). The result is an ordinary
 tree: point ``data.root`` at it. A 288 shorter side keeps eval (resize 256, crop 224) exact and
-decodes 2-3x faster than ImageNet's originals.
+decodes faster than ImageNet's originals (``benchmarks/data_pipeline.py`` measures both).
 """
 
 from __future__ import annotations

@@ -33,17 +33,17 @@ BILINEAR = v2.InterpolationMode.BILINEAR
 
 def to_pil(image: torch.Tensor) -> Image.Image:
     """uint8 CHW tensor to PIL image through one contiguous HWC copy (``v2.ToPILImage`` copies
-    the strided view byte by byte, 3x slower for a 224 crop)."""
+    the strided view byte by byte)."""
     return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
 
 
 class PILWhereFaster:
     """Mixin for torchvision's auto-augment policies: on plain uint8 RGB tensors (the fast
     path's), runs the ops whose PIL kernels beat the tensor ones even with both conversions
-    (224 crops, one core: Sharpness 0.66 vs 2.6 ms, Solarize 0.24 vs 0.61 ms) through PIL, and
-    every other op on the tensor (warps 0.55 vs 0.75 ms in PIL). Other inputs run as in
-    torchvision. The PIL ops round like PIL: Sharpness may differ by 1, and Solarize compares
-    with the threshold in float64, not float32."""
+    (Sharpness, Solarize) through PIL, and every other op on the tensor, where the warps are
+    faster than PIL's (``benchmarks/data_pipeline.py`` measures the pipeline). Other inputs run
+    as in torchvision. The PIL ops round like PIL: Sharpness may differ by 1, and Solarize
+    compares with the threshold in float64, not float32."""
 
     PIL_OPS = frozenset({"Sharpness", "Solarize"})
 
@@ -138,7 +138,7 @@ def eval_resize_size(img_size: int, crop_pct: float) -> int:
 class Normalize:
     """uint8 images (one or a batch) to float32, standardised with ``mean``/``std`` (in [0, 1]).
 
-    One conversion and two in-place passes: on a CPU batch, 5-8x faster than ``v2.ToDtype`` +
+    One conversion and two in-place passes: on a CPU batch, much faster than ``v2.ToDtype`` +
     ``v2.Normalize``, whose two fresh 19 MB buffers (32 images of 224) dominate.
     """
 

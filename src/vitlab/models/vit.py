@@ -233,7 +233,7 @@ class VisionTransformer(nn.Module):
     def forward_features(self, images: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         """All tokens after the encoder: (B, 1 + N, D). With ``cls_only`` just the class token,
         (B, 1, D): the last block then updates that token alone, which saves most of that block's
-        compute (about 7% of a 12-block ViT's step) and gives the same class token."""
+        compute and gives the same class token (``benchmarks/vit_vs_timm.py`` measures it)."""
         tokens = self.pos_drop(self.prepend_cls(self.embed(images)))
         if not cls_only:
             return self.norm(self.blocks(tokens))
