@@ -101,35 +101,9 @@ def in_multirun() -> bool:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
-    check_arguments(cfg)
-    check_model(cfg.model)
-    ckpt_path = resume_checkpoint(cfg)
-    if cfg.task.get("pretrained") and not ckpt_path:
-        # loaded when fitting starts; a resumed run restores its own weights instead
-        existing_file(cfg.task.pretrained, "task.pretrained")
+    ckpt_path = check_config(cfg)
     prepare_process(cfg)
-
-    datamodule = build(cfg.data, "data")
-    prepare(datamodule)
-    if cfg.data.get("num_classes", 0) is None:
-        # data read the class count from its files; the model's num_classes interpolates it
-        cfg.data.num_classes = datamodule.num_classes
-    if ckpt_path:
-        check_checkpoint_matches(ckpt_path, cfg.data.num_classes)
-    task = build(cfg.task, "task", build_task)
-    check_monitor(task.monitor, task.val_metric_names())
-    trainer = build_trainer(cfg)
-    check_split_sizes(
-        datamodule.dataset_sizes(),
-        datamodule.batch_size,
-        trainer.world_size,
-        splits_used(cfg, trainer),
-    )
-    if rank_zero_only.rank == 0:
-        check_output_dir(
-            Path(cfg.paths.output_dir), checkpoint_dirs(trainer), 2 * checkpoint_bytes(task)
-        )
-    task.set_input_shape(datamodule.batch_shape())
+    datamodule, task, trainer = build_run(cfg, ckpt_path)
     print_config(cfg)
     # the resolved config travels in every checkpoint (plain containers): eval.py reads it back
     task.run_config = OmegaConf.to_container(cfg, resolve=True)
@@ -152,6 +126,41 @@ def train(cfg: DictConfig) -> dict[str, float]:
     report(metrics, tested, Path(cfg.paths.output_dir), time.perf_counter() - started)
     finish_loggers()
     return metrics
+
+
+def check_config(cfg: DictConfig) -> str | None:
+    """What can be checked before anything is built; returns the checkpoint to resume from."""
+    check_arguments(cfg)
+    check_model(cfg.model)
+    ckpt_path = resume_checkpoint(cfg)
+    if cfg.task.get("pretrained") and not ckpt_path:
+        # loaded when fitting starts; a resumed run restores its own weights instead
+        existing_file(cfg.task.pretrained, "task.pretrained")
+    return ckpt_path
+
+
+def build_run(
+    cfg: DictConfig, ckpt_path: str | None
+) -> tuple[L.LightningDataModule, RecipeTask, L.Trainer]:
+    """The data (read), the task and the trainer, checked against each other before any
+    training or logger run starts."""
+    datamodule = build(cfg.data, "data")
+    prepare(datamodule)
+    if cfg.data.get("num_classes", 0) is None:
+        # data read the class count from its files; the model's num_classes interpolates it
+        cfg.data.num_classes = datamodule.num_classes
+    if ckpt_path:
+        check_checkpoint_matches(ckpt_path, cfg.data.num_classes)
+    task = build(cfg.task, "task", build_task)
+    check_monitor(task.monitor, task.val_metric_names())
+    trainer = build_trainer(cfg)
+    sizes, world = datamodule.dataset_sizes(), trainer.world_size
+    check_split_sizes(sizes, datamodule.batch_size, world, splits_used(cfg, trainer))
+    if rank_zero_only.rank == 0:
+        needed = 2 * checkpoint_bytes(task)
+        check_output_dir(Path(cfg.paths.output_dir), checkpoint_dirs(trainer), needed)
+    task.set_input_shape(datamodule.batch_shape())
+    return datamodule, task, trainer
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
