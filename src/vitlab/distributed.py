@@ -29,12 +29,13 @@ def pin_child_ranks_to_this_job() -> None:
     with read_write(hydra_cfg), open_dict(hydra_cfg):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
     # the job's own overrides, without -m and the sweep (hydra.mode=RUN also when an option
-    # such as hparams_search turned multirun on); child ranks log to stdout only
+    # such as hparams_search turned multirun on); child ranks report errors only (rank 0 prints
+    # and writes the job's log)
     sys.argv = [
         sys.argv[0],
         *hydra_cfg.overrides.task,
         "hydra.mode=RUN",
-        "hydra/job_logging=stdout",
+        "hydra/job_logging=child_rank",
     ]
 
 

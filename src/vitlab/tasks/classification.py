@@ -88,11 +88,13 @@ class ClassificationTask(RecipeTask):
             self.train_acc1.update(logits.argmax(dim=-1) == targets)
 
     def on_train_epoch_end(self) -> None:
-        """Train top-1 of the epoch, logged once: logging a metric object every step would cost a
-        small model's step more than the step itself spends on it."""
+        """Train top-1 of the epoch, logged once (the metric object: Lightning computes it across
+        processes and resets it); logging it every step would cost a small model's step more
+        than the step itself spends on it."""
         if self.train_acc1.update_count:
-            self.log("train/acc1", self.train_acc1.compute())
-        self.train_acc1.reset()
+            self.log("train/acc1", self.train_acc1)
+        else:
+            self.train_acc1.reset()
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         images, targets = batch
