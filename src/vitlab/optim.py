@@ -1,11 +1,14 @@
-"""Optimisation recipe pieces: parameter groups, layer-wise lr decay, lr scaling, schedule."""
+"""Optimisation recipe pieces: parameter groups, layer-wise lr decay, lr scaling, schedule, LARS."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
+from torch.optim import Optimizer
 
 REFERENCE_BATCH = 256
 
@@ -95,3 +98,45 @@ class WarmupCosine:
         decay_steps = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / decay_steps)
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LARS(Optimizer):
+    """LARS (You et al., 2017) as the MAE release's linear probing uses it (``util/lars.py``):
+    SGD with momentum whose update of every weight matrix is scaled by the trust ratio
+    ``trust_coefficient * ||w|| / ||g + weight_decay * w||``. Biases and norm parameters (one
+    dimension) get the plain momentum update, without weight decay."""
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 0.0,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        trust_coefficient: float = 0.001,
+    ):
+        defaults = dict(
+            lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                update = param.grad
+                if param.ndim > 1:
+                    update = update.add(param, alpha=group["weight_decay"])
+                    param_norm, update_norm = torch.linalg.norm(param), torch.linalg.norm(update)
+                    ratio = group["trust_coefficient"] * param_norm / update_norm
+                    usable = (param_norm > 0) & (update_norm > 0)
+                    update = update.mul(torch.where(usable, ratio, torch.ones_like(ratio)))
+                velocity = self.state[param].setdefault("mu", torch.zeros_like(param))
+                velocity.mul_(group["momentum"]).add_(update)
+                param.add_(velocity, alpha=-group["lr"])
+        return loss
