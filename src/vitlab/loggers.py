@@ -1,8 +1,16 @@
 """Experiment loggers from the ``logger`` config group, W&B set up the way sweeps need it.
 
-W&B: offline unless credentials are found; every multirun job its own run (grouped by the
-sweep, named by the job's overrides); the run id kept in the run directory, so a run resumed
-in place continues the same W&B run.
+W&B (``vitlab.loggers.WandbLogger``, Lightning's logger with these changes):
+
+- offline unless credentials are found;
+- every multirun job its own run (grouped by the sweep, named by the job's overrides); the run
+  id kept in the run directory, so a run resumed in place continues the same W&B run;
+- quiet offline: vitlab prints one line (where the run is, how to sync it) and W&B nothing but
+  its warnings and errors (``settings.silent`` true); online runs print W&B's usual lines;
+- the run file (``<run dir>/wandb/*run-*/run-<id>.wandb``) is flushed every
+  ``settings.x_transaction_log_flush_interval`` seconds, so a run killed with SIGKILL keeps what
+  it logged until then (W&B's default of 15 s lost the whole first minute of a short run);
+- ``log_model`` needs an online run: offline it is turned off with a warning.
 """
 
 from __future__ import annotations
@@ -15,11 +23,12 @@ import secrets
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch import loggers as lightning_loggers
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
@@ -102,6 +111,43 @@ def wandb_credentials_found() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
+
+
+class WandbLogger(lightning_loggers.WandbLogger):
+    """Lightning's ``WandbLogger`` as vitlab runs it (see the module docstring).
+
+    ``settings`` are ``wandb.Settings`` fields, checked here rather than when the run starts;
+    ``silent`` null means silent when offline. ``offline`` is passed to W&B as the run's mode,
+    not as Lightning's process-wide ``WANDB_MODE=dryrun``, which W&B ignores once its session
+    has started and which later runs of the process would inherit.
+    """
+
+    def __init__(
+        self,
+        *,
+        offline: bool = False,
+        log_model: bool | Literal["all"] = False,
+        settings: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        import wandb
+
+        if offline and log_model:
+            log.warning(
+                "W&B: log_model=%s is turned off: this run logs offline, and checkpoints are "
+                "only uploaded online",
+                log_model,
+            )
+            log_model = False
+        super().__init__(log_model=log_model, **kwargs)
+        # Lightning passes `anonymous` (None) to wandb.init, which warns that it has no effect
+        del self._wandb_init["anonymous"]
+        if offline:
+            self._wandb_init["mode"] = "offline"
+        settings = dict(settings or {})
+        if settings.get("silent") is None:
+            settings["silent"] = offline
+        self._wandb_init["settings"] = wandb.Settings(**settings)
 
 
 def finish_loggers() -> None:
