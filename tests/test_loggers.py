@@ -1,9 +1,11 @@
-"""vitlab's W&B logger on real offline runs read back from disk."""
+"""vitlab's W&B logger on real offline runs read back from disk, and W&B's credentials check."""
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from wandb_records import run_contents
 from vitlab.data.digits import DigitsDataModule
 from vitlab.loggers import WandbLogger, finish_loggers
 from vitlab.tasks.classification import ClassificationTask
+
+CHECK_CREDENTIALS = "from vitlab.loggers import wandb_credentials_found as f; print(f())"
 
 
 @pytest.fixture
@@ -36,6 +40,38 @@ def finish_wandb() -> None:
 def run_files(save_dir: Path) -> list[Path]:
     """The run's segments, oldest first."""
     return sorted(save_dir.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def check_credentials(home: Path, **env: str) -> subprocess.CompletedProcess:
+    """``wandb_credentials_found()`` in a fresh process with this home and these variables."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    return subprocess.run(
+        [sys.executable, "-c", CHECK_CREDENTIALS],
+        env=inherited | {"HOME": str(home)} | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_credentials_for_a_self_hosted_server_are_found_without_going_online(tmp_path: Path):
+    home = tmp_path / "home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text(f"machine 127.0.0.1:9\n  login user\n  password {'k' * 40}\n")
+    netrc.chmod(0o600)
+    # nothing listens on port 9: a check that went online would fail (and log, in ~/.cache)
+    result = check_credentials(home, WANDB_BASE_URL="http://127.0.0.1:9")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "True\n", "")
+    assert [path for path in home.rglob("*")] == [netrc]
+
+
+def test_an_empty_home_has_no_credentials_and_stays_empty(tmp_path: Path):
+    home = tmp_path / "home"
+    home.mkdir()
+    result = check_credentials(home)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "False\n", "")
+    assert not any(home.iterdir())
 
 
 def test_log_model_offline_is_turned_off_with_one_warning(

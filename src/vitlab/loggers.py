@@ -2,7 +2,9 @@
 
 W&B (``vitlab.loggers.WandbLogger``, Lightning's logger with these changes):
 
-- offline unless credentials are found;
+- offline unless W&B finds credentials for its host the way ``wandb login`` stores them
+  (``WANDB_API_KEY``, an identity token file, or a netrc entry for ``WANDB_BASE_URL`` or the
+  default host), checked without prompting, printing, writing files or going online;
 - every multirun job its own run (grouped by the sweep, named by the job's overrides); the run
   id kept in the run directory, so a run resumed in place continues the same W&B run;
 - quiet offline: vitlab prints one line (where the run is, how to sync it) and W&B nothing but
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import netrc
 import os
 import secrets
 import sys
@@ -103,14 +104,24 @@ def wandb_run_id(run_dir: Path) -> str:
 
 
 def wandb_credentials_found() -> bool:
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+    """Whether ``wandb.init`` would log in without asking: W&B's own search for credentials for
+    its configured host (``WANDB_BASE_URL``, or the host of ``wandb login --host``), which
+    ``wandb.login`` uses too. ``wandb.login`` itself is not called: it prints, and asks the
+    server for the user's name."""
+    if os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled"):
         return False
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
+
+    settings = wandb_setup.singleton().settings
+    auth = wbauth.authenticate_session(
+        host=wbauth.HostUrl(settings.base_url, app_url=settings.app_url),
+        source="vitlab",
+        prompt=False,
+        verify=False,
+        update_session=False,
+    )
+    return auth is not None
 
 
 class WandbLogger(lightning_loggers.WandbLogger):
