@@ -14,7 +14,7 @@ import wandb
 from wandb_records import run_contents
 
 from vitlab.data.digits import DigitsDataModule
-from vitlab.loggers import WandbLogger, finish_loggers
+from vitlab.loggers import WandbLogger, finish_loggers, history_rows, logged_metric_names
 from vitlab.tasks.classification import ClassificationTask
 
 CHECK_CREDENTIALS = "from vitlab.loggers import wandb_credentials_found as f; print(f())"
@@ -96,3 +96,55 @@ def test_log_model_offline_is_turned_off_with_one_warning(
     finish_wandb()
     (run_file,) = run_files(tmp_path)
     assert any("val/acc1" in row for row in run_contents(run_file)["history"])
+
+
+def metric_names(row: dict) -> set[str]:
+    return {name for name in row if not name.startswith("_") and name != "trainer/global_step"}
+
+
+def test_a_resumed_segment_logs_only_what_the_earlier_segments_lack(offline_wandb, tmp_path):
+    def segment(rows: list[tuple[int, dict[str, float]]]) -> None:
+        logger = WandbLogger(offline=True, save_dir=tmp_path, project="vitlab", id="resumed")
+        for step, metrics in rows:
+            logger.log_metrics(metrics, step=step)
+        finish_wandb()
+
+    def train(steps: range) -> list[tuple[int, dict[str, float]]]:
+        return [(step, {"train/loss": 1 / (step + 1), "epoch": step // 4}) for step in steps]
+
+    # interrupted after step 5 (an epoch of 4 steps, checkpoint at step 3), resumed from step 3
+    segment([*train(range(4)), (3, {"val/loss": 0.5, "epoch": 0}), *train(range(4, 6))])
+    segment([*train(range(4, 8)), (7, {"val/loss": 0.4, "epoch": 1}), (7, {"test/loss": 0.3})])
+
+    first, resumed = (run_contents(path) for path in run_files(tmp_path))
+    assert first["id"] == resumed["id"] == "resumed"
+    assert [(row["trainer/global_step"], metric_names(row)) for row in resumed["history"]] == [
+        (6, {"train/loss", "epoch"}),
+        (7, {"train/loss", "epoch"}),
+        (7, {"val/loss", "epoch"}),
+        (7, {"test/loss"}),
+    ]
+    assert logged_metric_names(tmp_path / "wandb", "resumed")[7] == {
+        "trainer/global_step", "train/loss", "val/loss", "test/loss", "epoch",
+        "_step", "_runtime", "_timestamp",
+    }  # fmt: skip
+
+
+def test_a_run_file_cut_anywhere_reads_as_the_rows_before_the_cut(offline_wandb, tmp_path):
+    logger = WandbLogger(offline=True, save_dir=tmp_path / "run", project="vitlab", id="cut")
+    for step in range(40):
+        logger.log_metrics({"train/loss": 1 / (step + 1), "note": "x" * step * 40}, step=step)
+    finish_wandb()
+    (run_file,) = run_files(tmp_path / "run")
+    data = run_file.read_bytes()
+    assert len(data) > 32768  # rows split across LevelDB blocks
+    full = list(history_rows(run_file))
+    assert [int(row["trainer/global_step"]) for row in full] == list(range(40))
+    cut = tmp_path / "cut.wandb"
+    read = []
+    for length in range(0, len(data) + 1, 61):
+        cut.write_bytes(data[:length])
+        rows = list(history_rows(cut))
+        assert rows == full[: len(rows)]
+        read.append(len(rows))
+    assert read == sorted(read) and 0 < read[len(read) // 2] < len(full)

@@ -12,6 +12,9 @@ W&B (``vitlab.loggers.WandbLogger``, Lightning's logger with these changes):
 - the run file (``<run dir>/wandb/*run-*/run-<id>.wandb``) is flushed every
   ``settings.x_transaction_log_flush_interval`` seconds, so a run killed with SIGKILL keeps what
   it logged until then (W&B's default of 15 s lost the whole first minute of a short run);
+- a run resumed in place starts a new segment (a new ``offline-run-*`` folder) and replays the
+  steps between its checkpoint and the interruption: rows whose metrics the run's earlier
+  segments already hold at that ``trainer/global_step`` are not logged again;
 - ``log_model`` needs an online run: offline it is turned off with a warning.
 """
 
@@ -21,8 +24,11 @@ import itertools
 import logging
 import os
 import secrets
+import struct
 import sys
-from collections.abc import Mapping
+import zlib
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +43,8 @@ from omegaconf import DictConfig, open_dict
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_id"
+# the step Lightning's W&B logger adds to every row
+STEP_KEY = "trainer/global_step"
 
 
 def instantiate_loggers(logger_cfg: Mapping[str, Any], run_dir: Path) -> list[Logger]:
@@ -130,7 +138,8 @@ class WandbLogger(lightning_loggers.WandbLogger):
     ``settings`` are ``wandb.Settings`` fields, checked here rather than when the run starts;
     ``silent`` null means silent when offline. ``offline`` is passed to W&B as the run's mode,
     not as Lightning's process-wide ``WANDB_MODE=dryrun``, which W&B ignores once its session
-    has started and which later runs of the process would inherit.
+    has started (``wandb_credentials_found`` starts it) and which later runs of the process
+    would inherit.
     """
 
     def __init__(
@@ -159,6 +168,62 @@ class WandbLogger(lightning_loggers.WandbLogger):
         if settings.get("silent") is None:
             settings["silent"] = offline
         self._wandb_init["settings"] = wandb.Settings(**settings)
+        self._earlier_rows: dict[int, set[str]] = {}
+        if self._id and self.save_dir and rank_zero_only.rank == 0:
+            self._earlier_rows = logged_metric_names(Path(self.save_dir) / "wandb", self._id)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if step is not None and metrics.keys() <= self._earlier_rows.get(step, set()):
+            return  # a resumed run replaying a row that an earlier segment of the run holds
+        super().log_metrics(metrics, step)
+
+
+def logged_metric_names(wandb_dir: Path, run_id: str) -> dict[int, set[str]]:
+    """Per ``trainer/global_step``, the names of the metrics the segments of W&B run ``run_id``
+    in ``wandb_dir`` hold (online and offline run folders alike)."""
+    names: dict[int, set[str]] = defaultdict(set)
+    for path in wandb_dir.glob(f"*run-*-{run_id}/run-{run_id}.wandb"):
+        for row in history_rows(path):
+            if STEP_KEY in row:
+                names[int(row[STEP_KEY])] |= row.keys()
+    return names
+
+
+# W&B's run file: LevelDB's log format (32 KiB blocks of chunks with a 7-byte header: CRC-32 of
+# type and data, length, type) after a 7-byte file header
+BLOCK, HEADER = 32768, 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def history_rows(path: Path) -> Iterator[dict[str, str]]:
+    """The history rows of a W&B run file (name: JSON value), up to its first incomplete or
+    damaged record, where the file of a killed run may end."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    if not data.startswith(b":W&B"):
+        return
+    offset, pending = HEADER, b""
+    while offset + HEADER <= len(data):
+        if BLOCK - offset % BLOCK < HEADER:  # a block's tail too short for a header: padding
+            offset += BLOCK - offset % BLOCK
+            continue
+        crc, length, kind = struct.unpack_from("<IHB", data, offset)
+        chunk = data[offset + HEADER : offset + HEADER + length]
+        if kind not in (FULL, FIRST, MIDDLE, LAST) or len(chunk) < length:
+            return
+        if zlib.crc32(bytes([kind]) + chunk) != crc:
+            return
+        offset += HEADER + length
+        pending = chunk if kind in (FULL, FIRST) else pending + chunk
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record.FromString(pending)
+            if record.WhichOneof("record_type") == "history":
+                yield {
+                    item.key or "/".join(item.nested_key): item.value_json
+                    for item in record.history.item
+                }
 
 
 def finish_loggers() -> None:

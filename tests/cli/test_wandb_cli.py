@@ -1,13 +1,20 @@
 """W&B through the real CLI, as a new user has it (offline, no credentials): what a run prints,
-and what its offline run files hold, read back from disk."""
+and what its offline run files hold, read back from disk, also after an interruption."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from wandb_records import run_contents
+
+from vitlab.loggers import STEP_KEY as STEP
+from vitlab.loggers import history_rows
 
 # what W&B printed on every run before vitlab quietened it
 WANDB_NOISE = (
@@ -50,3 +57,83 @@ def test_a_default_run_prints_one_wandb_line_and_logs_its_test_metrics_offline(c
     (test_row,) = [row for row in run["history"] if "test/acc1" in row]
     assert test_row["test/acc1"] == pytest.approx(metrics["test/acc1"])
     assert run["id"] == (run_dir / "wandb_id").read_text()
+
+
+# three epochs of 12 steps, a row every step: the first checkpoint is written after step 11
+RUN = (
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=12",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "test=false",
+)
+STEPS = set(range(3 * 12))
+
+
+def start_and_interrupt(cli, run_dir: Path, sig: signal.Signals) -> str:
+    """Start a run, wait until its W&B file holds a step past its first checkpoint (a step a
+    resumed run replays), send ``sig`` while it trains on; return what it printed."""
+    output = run_dir.parent / f"{run_dir.name}.out"
+    with output.open("w") as stdout:
+        process = subprocess.Popen(
+            [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *RUN],
+            cwd=cli.repo,
+            env=cli.env,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 600
+        while not past_first_checkpoint(run_dir):
+            assert process.poll() is None, output.read_text()[-4000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(sig)
+        process.wait(timeout=300)
+    return output.read_text()
+
+
+def past_first_checkpoint(run_dir: Path) -> bool:
+    if not (run_dir / "checkpoints" / "last.ckpt").exists():
+        return False
+    return any(
+        json.loads(row.get("epoch", "0")) >= 1
+        for path in run_dir.glob("wandb/offline-run-*/run-*.wandb")
+        for row in history_rows(path)
+    )
+
+
+def steps(segment: dict) -> set[int]:
+    return {row[STEP] for row in segment["history"] if STEP in row}
+
+
+def logged_metrics(segment: dict) -> set[tuple[int, str]]:
+    """(step, metric name) of every value the segment logged; the epoch rides along in rows."""
+    return {
+        (row[STEP], name)
+        for row in segment["history"]
+        for name in row
+        if not name.startswith("_") and name not in (STEP, "epoch")
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_an_interrupted_run_resumes_its_wandb_run_without_logging_a_step_twice(cli, tmp_path, sig):
+    run_dir = tmp_path / "run"
+    printed = start_and_interrupt(cli, run_dir, sig)
+    resume = ["train.py", *RUN, "ckpt_path=auto", f"hydra.run.dir={run_dir}"]
+    if sig == signal.SIGINT:
+        hint = "interrupted; continue from the last checkpoint with: python " + " ".join(resume)
+        assert hint in printed.splitlines()
+    cli(*resume)
+
+    first, resumed = segments(run_dir)
+    assert first["id"] == resumed["id"] == (run_dir / "wandb_id").read_text()
+    # the interrupted part kept every step it logged, past its first checkpoint
+    interrupted_at = max(steps(first))
+    assert steps(first) >= set(range(interrupted_at + 1)) and interrupted_at >= 12
+    # the resumed part logged what was missing to the last step, and nothing a second time:
+    # only the step the interruption cut short can have rows in both (its other metrics)
+    assert steps(first) | steps(resumed) == STEPS
+    assert steps(first) & steps(resumed) <= {interrupted_at}
+    assert not logged_metrics(first) & logged_metrics(resumed)
