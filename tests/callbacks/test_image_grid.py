@@ -94,6 +94,7 @@ class MirroringTask(ClassificationTask):
         return images.flip(-1), targets
 
 
+@pytest.mark.filterwarnings("ignore:You have overridden `on_after_batch_transfer`")
 def test_the_images_are_the_first_validation_batch_as_delivered_and_stay_fixed(
     tmp_path, vit_config, optimizer_config, quiet_trainer
 ):

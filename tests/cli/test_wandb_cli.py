@@ -35,6 +35,7 @@ def segments(run_dir: Path) -> list[dict]:
     return [run_contents(path) for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))]
 
 
+@pytest.mark.slow
 def test_a_default_run_prints_one_wandb_line_and_logs_its_test_metrics_offline(cli):
     result = cli(
         "train.py",
@@ -72,24 +73,24 @@ STEPS = set(range(3 * 12))
 
 def start_and_interrupt(cli, run_dir: Path, sig: signal.Signals) -> str:
     """Start a run, wait until its W&B file holds a step past its first checkpoint (a step a
-    resumed run replays), send ``sig`` while it trains on; return what it printed."""
-    output = run_dir.parent / f"{run_dir.name}.out"
-    with output.open("w") as stdout:
+    resumed run replays), send ``sig`` while it trains on; return what it wrote on stderr."""
+    stdout, stderr = run_dir.parent / "stdout.txt", run_dir.parent / "stderr.txt"
+    with stdout.open("w") as out, stderr.open("w") as err:
         process = subprocess.Popen(
             [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *RUN],
             cwd=cli.repo,
             env=cli.env,
-            stdout=stdout,
-            stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=err,
         )
         deadline = time.monotonic() + 600
         while not past_first_checkpoint(run_dir):
-            assert process.poll() is None, output.read_text()[-4000:]
+            assert process.poll() is None, stderr.read_text()[-4000:]
             assert time.monotonic() < deadline
             time.sleep(0.05)
         process.send_signal(sig)
         process.wait(timeout=300)
-    return output.read_text()
+    return stderr.read_text()
 
 
 def past_first_checkpoint(run_dir: Path) -> bool:
@@ -120,11 +121,11 @@ def logged_metrics(segment: dict) -> set[tuple[int, str]]:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_an_interrupted_run_resumes_its_wandb_run_without_logging_a_step_twice(cli, tmp_path, sig):
     run_dir = tmp_path / "run"
-    printed = start_and_interrupt(cli, run_dir, sig)
+    stderr = start_and_interrupt(cli, run_dir, sig)
     resume = ["train.py", *RUN, "ckpt_path=auto", f"hydra.run.dir={run_dir}"]
     if sig == signal.SIGINT:
         hint = "interrupted; continue from the last checkpoint with: python " + " ".join(resume)
-        assert hint in printed.splitlines()
+        assert hint in stderr.splitlines()
     cli(*resume)
 
     first, resumed = segments(run_dir)
