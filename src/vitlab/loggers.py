@@ -11,7 +11,8 @@ W&B (``vitlab.loggers.WandbLogger``, Lightning's logger with these changes):
   its warnings and errors (``settings.silent`` true); online runs print W&B's usual lines;
 - the run file (``<run dir>/wandb/*run-*/run-<id>.wandb``) is flushed every
   ``settings.x_transaction_log_flush_interval`` seconds, so a run killed with SIGKILL keeps what
-  it logged until then (W&B's default of 15 s lost the whole first minute of a short run);
+  it logged until then (with W&B's default of 15 s, a run killed after its first checkpoint
+  could keep nothing but the file's header);
 - a run resumed in place starts a new segment (a new ``offline-run-*`` folder) and replays the
   steps between its checkpoint and the interruption: rows whose metrics the run's earlier
   segments already hold at that ``trainer/global_step`` are not logged again;
