@@ -1,25 +1,42 @@
 """Experiment loggers from the ``logger`` config group, W&B set up the way sweeps need it.
 
-W&B: offline unless credentials are found; every multirun job its own run (grouped by the
-sweep, named by the job's overrides); the run id kept in the run directory, so a run resumed
-in place continues the same W&B run.
+W&B (``vitlab.loggers.WandbLogger``, Lightning's logger with these changes):
+
+- offline unless W&B finds credentials for its host the way ``wandb login`` stores them
+  (``WANDB_API_KEY``, an identity token file, or a netrc entry for ``WANDB_BASE_URL`` or the
+  default host), checked without prompting, printing, writing files or going online;
+- every multirun job its own run (grouped by the sweep, named by the job's overrides); the run
+  id kept in the run directory, so a run resumed in place continues the same W&B run;
+- quiet offline: vitlab prints one line (where the run is, how to sync it) and W&B nothing but
+  its warnings and errors (``settings.silent`` true); online runs print W&B's usual lines;
+- the run file (``<run dir>/wandb/*run-*/run-<id>.wandb``) is flushed every
+  ``settings.x_transaction_log_flush_interval`` seconds, so a run killed with SIGKILL keeps what
+  it logged until then (with W&B's default of 15 s, a run killed after its first checkpoint
+  could keep nothing but the file's header);
+- a run resumed in place starts a new segment (a new ``offline-run-*`` folder) and replays the
+  steps between its checkpoint and the interruption: rows whose metrics the run's earlier
+  segments already hold at that ``trainer/global_step`` are not logged again;
+- ``log_model`` needs an online run: offline it is turned off with a warning.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import netrc
 import os
 import secrets
+import struct
 import sys
-from collections.abc import Mapping
+import zlib
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch import loggers as lightning_loggers
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
@@ -27,6 +44,8 @@ from omegaconf import DictConfig, open_dict
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_id"
+# the step Lightning's W&B logger adds to every row
+STEP_KEY = "trainer/global_step"
 
 
 def instantiate_loggers(logger_cfg: Mapping[str, Any], run_dir: Path) -> list[Logger]:
@@ -94,14 +113,118 @@ def wandb_run_id(run_dir: Path) -> str:
 
 
 def wandb_credentials_found() -> bool:
-    if os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+    """Whether ``wandb.init`` would log in without asking: W&B's own search for credentials for
+    its configured host (``WANDB_BASE_URL``, or the host of ``wandb login --host``), which
+    ``wandb.login`` uses too. ``wandb.login`` itself is not called: it prints, and asks the
+    server for the user's name."""
+    if os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled"):
         return False
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return False
+    from wandb.sdk import wandb_setup
+    from wandb.sdk.lib import wbauth
+
+    settings = wandb_setup.singleton().settings
+    auth = wbauth.authenticate_session(
+        host=wbauth.HostUrl(settings.base_url, app_url=settings.app_url),
+        source="vitlab",
+        prompt=False,
+        verify=False,
+        update_session=False,
+    )
+    return auth is not None
+
+
+class WandbLogger(lightning_loggers.WandbLogger):
+    """Lightning's ``WandbLogger`` as vitlab runs it (see the module docstring).
+
+    ``settings`` are ``wandb.Settings`` fields, checked here rather than when the run starts;
+    ``silent`` null means silent when offline. ``offline`` is passed to W&B as the run's mode,
+    not as Lightning's process-wide ``WANDB_MODE=dryrun``, which W&B ignores once its session
+    has started (``wandb_credentials_found`` starts it) and which later runs of the process
+    would inherit.
+    """
+
+    def __init__(
+        self,
+        *,
+        offline: bool = False,
+        log_model: bool | Literal["all"] = False,
+        settings: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ):
+        import wandb
+
+        if offline and log_model:
+            log.warning(
+                "W&B: log_model=%s is turned off: this run logs offline, and checkpoints are "
+                "only uploaded online",
+                log_model,
+            )
+            log_model = False
+        super().__init__(log_model=log_model, **kwargs)
+        # Lightning passes `anonymous` (None) to wandb.init, which warns that it has no effect
+        del self._wandb_init["anonymous"]
+        if offline:
+            self._wandb_init["mode"] = "offline"
+        settings = dict(settings or {})
+        if settings.get("silent") is None:
+            settings["silent"] = offline
+        self._wandb_init["settings"] = wandb.Settings(**settings)
+        self._earlier_rows: dict[int, set[str]] = {}
+        if self._id and self.save_dir and rank_zero_only.rank == 0:
+            self._earlier_rows = logged_metric_names(Path(self.save_dir) / "wandb", self._id)
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        if step is not None and metrics.keys() <= self._earlier_rows.get(step, set()):
+            return  # a resumed run replaying a row that an earlier segment of the run holds
+        super().log_metrics(metrics, step)
+
+
+def logged_metric_names(wandb_dir: Path, run_id: str) -> dict[int, set[str]]:
+    """Per ``trainer/global_step``, the names of the metrics the segments of W&B run ``run_id``
+    in ``wandb_dir`` hold (online and offline run folders alike)."""
+    names: dict[int, set[str]] = defaultdict(set)
+    for path in wandb_dir.glob(f"*run-*-{run_id}/run-{run_id}.wandb"):
+        for row in history_rows(path):
+            if STEP_KEY in row:
+                names[int(row[STEP_KEY])] |= row.keys()
+    return names
+
+
+# W&B's run file: LevelDB's log format (32 KiB blocks of chunks with a 7-byte header: CRC-32 of
+# type and data, length, type) after a 7-byte file header
+BLOCK, HEADER = 32768, 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def history_rows(path: Path) -> Iterator[dict[str, str]]:
+    """The history rows of a W&B run file (name: JSON value), up to its first incomplete or
+    damaged record, where the file of a killed run may end."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    if not data.startswith(b":W&B"):
+        return
+    offset, pending = HEADER, b""
+    while offset + HEADER <= len(data):
+        if BLOCK - offset % BLOCK < HEADER:  # a block's tail too short for a header: padding
+            offset += BLOCK - offset % BLOCK
+            continue
+        crc, length, kind = struct.unpack_from("<IHB", data, offset)
+        chunk = data[offset + HEADER : offset + HEADER + length]
+        if kind not in (FULL, FIRST, MIDDLE, LAST) or len(chunk) < length:
+            return
+        if zlib.crc32(bytes([kind]) + chunk) != crc:
+            return
+        offset += HEADER + length
+        pending = chunk if kind in (FULL, FIRST) else pending + chunk
+        if kind in (FULL, LAST):
+            record = wandb_internal_pb2.Record.FromString(pending)
+            if record.WhichOneof("record_type") == "history":
+                yield {
+                    item.key or "/".join(item.nested_key): item.value_json
+                    for item in record.history.item
+                }
 
 
 def finish_loggers() -> None:

@@ -1,0 +1,140 @@
+"""W&B through the real CLI, as a new user has it (offline, no credentials): what a run prints,
+and what its offline run files hold, read back from disk, also after an interruption."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from wandb_records import run_contents
+
+from vitlab.loggers import STEP_KEY as STEP
+from vitlab.loggers import history_rows
+
+# what W&B printed on every run before vitlab quietened it
+WANDB_NOISE = (
+    "The anonymous setting has no effect",
+    "Tracking run with wandb version",
+    "W&B syncing is set to",
+    "Run data is saved locally",
+    "wandb leet",
+    "Run history:",
+    "Run summary:",
+    "You can sync this run to the cloud",
+    "Find logs at",
+)
+
+
+def segments(run_dir: Path) -> list[dict]:
+    """The contents of the run's offline W&B segments, oldest first."""
+    return [run_contents(path) for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))]
+
+
+@pytest.mark.slow
+def test_a_default_run_prints_one_wandb_line_and_logs_its_test_metrics_offline(cli):
+    result = cli(
+        "train.py",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
+    )
+    output = result.stdout + result.stderr
+    assert not [noise for noise in WANDB_NOISE if noise in output]
+    assert not [line for line in output.splitlines() if line.startswith("wandb:")]
+    (run_dir,) = cli.run_dirs()
+    wandb_lines = [line for line in output.splitlines() if "W&B" in line]
+    assert wandb_lines == [
+        "W&B: no credentials, logging offline; upload later with "
+        f"`wandb sync {run_dir}/wandb/offline-run-*`"
+    ]
+    (run,) = segments(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (test_row,) = [row for row in run["history"] if "test/acc1" in row]
+    assert test_row["test/acc1"] == pytest.approx(metrics["test/acc1"])
+    assert run["id"] == (run_dir / "wandb_id").read_text()
+
+
+# three epochs of 12 steps, a row every step: the first checkpoint is written after step 11
+RUN = (
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=12",
+    "trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "test=false",
+)
+STEPS = set(range(3 * 12))
+
+
+def start_and_interrupt(cli, run_dir: Path, sig: signal.Signals) -> str:
+    """Start a run, wait until its W&B file holds a step past its first checkpoint (a step a
+    resumed run replays), send ``sig`` while it trains on; return what it wrote on stderr."""
+    stdout, stderr = run_dir.parent / "stdout.txt", run_dir.parent / "stderr.txt"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *RUN],
+            cwd=cli.repo,
+            env=cli.env,
+            stdout=out,
+            stderr=err,
+        )
+        deadline = time.monotonic() + 600
+        while not past_first_checkpoint(run_dir):
+            assert process.poll() is None, stderr.read_text()[-4000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(sig)
+        process.wait(timeout=300)
+    return stderr.read_text()
+
+
+def past_first_checkpoint(run_dir: Path) -> bool:
+    if not (run_dir / "checkpoints" / "last.ckpt").exists():
+        return False
+    return any(
+        json.loads(row.get("epoch", "0")) >= 1
+        for path in run_dir.glob("wandb/offline-run-*/run-*.wandb")
+        for row in history_rows(path)
+    )
+
+
+def steps(segment: dict) -> set[int]:
+    return {row[STEP] for row in segment["history"] if STEP in row}
+
+
+def logged_metrics(segment: dict) -> set[tuple[int, str]]:
+    """(step, metric name) of every value the segment logged; the epoch rides along in rows."""
+    return {
+        (row[STEP], name)
+        for row in segment["history"]
+        for name in row
+        if not name.startswith("_") and name not in (STEP, "epoch")
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_an_interrupted_run_resumes_its_wandb_run_without_logging_a_step_twice(cli, tmp_path, sig):
+    run_dir = tmp_path / "run"
+    stderr = start_and_interrupt(cli, run_dir, sig)
+    resume = ["train.py", *RUN, "ckpt_path=auto", f"hydra.run.dir={run_dir}"]
+    if sig == signal.SIGINT:
+        hint = "interrupted; continue from the last checkpoint with: python " + " ".join(resume)
+        assert hint in stderr.splitlines()
+    cli(*resume)
+
+    first, resumed = segments(run_dir)
+    assert first["id"] == resumed["id"] == (run_dir / "wandb_id").read_text()
+    # the interrupted part kept every step it logged, past its first checkpoint
+    interrupted_at = max(steps(first))
+    assert steps(first) >= set(range(interrupted_at + 1)) and interrupted_at >= 12
+    # the resumed part logged what was missing to the last step, and nothing a second time:
+    # only the step the interruption cut short can have rows in both (its other metrics)
+    assert steps(first) | steps(resumed) == STEPS
+    assert steps(first) & steps(resumed) <= {interrupted_at}
+    assert not logged_metrics(first) & logged_metrics(resumed)

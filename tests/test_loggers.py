@@ -1,0 +1,150 @@
+"""vitlab's W&B logger on real offline runs read back from disk, and W&B's credentials check."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import wandb
+from wandb_records import run_contents
+
+from vitlab.data.digits import DigitsDataModule
+from vitlab.loggers import WandbLogger, finish_loggers, history_rows, logged_metric_names
+from vitlab.tasks.classification import ClassificationTask
+
+CHECK_CREDENTIALS = "from vitlab.loggers import wandb_credentials_found as f; print(f())"
+
+
+@pytest.fixture
+def offline_wandb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """W&B as a new user has it (no WANDB_* variables, a home of its own); the run finished."""
+    for name in [name for name in os.environ if name.startswith("WANDB_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    yield
+    finish_wandb()
+
+
+def finish_wandb() -> None:
+    """Finish the W&B run and wait for its files: ``wandb.finish`` returns before wandb-core
+    has written them, ``wandb.teardown`` stops wandb-core."""
+    finish_loggers()
+    wandb.teardown()
+
+
+def run_files(save_dir: Path) -> list[Path]:
+    """The run's segments, oldest first."""
+    return sorted(save_dir.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def check_credentials(home: Path, **env: str) -> subprocess.CompletedProcess:
+    """``wandb_credentials_found()`` in a fresh process with this home and these variables."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    return subprocess.run(
+        [sys.executable, "-c", CHECK_CREDENTIALS],
+        env=inherited | {"HOME": str(home)} | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_credentials_for_a_self_hosted_server_are_found_without_going_online(tmp_path: Path):
+    home = tmp_path / "home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text(f"machine 127.0.0.1:9\n  login user\n  password {'k' * 40}\n")
+    netrc.chmod(0o600)
+    # nothing listens on port 9: a check that went online would fail (and log, in ~/.cache)
+    result = check_credentials(home, WANDB_BASE_URL="http://127.0.0.1:9")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "True\n", "")
+    assert [path for path in home.rglob("*")] == [netrc]
+
+
+def test_an_empty_home_has_no_credentials_and_stays_empty(tmp_path: Path):
+    home = tmp_path / "home"
+    home.mkdir()
+    result = check_credentials(home)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "False\n", "")
+    assert not any(home.iterdir())
+
+
+def test_log_model_offline_is_turned_off_with_one_warning(
+    offline_wandb, tmp_path, caplog, vit_config, optimizer_config, quiet_trainer
+):
+    with caplog.at_level(logging.WARNING, logger="vitlab"):
+        logger = WandbLogger(offline=True, log_model=True, save_dir=tmp_path, project="vitlab")
+    assert [record.getMessage() for record in caplog.records] == [
+        "W&B: log_model=True is turned off: this run logs offline, and checkpoints are only "
+        "uploaded online"
+    ]
+    trainer = quiet_trainer(
+        logger=logger,
+        enable_checkpointing=True,
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+    )
+    task = ClassificationTask(vit_config(), optimizer_config())
+    trainer.fit(task, datamodule=DigitsDataModule(batch_size=8))
+    finish_wandb()
+    (run_file,) = run_files(tmp_path)
+    assert any("val/acc1" in row for row in run_contents(run_file)["history"])
+
+
+def metric_names(row: dict) -> set[str]:
+    return {name for name in row if not name.startswith("_") and name != "trainer/global_step"}
+
+
+def test_a_resumed_segment_logs_only_what_the_earlier_segments_lack(offline_wandb, tmp_path):
+    def segment(rows: list[tuple[int, dict[str, float]]]) -> None:
+        logger = WandbLogger(offline=True, save_dir=tmp_path, project="vitlab", id="resumed")
+        for step, metrics in rows:
+            logger.log_metrics(metrics, step=step)
+        finish_wandb()
+
+    def train(steps: range) -> list[tuple[int, dict[str, float]]]:
+        return [(step, {"train/loss": 1 / (step + 1), "epoch": step // 4}) for step in steps]
+
+    # interrupted after step 5 (an epoch of 4 steps, checkpoint at step 3), resumed from step 3
+    segment([*train(range(4)), (3, {"val/loss": 0.5, "epoch": 0}), *train(range(4, 6))])
+    segment([*train(range(4, 8)), (7, {"val/loss": 0.4, "epoch": 1}), (7, {"test/loss": 0.3})])
+
+    first, resumed = (run_contents(path) for path in run_files(tmp_path))
+    assert first["id"] == resumed["id"] == "resumed"
+    assert [(row["trainer/global_step"], metric_names(row)) for row in resumed["history"]] == [
+        (6, {"train/loss", "epoch"}),
+        (7, {"train/loss", "epoch"}),
+        (7, {"val/loss", "epoch"}),
+        (7, {"test/loss"}),
+    ]
+    assert logged_metric_names(tmp_path / "wandb", "resumed")[7] == {
+        "trainer/global_step", "train/loss", "val/loss", "test/loss", "epoch",
+        "_step", "_runtime", "_timestamp",
+    }  # fmt: skip
+
+
+def test_a_run_file_cut_anywhere_reads_as_the_rows_before_the_cut(offline_wandb, tmp_path):
+    logger = WandbLogger(offline=True, save_dir=tmp_path / "run", project="vitlab", id="cut")
+    for step in range(40):
+        logger.log_metrics({"train/loss": 1 / (step + 1), "note": "x" * step * 40}, step=step)
+    finish_wandb()
+    (run_file,) = run_files(tmp_path / "run")
+    data = run_file.read_bytes()
+    assert len(data) > 32768  # rows split across LevelDB blocks
+    full = list(history_rows(run_file))
+    assert [int(row["trainer/global_step"]) for row in full] == list(range(40))
+    cut = tmp_path / "cut.wandb"
+    read = []
+    for length in range(0, len(data) + 1, 61):
+        cut.write_bytes(data[:length])
+        rows = list(history_rows(cut))
+        assert rows == full[: len(rows)]
+        read.append(len(rows))
+    assert read == sorted(read) and 0 < read[len(read) // 2] < len(full)
