@@ -38,6 +38,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch import loggers as lightning_loggers
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
@@ -84,12 +85,6 @@ def complete_wandb_config(conf: DictConfig, run_dir: Path) -> None:
     with open_dict(conf):
         if conf.get("offline") is None:
             conf.offline = not wandb_credentials_found()
-            if conf.offline:
-                log.info(
-                    "W&B: no credentials, logging offline; upload later with "
-                    "`wandb sync %s/wandb/offline-run-*`",
-                    run_dir,
-                )
         conf.id = conf.get("id") or wandb_run_id(run_dir)
         conf.resume = conf.get("resume") or "allow"
         if HydraConfig.initialized():
@@ -172,6 +167,17 @@ class WandbLogger(lightning_loggers.WandbLogger):
         self._earlier_rows: dict[int, set[str]] = {}
         if self._id and self.save_dir and rank_zero_only.rank == 0:
             self._earlier_rows = logged_metric_names(Path(self.save_dir) / "wandb", self._id)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        """The W&B run, started on first use; an offline run says once where it is and how to
+        upload it."""
+        starting = self._experiment is None
+        run = super().experiment
+        if starting and self._wandb_init.get("mode") == "offline":
+            log.info("W&B logs offline; upload the run with `wandb sync %s`", run.sync_dir)
+        return run
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
