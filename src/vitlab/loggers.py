@@ -203,9 +203,9 @@ BLOCK, HEADER = 32768, 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
-def history_rows(path: Path) -> Iterator[dict[str, str]]:
-    """The history rows of a W&B run file (name: JSON value), up to its first incomplete or
-    damaged record, where the file of a killed run may end."""
+def records(path: Path) -> Iterator[Any]:
+    """The records (``wandb_internal_pb2.Record``) of a W&B run file, up to its first incomplete
+    or damaged one, where the file of a killed run may end."""
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()
@@ -225,12 +225,19 @@ def history_rows(path: Path) -> Iterator[dict[str, str]]:
         offset += HEADER + length
         pending = chunk if kind in (FULL, FIRST) else pending + chunk
         if kind in (FULL, LAST):
-            record = wandb_internal_pb2.Record.FromString(pending)
-            if record.WhichOneof("record_type") == "history":
-                yield {
-                    item.key or "/".join(item.nested_key): item.value_json
-                    for item in record.history.item
-                }
+            yield wandb_internal_pb2.Record.FromString(pending)
+
+
+def item_key(item: Any) -> str:
+    """The name of a history or config item of a W&B record."""
+    return item.key or "/".join(item.nested_key)
+
+
+def history_rows(path: Path) -> Iterator[dict[str, str]]:
+    """The history rows of a W&B run file (name: JSON value)."""
+    for record in records(path):
+        if record.WhichOneof("record_type") == "history":
+            yield {item_key(item): item.value_json for item in record.history.item}
 
 
 def finish_loggers() -> None:
