@@ -10,6 +10,7 @@ checkpoint (``NamedClasses``), so the training data need not be here.
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -22,15 +23,22 @@ from rich.table import Table
 
 from vitlab.checkpoint_file import read_checkpoint, stored_class_names
 from vitlab.data.decode import DECODE_ERRORS, is_image
-from vitlab.errors import UserError, existing_file
+from vitlab.errors import UserError, existing_file, exit_on_user_error
 from vitlab.export import trained_vit
 
+log = logging.getLogger(__name__)
 Preprocess = Callable[[Path], torch.Tensor]
 # rows shown on the console; the CSV holds them all
 TABLE_ROWS = 50
 
 
-def predict(cfg: DictConfig) -> dict[str, float]:
+def main(cfg: DictConfig) -> None:
+    """predict.py's job: a user's mistake is one line on the console and in the run's log."""
+    with exit_on_user_error(log.error):
+        predict(cfg)
+
+
+def predict(cfg: DictConfig) -> None:
     if not cfg.get("ckpt_path") or not cfg.get("inputs"):
         raise UserError(
             "predict.py needs a checkpoint and images: "
@@ -62,7 +70,6 @@ def predict(cfg: DictConfig) -> dict[str, float]:
     output = Path(cfg.output).expanduser()
     write_csv(output, rows, names, top_k)
     print_table(rows, names, output)
-    return {}
 
 
 def resolve_device(device: str) -> str:
