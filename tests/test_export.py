@@ -1,5 +1,5 @@
-"""Export of train.py checkpoints: the task's classifier as a plain ViT, and a config.json from
-which a consumer without vitlab's data code computes what predict.py does."""
+"""Export of train.py checkpoints: the task's classifier as a plain ViT, one-file ONNX, and a
+config.json from which a consumer without vitlab's data code computes what predict.py does."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import pytest
 import torch
 from export_consumer import load_export, probabilities
@@ -17,7 +19,15 @@ from predictions import read_predictions
 from safetensors.torch import load_file
 from torch import nn
 
-from vitlab.export import WEIGHTS_FILE, export, main
+from vitlab.export import (
+    CONFIG_FILE,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    export,
+    main,
+    needs_external_data,
+)
+from vitlab.models.vit import VisionTransformer
 from vitlab.predict import predict
 from vitlab.tasks.base import build_task
 from vitlab.tasks.linear_probe import LinearProbeTask
@@ -123,6 +133,34 @@ def test_a_consumer_of_config_json_gets_predict_pys_probabilities_for_rgb_data(
         assert next(iter(by_class)) == probs.argmax().item()
         for index, prob in by_class.items():
             assert prob == pytest.approx(probs[index].item(), abs=1e-5)
+
+
+def test_onnx_is_one_file_that_runs_alone_and_matches_pytorch(checkpoint, tmp_path: Path):
+    ckpt_path = checkpoint()
+    written = export(ckpt_path, tmp_path / "export", onnx=True)
+    assert written["onnx"] == tmp_path / "export" / ONNX_FILE
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == sorted(
+        [CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE]
+    )
+    alone = tmp_path / "elsewhere" / ONNX_FILE
+    alone.parent.mkdir()
+    shutil.copy(tmp_path / "export" / ONNX_FILE, alone)
+    session = onnxruntime.InferenceSession(str(alone), providers=["CPUExecutionProvider"])
+    images = torch.randn(5, 1, 8, 8)
+    (logits,) = session.run(None, {"images": images.numpy()})
+    model, _ = load_export(tmp_path / "export")
+    with torch.no_grad():
+        expected = model(images).numpy()
+    assert logits.shape == (5, 10)
+    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+
+
+def test_only_weights_of_2_gb_or_more_go_beside_the_onnx_file():
+    with torch.device("meta"):
+        vit_l = VisionTransformer(embed_dim=1024, depth=24, num_heads=16)  # 1.2 GB
+        vit_h = VisionTransformer(patch_size=14, embed_dim=1280, depth=32, num_heads=16)  # 2.5
+    assert not needs_external_data(vit_l)
+    assert needs_external_data(vit_h)
 
 
 @pytest.mark.parametrize(

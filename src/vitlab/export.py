@@ -8,8 +8,9 @@ pretraining and segmentation checkpoints hold no classifier). OUT_DIR receives:
   model.safetensors  the VisionTransformer's state dict (timm names, nothing else); a linear
                      probe's BatchNorm + Linear head is folded into one Linear
   config.json        the model's constructor arguments, its class names and its preprocessing
-  model.onnx         with --onnx: the same model, batch size dynamic, checked against PyTorch
-                     on random images
+  model.onnx         with --onnx: the same model, one self-contained file (weights inside;
+                     only weights of 2 GB or more go to model.onnx.data beside it), batch size
+                     dynamic, checked against PyTorch on random images
 
 config.json:
 
@@ -75,6 +76,8 @@ from vitlab.tasks.linear_probe import LinearProbeTask
 WEIGHTS_FILE, CONFIG_FILE, ONNX_FILE = "model.safetensors", "config.json", "model.onnx"
 # fp32 kernels of ONNX Runtime and PyTorch agree far closer than this on a ViT's logits
 ONNX_TOLERANCE = 1e-4
+# protobuf caps an ONNX file at 2 GiB: weights under 2 GB leave the graph room beside them
+ONNX_INLINE_BYTES = 2 * 10**9
 Step = dict[str, Any]
 
 
@@ -191,8 +194,15 @@ def example_images(model: VisionTransformer, batch: int = 2) -> torch.Tensor:
     )
 
 
+def needs_external_data(model: torch.nn.Module) -> bool:
+    """Whether the weights are too large to sit inside one ONNX file."""
+    state = model.state_dict().values()
+    return sum(tensor.numel() * tensor.element_size() for tensor in state) >= ONNX_INLINE_BYTES
+
+
 def export_onnx(model: VisionTransformer, out_dir: Path) -> float:
-    """``model.onnx`` with a dynamic batch; returns its max abs logit difference from PyTorch."""
+    """``model.onnx`` with a dynamic batch, weights inside unless ``needs_external_data``;
+    returns its max abs logit difference from PyTorch."""
     import onnxruntime
 
     path = out_dir / ONNX_FILE
@@ -203,6 +213,7 @@ def export_onnx(model: VisionTransformer, out_dir: Path) -> float:
         input_names=["images"],
         output_names=["logits"],
         dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+        external_data=needs_external_data(model),
     )
     images = example_images(model, batch=3)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
