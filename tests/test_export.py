@@ -1,174 +1,211 @@
-"""Export of a train.py-style checkpoint: safetensors + config JSON, and ONNX checked numerically."""
+"""Export of train.py checkpoints: the task's classifier as a plain ViT, one-file ONNX, and a
+config.json from which a consumer without vitlab's data code computes what predict.py does."""
 
 from __future__ import annotations
 
-import functools
-import json
-import subprocess
-import sys
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import onnxruntime
 import pytest
 import torch
-from quiet_trainer import quiet_trainer
+from export_consumer import load_export, probabilities
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+from predictions import read_predictions
 from safetensors.torch import load_file
+from torch import nn
 
-from vitlab.data.digits import DigitsDataModule
 from vitlab.export import (
     CONFIG_FILE,
     ONNX_FILE,
     WEIGHTS_FILE,
     export,
-    load_exported,
     main,
-    trained_vit,
+    needs_external_data,
 )
 from vitlab.models.vit import VisionTransformer
-from vitlab.tasks.classification import ClassificationTask
+from vitlab.predict import predict
+from vitlab.tasks.base import build_task
 from vitlab.tasks.linear_probe import LinearProbeTask
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL_CONFIG = {
-    "_target_": "vitlab.models.vit.VisionTransformer",
-    "img_size": 8,
-    "patch_size": 2,
-    "in_chans": 1,
-    "num_classes": 10,
-    "embed_dim": 16,
-    "depth": 2,
-    "num_heads": 2,
-    "global_pool": "token",
-}
+DIGITS_PREPROCESSING = [
+    {"op": "convert", "mode": "L"},
+    {"op": "resize", "size": [8, 8], "interpolation": "box"},
+    {"op": "to_tensor"},
+    {"op": "scale"},
+    {"op": "resize", "size": [8, 8], "interpolation": "bilinear"},
+    {"op": "normalize", "mean": [0.3049], "std": [0.3758]},
+]
 
 
-def trained_checkpoint(task: L.LightningModule, path: Path) -> Path:
-    """A few steps of training, saved with the run config in the hyperparameters (as train.py)."""
-    task_class = type(task)
-    task_config = {"_target_": f"{task_class.__module__}.{task_class.__name__}"}
-    task.save_hyperparameters({"model": MODEL_CONFIG, "task": task_config})
-    trainer = quiet_trainer(
-        max_steps=3,
-        limit_val_batches=0,
-    )
-    trainer.fit(task, datamodule=DigitsDataModule(batch_size=16))
-    trainer.save_checkpoint(path)
-    return path
+@pytest.fixture
+def checkpoint(compose_config, quiet_trainer, tmp_path: Path) -> Callable[..., Path]:
+    """``checkpoint(*overrides)``: the checkpoint of the run train.py composes from
+    ``overrides`` after two training steps, with the run config in it as train.py stores it."""
+
+    def train(*overrides: str) -> Path:
+        cfg = compose_config(*overrides)
+        task = build_task(cfg.task)
+        task.run_config = OmegaConf.to_container(cfg, resolve=True)
+        trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
+        trainer.fit(task, datamodule=instantiate(cfg.data))
+        path = tmp_path / "checkpoints" / "last.ckpt"
+        trainer.save_checkpoint(path)
+        return path
+
+    return train
 
 
-def tiny_vit() -> VisionTransformer:
-    return VisionTransformer(**{k: v for k, v in MODEL_CONFIG.items() if k != "_target_"})
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    optimizer = functools.partial(torch.optim.AdamW, lr=1e-3)
-    task = ClassificationTask(tiny_vit(), optimizer, warmup_epochs=0)
-    return trained_checkpoint(task, tmp_path_factory.mktemp("ckpt") / "last.ckpt")
-
-
-def test_a_linear_probe_exports_as_a_plain_vit_with_its_batchnorm_folded(tmp_path: Path):
-    torch.manual_seed(0)
-    optimizer = functools.partial(torch.optim.SGD, lr=0.1)
-    probe = LinearProbeTask(tiny_vit(), optimizer, warmup_epochs=0)
-    path = trained_checkpoint(probe, tmp_path / "probe.ckpt")
-    assert probe.model.head[0].num_batches_tracked == 3
-    export(path, tmp_path / "export")
-    images = torch.randn(4, 1, 8, 8)
-    with torch.no_grad():
-        torch.testing.assert_close(load_exported(tmp_path / "export")(images), probe.eval()(images))
-
-
-def test_safetensors_hold_exactly_the_vit_weights_and_load_from_the_json_config(
-    checkpoint: Path, tmp_path: Path
+def test_a_linear_probe_exports_as_a_plain_vit_computing_the_probes_logits(
+    checkpoint, tmp_path: Path
 ):
-    export(checkpoint, tmp_path)
-    config = json.loads((tmp_path / CONFIG_FILE).read_text())
-    assert config == {k: v for k, v in MODEL_CONFIG.items() if k != "_target_"}
-    weights = load_file(tmp_path / WEIGHTS_FILE)
-    assert weights.keys() == VisionTransformer(**config).state_dict().keys()
-    trained = torch.load(checkpoint, weights_only=True)["state_dict"]
+    ckpt_path = checkpoint("task=linear_probe", "task.pretrained=null")
+    export(ckpt_path, tmp_path / "export")
+    model, _ = load_export(tmp_path / "export")
+    assert type(model.head) is nn.Linear
+    probe = LinearProbeTask.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
+    # the BatchNorm learned statistics: folding them is not the identity
+    assert probe.model.head[0].num_batches_tracked == 2
+    assert probe.model.head[0].running_var.sub(1).abs().max() > 1e-3
+    images = torch.randn(6, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), probe(images), atol=1e-5, rtol=0)
+
+
+def test_the_files_hold_the_classifier_its_class_names_and_preprocessing(
+    checkpoint, tmp_path: Path
+):
+    ckpt_path = checkpoint()
+    export(ckpt_path, tmp_path / "export")
+    model, config = load_export(tmp_path / "export")
+    assert config["class_names"] == [str(digit) for digit in range(10)]
+    assert config["preprocessing"] == DIGITS_PREPROCESSING
+    weights = load_file(tmp_path / "export" / WEIGHTS_FILE)
+    trained = torch.load(ckpt_path, weights_only=True)["state_dict"]
+    assert weights.keys() == model.state_dict().keys()
     for name, tensor in weights.items():
         assert torch.equal(tensor, trained[f"model.{name}"]), name
-    images = torch.randn(4, 1, 8, 8)
-    model, _ = trained_vit(checkpoint)
-    with torch.no_grad():
-        assert torch.equal(load_exported(tmp_path)(images), model(images))
 
 
-def test_onnx_export_matches_pytorch_for_another_batch_size(checkpoint: Path, tmp_path: Path):
-    export(checkpoint, tmp_path, onnx=True)
-    model = load_exported(tmp_path)
-    images = torch.randn(5, 1, 8, 8)
-    session = onnxruntime.InferenceSession(
-        str(tmp_path / ONNX_FILE), providers=["CPUExecutionProvider"]
+def rgb_inputs(tree: Path, folder: Path) -> list[Path]:
+    """Copies of the tree's JPEG and PNG files, and one of them as grayscale and as a taller
+    RGBA image, in ``folder``."""
+    folder.mkdir()
+    photos = sorted((tree / "val").rglob("*.JPEG"))[:2] + sorted((tree / "train").rglob("*.png"))
+    copies = [
+        Path(shutil.copy(photo, folder / f"{i}{photo.suffix}")) for i, photo in enumerate(photos)
+    ]
+    with Image.open(photos[0]) as image:
+        image.convert("L").save(folder / "gray.png")
+        image.convert("RGBA").resize((50, 70)).save(folder / "tall_rgba.png")
+    return copies + [folder / "gray.png", folder / "tall_rgba.png"]
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["tensor", "pil"])
+def test_a_consumer_of_config_json_gets_predict_pys_probabilities_for_rgb_data(
+    checkpoint, image_tree, tmp_path: Path, fast_path: bool
+):
+    tree = image_tree("tree", {"train": 4, "val": 1})
+    ckpt_path = checkpoint(
+        "data=imagefolder",
+        f"data.root={tree}",
+        "data.num_classes=3",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        f"data.fast_path={fast_path}",
+        "model.img_size=16",
+        "model.patch_size=4",
     )
+    export(ckpt_path, tmp_path / "export")
+    paths = rgb_inputs(tree, tmp_path / "inputs")
+    output = tmp_path / "predictions.csv"
+    cfg = dict(ckpt_path=str(ckpt_path), inputs=str(tmp_path / "inputs"), top_k=3, batch_size=2)
+    predict(OmegaConf.create(cfg | dict(device="cpu", output=str(output))))
+
+    predicted = read_predictions(output)
+    consumed = probabilities(tmp_path / "export", paths)
+    for path, probs in zip(paths, consumed, strict=True):
+        by_class = predicted[str(path)]
+        assert next(iter(by_class)) == probs.argmax().item()
+        for index, prob in by_class.items():
+            assert prob == pytest.approx(probs[index].item(), abs=1e-5)
+
+
+def test_onnx_is_one_file_that_runs_alone_and_matches_pytorch(checkpoint, tmp_path: Path):
+    ckpt_path = checkpoint()
+    written = export(ckpt_path, tmp_path / "export", onnx=True)
+    assert written["onnx"] == tmp_path / "export" / ONNX_FILE
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == sorted(
+        [CONFIG_FILE, ONNX_FILE, WEIGHTS_FILE]
+    )
+    alone = tmp_path / "elsewhere" / ONNX_FILE
+    alone.parent.mkdir()
+    shutil.copy(tmp_path / "export" / ONNX_FILE, alone)
+    session = onnxruntime.InferenceSession(str(alone), providers=["CPUExecutionProvider"])
+    images = torch.randn(5, 1, 8, 8)
     (logits,) = session.run(None, {"images": images.numpy()})
+    model, _ = load_export(tmp_path / "export")
     with torch.no_grad():
         expected = model(images).numpy()
     assert logits.shape == (5, 10)
     np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
 
 
-def run_module(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vitlab.export", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+def test_only_weights_of_2_gb_or_more_go_beside_the_onnx_file():
+    with torch.device("meta"):
+        vit_l = VisionTransformer(embed_dim=1024, depth=24, num_heads=16)  # 1.2 GB
+        vit_h = VisionTransformer(patch_size=14, embed_dim=1280, depth=32, num_heads=16)  # 2.5
+    assert not needs_external_data(vit_l)
+    assert needs_external_data(vit_h)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "task"),
+    [
+        (["task=mae_pretrain"], "vitlab.tasks.mae.MAEPretrainTask"),
+        (
+            [
+                "task=segmentation",
+                "data=digit_canvas",
+                "data.split_sizes={train:8,val:4,test:4}",
+                "data.batch_size=4",
+            ],
+            "vitlab.tasks.segmentation.SegmentationTask",
+        ),
+    ],
+    ids=["mae", "segmentation"],
+)
+def test_a_checkpoint_without_a_classifier_is_refused_in_one_line_naming_its_task(
+    checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture, overrides: list[str], task: str
+):
+    ckpt_path = checkpoint(*overrides, f"paths.data_dir={tmp_path / 'data'}")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(ckpt_path), str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: ckpt_path: {ckpt_path} is a checkpoint of {task}, which has no classifier; "
+        "give one of a classification, fine-tuning or linear-probe run\n"
     )
-
-
-def test_command_line_writes_the_weights_and_config(checkpoint: Path, tmp_path: Path):
-    result = run_module(str(checkpoint), str(tmp_path / "out"))
-    assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
-    assert f"weights: {tmp_path / 'out' / WEIGHTS_FILE}" in result.stdout
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_missing_checkpoint_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "nope.ckpt"), str(tmp_path / "out")])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == (
-        f"error: ckpt_path: no such file: {tmp_path / 'nope.ckpt'}"
-    )
+    assert capsys.readouterr().err == f"error: ckpt_path: no such file: {tmp_path / 'nope.ckpt'}\n"
 
 
-def test_a_checkpoint_of_another_task_is_refused_with_a_preview_of_its_keys(
-    tmp_path: Path, capsys: pytest.CaptureFixture
-):
-    segmenter = {f"model.backbone.blocks.{i}.attn.qkv.weight": torch.zeros(1) for i in range(8)}
-    task = {"_target_": "vitlab.tasks.segmentation.SegmentationTask"}
-    checkpoint = tmp_path / "segmenter.ckpt"
-    torch.save(
-        {"state_dict": segmenter, "hyper_parameters": {"model": MODEL_CONFIG, "task": task}},
-        checkpoint,
-    )
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(checkpoint), str(tmp_path / "out")])
-    assert exit_info.value.code == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith(
-        f"error: ckpt_path: {checkpoint} is not a VisionTransformer classifier of task "
-        "vitlab.tasks.segmentation.SegmentationTask: missing "
-    )
-    assert "unexpected 8 keys (backbone.blocks.0.attn.qkv.weight, " in error
-    assert error.endswith(", ... 3 more)")
-    assert "\n" not in error
-
-
-def test_exporting_onto_a_file_is_a_one_line_error(
-    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-):
+def test_exporting_onto_a_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture):
     (tmp_path / "taken").write_text("")
     with pytest.raises(SystemExit) as exit_info:
-        main([str(checkpoint), str(tmp_path / "taken")])
+        main([str(tmp_path / "any.ckpt"), str(tmp_path / "taken")])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == (
-        f"error: out_dir: {tmp_path / 'taken'} is a file; give a folder to write into"
+    assert capsys.readouterr().err == (
+        f"error: out_dir: {tmp_path / 'taken'} is a file; give a folder to write into\n"
     )

@@ -1,7 +1,9 @@
-"""predict's preprocessing for RGB data: the run's eval transform and the tree's class names."""
+"""predict's checks before any work: its inputs, counts and device; and what it imports."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +12,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from vitlab.data.transforms import Normalize, build_eval_transform
-from vitlab.predict import eval_preprocessing, image_paths, predict, resolve_device
-from vitlab.run import UserError
+from vitlab.errors import UserError
+from vitlab.predict import image_paths, predict, resolve_device
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def image_tree(root: Path) -> Path:
+def write_two_classes(root: Path) -> Path:
     rng = np.random.default_rng(0)
     for name in ("cat", "dog"):
         (root / "train" / name).mkdir(parents=True)
@@ -24,27 +27,8 @@ def image_tree(root: Path) -> Path:
     return root / "train" / "dog" / "0.png"
 
 
-def test_rgb_runs_get_their_eval_transform(tmp_path: Path):
-    image = image_tree(tmp_path)
-    data_cfg = OmegaConf.create(
-        {
-            "_target_": "vitlab.data.imagefolder.ImageFolderDataModule",
-            "root": str(tmp_path),
-            "img_size": 16,
-            "mean": [0.5, 0.5, 0.5],
-            "std": [0.25, 0.25, 0.25],
-            "eval_crop_pct": 1.0,
-        }
-    )
-    preprocess = eval_preprocessing(data_cfg, 16)
-    resized = build_eval_transform(16, crop_pct=1.0)(Image.open(image).convert("RGB"))
-    expected = Normalize((0.5,) * 3, (0.25,) * 3)(resized)
-    assert preprocess(image).shape == (3, 16, 16)
-    torch.testing.assert_close(preprocess(image), expected)
-
-
 def test_inputs_are_a_file_or_the_sorted_images_below_a_folder(tmp_path: Path):
-    image = image_tree(tmp_path)
+    image = write_two_classes(tmp_path)
     (tmp_path / "train" / "notes.txt").write_text("not an image")
     assert image_paths(image) == [image]
     assert [p.parent.name for p in image_paths(tmp_path)] == ["cat", "dog"]
@@ -71,3 +55,16 @@ def test_devices_are_checked_against_this_machine():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="this machine has no CUDA device"):
             resolve_device("cuda:0")
+
+
+def test_predict_py_and_the_export_do_not_import_the_training_jobs():
+    """``vitlab.run`` (training and evaluation jobs) is no part of deploying a model."""
+    code = (
+        "import runpy, sys; runpy.run_path('predict.py'); import vitlab.export; "
+        "print('vitlab.run' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -19,3 +21,14 @@ def existing_file(path: str | os.PathLike, key: str) -> Path:
     if not resolved.is_file():
         raise UserError(f"{key}: no such file: {resolved}")
     return resolved
+
+
+@contextmanager
+def exit_on_user_error(report: Callable[[str], object]) -> Iterator[None]:
+    """What an entry point does with a ``UserError`` raised inside: ``report``s it as one line,
+    ``error: <message>``, and exits with code 2."""
+    try:
+        yield
+    except UserError as error:
+        report(f"error: {error}")
+        raise SystemExit(2) from None

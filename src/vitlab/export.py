@@ -1,88 +1,190 @@
-"""A trained checkpoint as deployable files: ``python -m vitlab.export CKPT OUT_DIR [--onnx]``.
+"""A trained classifier as files that run without vitlab's training or data code.
 
-Writes ``model.safetensors`` (the ``VisionTransformer`` state dict, timm names, nothing else; a
-linear probe's BatchNorm is folded into its Linear head),
-``config.json`` (its constructor arguments: ``VisionTransformer(**config)`` loads it) and with
-``--onnx`` ``model.onnx`` (dynamic batch), checked against PyTorch on random images.
+    python -m vitlab.export CKPT OUT_DIR [--onnx]
+
+CKPT is a checkpoint of a classification, fine-tuning or linear-probe run of train.py (MAE
+pretraining and segmentation checkpoints hold no classifier). OUT_DIR receives:
+
+  model.safetensors  the VisionTransformer's state dict (timm names, nothing else); a linear
+                     probe's BatchNorm + Linear head is folded into one Linear
+  config.json        the model's constructor arguments, its class names and its preprocessing
+  model.onnx         with --onnx: the same model, one self-contained file (weights inside;
+                     only weights of 2 GB or more go to model.onnx.data beside it), batch size
+                     dynamic, checked against PyTorch on random images
+
+config.json:
+
+  {"model": {...}, "class_names": [...], "preprocessing": [{"op": ...}, ...]}
+
+  model          VisionTransformer(**config["model"]) (vitlab.models.vit) builds the model that
+                 model.safetensors loads into. It takes float32 images (N, in_chans, img_size,
+                 img_size), as the preprocessing makes them, and returns logits (N, num_classes);
+                 their softmax is what predict.py reports.
+  class_names    the name of each logit, in order.
+  preprocessing  the steps from an image file to one model input, exactly as the run's
+                 evaluation prepares images (and predict.py does), applied in order to the image
+                 as PIL opens it (Image.open(path)):
+
+  {"op": "convert", "mode": "L" | "RGB"}
+      image.convert(mode): 8-bit grayscale or RGB (an alpha channel is dropped).
+  {"op": "resize", "size": [H, W] | S, "interpolation": "box" | "bilinear" | "bicubic"}
+      To H x W; an int S sets the shorter side to S and the longer one to
+      int(S * longer / shorter). On a PIL image: image.resize((W, H), <PIL filter of that name>).
+      On a tensor: nothing if it is H x W already, else
+      torch.nn.functional.interpolate(x[None], (H, W), mode=interpolation,
+      align_corners=False, antialias=True)[0] (a uint8 tensor stays uint8).
+  {"op": "center_crop", "size": [H, W]}
+      The H x W window whose top is round((height - H) / 2) and whose left is
+      round((width - W) / 2) (Python's round, halves to even).
+  {"op": "to_tensor"}
+      The PIL image's pixels as a uint8 tensor (C, H, W).
+  {"op": "scale"}
+      uint8 to float32 in [0, 1]: x.float() / 255.
+  {"op": "normalize", "mean": [...], "std": [...]}
+      (x[c] - mean[c]) / std[c] for each channel c.
+
+Digits runs convert to L, area-average (box) to the digits' native 8x8 grid, scale, resize to
+img_size (bilinear) and normalize; RGB runs convert to RGB, resize the shorter side to
+img_size / eval_crop_pct (bicubic), center-crop img_size, scale and normalize.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
+from hydra.utils import get_class, instantiate
+from safetensors.torch import save_file
 
-from vitlab.checkpoint_file import read_checkpoint, stored_config
-from vitlab.errors import UserError, existing_file
-from vitlab.models.checkpoint import preview, read_state_dict
-from vitlab.models.probe import PROBE_EPS
+from vitlab.checkpoint_file import read_checkpoint, stored_class_names, stored_config
+from vitlab.data.base import SplitsDataModule
+from vitlab.data.digits import NATIVE_SIZE, DigitsDataModule
+from vitlab.data.rgb import ImageDataModule
+from vitlab.data.transforms import eval_resize_size
+from vitlab.errors import UserError, existing_file, exit_on_user_error
 from vitlab.models.vit import VisionTransformer
+from vitlab.tasks.classification import ClassificationTask
+from vitlab.tasks.linear_probe import LinearProbeTask
 
-VIT_TARGET = f"{VisionTransformer.__module__}.{VisionTransformer.__name__}"
 WEIGHTS_FILE, CONFIG_FILE, ONNX_FILE = "model.safetensors", "config.json", "model.onnx"
 # fp32 kernels of ONNX Runtime and PyTorch agree far closer than this on a ViT's logits
 ONNX_TOLERANCE = 1e-4
+# protobuf caps an ONNX file at 2 GiB: weights under 2 GB leave the graph room beside them
+ONNX_INLINE_BYTES = 2 * 10**9
+Step = dict[str, Any]
 
 
-def vit_config(run_cfg: DictConfig) -> dict[str, Any]:
-    """The ``VisionTransformer`` arguments of a run config's ``model`` group."""
-    model = OmegaConf.to_container(run_cfg.model, resolve=True)
-    target = model.pop("_target_", None)
-    if target != VIT_TARGET:
-        raise UserError(f"model: expected a {VIT_TARGET}, the checkpoint's model is {target}")
-    return model
+@dataclass(frozen=True)
+class TrainedClassifier:
+    """What a checkpoint of a classification task deploys.
 
-
-def trained_vit(ckpt_path: Path) -> tuple[VisionTransformer, DictConfig]:
-    """The classifier a train.py checkpoint holds (eval mode, on the CPU), and its run config."""
-    run_cfg = stored_config(read_checkpoint(ckpt_path), ckpt_path)
-    model = VisionTransformer(**vit_config(run_cfg))
-    state = fold_probe_head(read_state_dict(ckpt_path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"ckpt_path: {ckpt_path} is not a VisionTransformer classifier of task "
-            f"{run_cfg.task._target_}: missing {preview(missing)}, unexpected {preview(unexpected)}"
-        )
-    return model.eval(), run_cfg
-
-
-def fold_probe_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A linear probe's head (``probe_head``: BatchNorm without affine, then Linear) as the one
-    Linear it computes in eval mode, so the export is a plain ViT; other states pass as they are.
+    ``model``: the plain ``VisionTransformer`` (eval mode, on the CPU) that
+    ``VisionTransformer(**model_config)`` builds; ``data``: the run's DataModule, built from
+    the stored config without reading any data (its ``predict_transform`` prepares images);
+    ``class_names``: one per logit (the indices as text when the run stored none).
     """
-    if "head.0.running_var" not in state:
-        return state
-    state = dict(state)
-    inv_std = (state.pop("head.0.running_var") + PROBE_EPS).rsqrt()
-    mean = state.pop("head.0.running_mean")
-    state.pop("head.0.num_batches_tracked", None)
-    weight = state.pop("head.1.weight") * inv_std
-    state["head.weight"] = weight
-    state["head.bias"] = state.pop("head.1.bias") - weight @ mean
-    return state
+
+    model: VisionTransformer
+    model_config: dict[str, Any]
+    data: SplitsDataModule
+    class_names: list[str]
 
 
-def export_safetensors(model: VisionTransformer, config: dict[str, Any], out_dir: Path) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def trained_classifier(ckpt_path: Path) -> TrainedClassifier:
+    """The classifier of a train.py checkpoint: its task, of the class named in the stored run
+    config, is rebuilt by Lightning (``load_from_checkpoint``) and asked for its classifier."""
+    checkpoint = read_checkpoint(ckpt_path)
+    run_cfg = stored_config(checkpoint, ckpt_path)
+    task_class = classifier_task_class(run_cfg.task._target_, ckpt_path)
+    task = task_class.load_from_checkpoint(ckpt_path, map_location="cpu")
+    model = classifier(task)
+    names = stored_class_names(checkpoint, run_cfg.data._target_)
+    model_config = {k: v for k, v in task.hparams["model"].items() if k != "_target_"}
+    return TrainedClassifier(
+        model=model,
+        model_config=model_config,
+        data=instantiate(run_cfg.data),
+        class_names=names or [str(index) for index in range(model.num_classes)],
+    )
+
+
+def classifier_task_class(target: str, ckpt_path: Path) -> type[ClassificationTask]:
+    """The task class ``target`` names, when its checkpoints hold a classifier."""
+    task_class = get_class(target)
+    if not issubclass(task_class, ClassificationTask):
+        raise UserError(
+            f"ckpt_path: {ckpt_path} is a checkpoint of {target}, which has no classifier; "
+            "give one of a classification, fine-tuning or linear-probe run"
+        )
+    return task_class
+
+
+def classifier(task: ClassificationTask) -> VisionTransformer:
+    """A copy of the task's ViT as a plain classifier in eval mode: a linear probe's
+    ``ProbeHead`` (BatchNorm + Linear) becomes the one ``nn.Linear`` it computes in eval mode."""
+    model = copy.deepcopy(task.model)
+    if isinstance(task, LinearProbeTask):
+        model.head = task.model.head.folded()
+    return model.eval()
+
+
+def preprocessing(data: SplitsDataModule) -> list[Step]:
+    """The ``predict_transform`` of ``data`` as the steps config.json documents."""
+    if isinstance(data, DigitsDataModule):
+        return digits_preprocessing(data)
+    if isinstance(data, ImageDataModule):
+        return rgb_preprocessing(data)
+    raise UserError(f"data: no preprocessing description for {type(data).__name__}")
+
+
+def digits_preprocessing(data: DigitsDataModule) -> list[Step]:
+    native = [NATIVE_SIZE, NATIVE_SIZE]
+    return [
+        {"op": "convert", "mode": "L"},
+        {"op": "resize", "size": native, "interpolation": "box"},
+        {"op": "to_tensor"},
+        {"op": "scale"},
+        {"op": "resize", "size": [data.img_size, data.img_size], "interpolation": "bilinear"},
+        normalize_step(data),
+    ]
+
+
+def rgb_preprocessing(data: ImageDataModule) -> list[Step]:
+    """``build_eval_transform``: PIL or tensor geometry, as ``fast_path`` chooses."""
+    size = eval_resize_size(data.img_size, data.eval_crop_pct)
+    geometry = [
+        {"op": "resize", "size": size, "interpolation": "bicubic"},
+        {"op": "center_crop", "size": [data.img_size, data.img_size]},
+    ]
+    to_tensor = [{"op": "to_tensor"}]
+    steps = to_tensor + geometry if data.fast_path else geometry + to_tensor
+    return [{"op": "convert", "mode": "RGB"}, *steps, {"op": "scale"}, normalize_step(data)]
+
+
+def normalize_step(data: SplitsDataModule) -> Step:
+    return {"op": "normalize", "mean": list(data.mean), "std": list(data.std)}
+
+
+def export_config(trained: TrainedClassifier) -> dict[str, Any]:
+    return {
+        "model": trained.model_config,
+        "class_names": trained.class_names,
+        "preprocessing": preprocessing(trained.data),
+    }
+
+
+def export_safetensors(model: VisionTransformer, out_dir: Path) -> Path:
     # contiguous copies: safetensors refuses views that share storage
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, out_dir / WEIGHTS_FILE)
-    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return out_dir / WEIGHTS_FILE
-
-
-def load_exported(out_dir: Path) -> VisionTransformer:
-    """What a consumer of the export does: the config and weights, no vitlab checkpoint code."""
-    model = VisionTransformer(**json.loads((out_dir / CONFIG_FILE).read_text()))
-    model.load_state_dict(load_file(out_dir / WEIGHTS_FILE))
-    return model.eval()
 
 
 def example_images(model: VisionTransformer, batch: int = 2) -> torch.Tensor:
@@ -92,8 +194,15 @@ def example_images(model: VisionTransformer, batch: int = 2) -> torch.Tensor:
     )
 
 
+def needs_external_data(model: torch.nn.Module) -> bool:
+    """Whether the weights are too large to sit inside one ONNX file."""
+    state = model.state_dict().values()
+    return sum(tensor.numel() * tensor.element_size() for tensor in state) >= ONNX_INLINE_BYTES
+
+
 def export_onnx(model: VisionTransformer, out_dir: Path) -> float:
-    """``model.onnx`` with a dynamic batch; returns its max abs logit difference from PyTorch."""
+    """``model.onnx`` with a dynamic batch, weights inside unless ``needs_external_data``;
+    returns its max abs logit difference from PyTorch."""
     import onnxruntime
 
     path = out_dir / ONNX_FILE
@@ -104,6 +213,7 @@ def export_onnx(model: VisionTransformer, out_dir: Path) -> float:
         input_names=["images"],
         output_names=["logits"],
         dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+        external_data=needs_external_data(model),
     )
     images = example_images(model, batch=3)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -119,29 +229,34 @@ def export_onnx(model: VisionTransformer, out_dir: Path) -> float:
 
 
 def export(ckpt_path: Path, out_dir: Path, onnx: bool = False) -> dict[str, Path]:
+    """Writes the files the module docstring lists; returns them by kind."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"out_dir: {out_dir} is a file; give a folder to write into")
-    model, run_cfg = trained_vit(existing_file(ckpt_path, "ckpt_path"))
-    written = {"weights": export_safetensors(model, vit_config(run_cfg), out_dir)}
+    trained = trained_classifier(existing_file(ckpt_path, "ckpt_path"))
+    config = export_config(trained)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {"weights": export_safetensors(trained.model, out_dir)}
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     written["config"] = out_dir / CONFIG_FILE
     if onnx:
-        difference = export_onnx(model, out_dir)
+        difference = export_onnx(trained.model, out_dir)
         print(f"ONNX matches PyTorch: max abs logit difference {difference:.2e}")
         written["onnx"] = out_dir / ONNX_FILE
     return written
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vitlab.export", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m vitlab.export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("ckpt_path", type=Path, help="a checkpoint written by train.py")
-    parser.add_argument("out_dir", type=Path, help="where the exported files go")
-    parser.add_argument("--onnx", action="store_true", help="also export model.onnx and check it")
+    parser.add_argument("out_dir", type=Path, help="the folder the files go to (made if needed)")
+    parser.add_argument("--onnx", action="store_true", help="also write model.onnx and check it")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_user_error(functools.partial(print, file=sys.stderr)):
         written = export(args.ckpt_path, args.out_dir, onnx=args.onnx)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     for kind, path in written.items():
         print(f"{kind}: {path}")
 

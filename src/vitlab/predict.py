@@ -1,36 +1,53 @@
 """Batch prediction with a train.py checkpoint: image files in, a top-k table and a CSV out.
 
-The model is rebuilt from the run config stored in the checkpoint, and every image goes
-through that run's evaluation preprocessing: for digits, grayscale, resized to the model's
-input and standardised with the training split's statistics; for RGB datasets, the
-resize + center-crop of ``build_eval_transform``, then ``Normalize``. Class names come from the
-checkpoint (``NamedClasses``), so the training data need not be here.
+    python predict.py ckpt_path=<run dir>/checkpoints/last.ckpt inputs=<image or folder>
+
+The checkpoint is one of a classification, fine-tuning or linear-probe run; Lightning rebuilds
+its task from it and the task's classifier predicts. Class names come from the checkpoint, so
+the training data need not be here.
+
+Images: ``inputs`` is one image file (any format PIL reads), or a folder searched recursively
+for files named .jpg, .jpeg, .png, .webp, .bmp, .ppm, .tif or .tiff. They may have any size and
+be grayscale, RGB, RGBA or palette images with 8 bits per channel (alpha is dropped; PIL clips
+16-bit images to 8 bits rather than rescaling them): every image goes through the run's own
+evaluation preprocessing, its DataModule's ``predict_transform``. For the
+digits: grayscale, area-averaged to the digits' native 8x8 grid (a digit saved at 8x8, or
+upscaled by a whole factor, gives the same input), resized to the model's input and
+standardised with the training split's statistics. For RGB data: RGB, the shorter side resized
+to ``img_size / eval_crop_pct``, center-cropped to ``img_size``, normalised. A file that does
+not decode is a one-line error naming it.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from vitlab.checkpoint_file import read_checkpoint, stored_class_names
 from vitlab.data.decode import DECODE_ERRORS, is_image
-from vitlab.errors import UserError, existing_file
-from vitlab.export import trained_vit
+from vitlab.errors import UserError, existing_file, exit_on_user_error
+from vitlab.export import trained_classifier
 
+log = logging.getLogger(__name__)
 Preprocess = Callable[[Path], torch.Tensor]
 # rows shown on the console; the CSV holds them all
 TABLE_ROWS = 50
 
 
-def predict(cfg: DictConfig) -> dict[str, float]:
+def main(cfg: DictConfig) -> None:
+    """predict.py's job: a user's mistake is one line on the console and in the run's log."""
+    with exit_on_user_error(log.error):
+        predict(cfg)
+
+
+def predict(cfg: DictConfig) -> None:
     if not cfg.get("ckpt_path") or not cfg.get("inputs"):
         raise UserError(
             "predict.py needs a checkpoint and images: "
@@ -40,14 +57,10 @@ def predict(cfg: DictConfig) -> dict[str, float]:
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise UserError(f"{key} must be a whole number of at least 1, got {cfg[key]!r}")
     paths = image_paths(Path(cfg.inputs).expanduser())
-    ckpt_path = existing_file(cfg.ckpt_path, "ckpt_path")
-    model, run_cfg = trained_vit(ckpt_path)
+    trained = trained_classifier(existing_file(cfg.ckpt_path, "ckpt_path"))
     device = torch.device(resolve_device(cfg.device))
-    model.to(device)
-    prepare = instantiate(run_cfg.data).predict_transform()
-    preprocess = lambda path: prepare(Image.open(path))  # noqa: E731
-    class_names = stored_class_names(read_checkpoint(ckpt_path), run_cfg.data._target_)
-    names = class_names or [str(index) for index in range(model.num_classes)]
+    model = trained.model.to(device)
+    preprocess = file_preprocessing(trained.data.predict_transform())
 
     top_k = min(cfg.top_k, model.num_classes)
     rows = []
@@ -60,9 +73,18 @@ def predict(cfg: DictConfig) -> dict[str, float]:
             for path, p, c in zip(batch_paths, probs.cpu(), classes.cpu(), strict=True)
         ]
     output = Path(cfg.output).expanduser()
-    write_csv(output, rows, names, top_k)
-    print_table(rows, names, output)
-    return {}
+    write_csv(output, rows, trained.class_names, top_k)
+    print_table(rows, trained.class_names, output)
+
+
+def file_preprocessing(prepare: Callable[[Image.Image], torch.Tensor]) -> Preprocess:
+    """``prepare`` applied to an image file's contents."""
+
+    def preprocess(path: Path) -> torch.Tensor:
+        with Image.open(path) as image:
+            return prepare(image)
+
+    return preprocess
 
 
 def resolve_device(device: str) -> str:
