@@ -123,6 +123,15 @@ def test_mae_pretraining_encodes_with_the_chosen_model(compose_config):
     assert task.model.pos_embed.is_meta
 
 
+def test_the_mae_encoder_keeps_the_model_groups_position_embeddings_and_drop_path(
+    compose_config,
+):
+    cfg = compose_config("task=mae_pretrain", "model.pos_embed=learned", "model.drop_path_rate=0.2")
+    task = build_task(cfg.task)
+    assert task.model.pos_embed.requires_grad
+    assert task.model.blocks[-1].drop_path.p == pytest.approx(0.2)
+
+
 @pytest.mark.parametrize(
     ("model", "lr", "layer_decay", "drop_path_rate", "max_epochs", "batch_size", "num_nodes"),
     [
