@@ -33,8 +33,9 @@ from omegaconf import DictConfig
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, TensorDataset
 
+import vitlab.config  # noqa: F401  (registers the resolvers the config groups use)
 from vitlab.optim import WarmupCosine, param_groups, scaled_lr
-from vitlab.tasks.base import fused_adam
+from vitlab.tasks.base import build_task, fused_adam
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +166,7 @@ def main() -> None:
         torch.set_num_threads(threads)
     L.seed_everything(cfg.seed or 0, verbose=False)
     batch = args.batch_size or cfg.data.batch_size
-    task = instantiate(cfg.task)
+    task = build_task(cfg.task)
     model = cfg.model
     shape = (model.in_chans, model.img_size, model.img_size)
     images = torch.randn(args.steps * batch, *shape)

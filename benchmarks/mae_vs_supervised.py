@@ -83,7 +83,9 @@ def main() -> None:
 
     supervised = VisionTransformer(img_size=224, num_classes=1000, **encoder).to(args.device)
     mae = MaskedAutoencoderViT(
-        img_size=224, mask_ratio=args.mask_ratio, decoder_depth=args.decoder_depth, **encoder
+        VisionTransformer(img_size=224, pos_embed="sincos", **encoder),
+        mask_ratio=args.mask_ratio,
+        decoder_depth=args.decoder_depth,
     ).to(args.device)
 
     def supervised_loss() -> torch.Tensor:

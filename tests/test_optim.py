@@ -5,18 +5,12 @@ import torch
 from torch import nn
 
 from vitlab.models.segmenter import ViTSegmenter
-from vitlab.models.vit import VisionTransformer
 from vitlab.optim import WarmupCosine, effective_batch_size, layer_id, param_groups, scaled_lr
 
 
-def tiny_vit() -> VisionTransformer:
-    return VisionTransformer(
-        img_size=8, patch_size=4, num_classes=3, embed_dim=16, depth=3, num_heads=2
-    )
-
-
-def test_no_weight_decay_on_biases_norms_and_tokens():
-    groups = param_groups(tiny_vit(), weight_decay=0.05)
+def test_no_weight_decay_on_biases_norms_and_tokens(tiny_vit):
+    model = tiny_vit(depth=3)
+    groups = param_groups(model, weight_decay=0.05)
     decay = {name for g in groups if g["weight_decay"] > 0 for name in g["names"]}
     no_decay = {name for g in groups if g["weight_decay"] == 0 for name in g["names"]}
     assert {
@@ -28,10 +22,10 @@ def test_no_weight_decay_on_biases_norms_and_tokens():
     } <= no_decay
     assert {"patch_embed.proj.weight", "blocks.2.mlp.fc1.weight", "head.weight"} <= decay
     assert not decay & no_decay
-    assert len(decay | no_decay) == len(list(tiny_vit().parameters()))
+    assert len(decay | no_decay) == len(list(model.parameters()))
 
 
-def test_frozen_parameters_are_left_out():
+def test_frozen_parameters_are_left_out(tiny_vit):
     model = tiny_vit()
     model.patch_embed.requires_grad_(False)
     names = {name for g in param_groups(model, 0.05) for name in g["names"]}
@@ -47,8 +41,8 @@ def test_layer_ids_put_embeddings_at_zero_blocks_in_order_and_head_on_top():
     assert layer_id("fc_norm.weight", 12) == 13
 
 
-def test_layer_decay_scales_each_parameter_by_its_depth():
-    groups = param_groups(tiny_vit(), weight_decay=0.05, layer_decay=0.5)
+def test_layer_decay_scales_each_parameter_by_its_depth(tiny_vit):
+    groups = param_groups(tiny_vit(depth=3), weight_decay=0.05, layer_decay=0.5)
     scale = {name: g["lr_scale"] for g in groups for name in g["names"]}
     assert scale["head.weight"] == 1.0
     assert scale["blocks.2.attn.qkv.weight"] == 0.5
@@ -85,8 +79,8 @@ def test_schedule_drives_lambda_lr_per_group_scale():
     assert state["lr_lambdas"][0] == {"warmup_steps": 2, "total_steps": 10, "min_ratio": 0.0}
 
 
-def test_layer_decay_follows_the_backbone_of_a_segmenter():
-    segmenter = ViTSegmenter(tiny_vit(), num_classes=4)
+def test_layer_decay_follows_the_backbone_of_a_segmenter(tiny_vit):
+    segmenter = ViTSegmenter(tiny_vit(depth=3), num_classes=4)
     groups = param_groups(segmenter, weight_decay=0.05, layer_decay=0.5)
     scale = {name: g["lr_scale"] for g in groups for name in g["names"]}
     assert scale["backbone.blocks.2.attn.qkv.weight"] == 0.5

@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from PIL import Image
-from quiet_trainer import quiet_trainer
 
 from vitlab.callbacks.attention import AttentionMaps, attention_panels
 from vitlab.data.digits import DigitsDataModule
 from vitlab.models.attention import attention_rollout
-from vitlab.models.vit import VisionTransformer
 from vitlab.tasks.classification import ClassificationTask
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
-
-def tiny_vit() -> VisionTransformer:
-    torch.manual_seed(0)
-    return VisionTransformer(
-        img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=16, depth=2, num_heads=2
-    )
-
-
-def test_panels_hold_the_image_then_rollout_then_each_head_upsampled_per_patch():
-    model = tiny_vit().eval()
+def test_panels_hold_the_image_then_rollout_then_each_head_upsampled_per_patch(tiny_vit):
+    model = tiny_vit(num_heads=2).eval()
     images = torch.randn(3, 1, 8, 8)
     panels = attention_panels(model, images).view(3, 4, 1, 8, 8)
     assert torch.equal(panels[:, 0], images)
@@ -41,8 +27,9 @@ def test_panels_hold_the_image_then_rollout_then_each_head_upsampled_per_patch()
     torch.testing.assert_close(panels[:, 3, 0, ::2, ::2], head1_cls)
 
 
-def test_callback_writes_a_png_per_validation_epoch_with_a_row_per_image(tmp_path: Path):
-    optimizer = functools.partial(torch.optim.AdamW, lr=1e-3)
+def test_callback_writes_a_png_per_validation_epoch_with_a_row_per_image(
+    tmp_path: Path, vit_config, optimizer_config, quiet_trainer
+):
     trainer = quiet_trainer(
         default_root_dir=tmp_path,
         max_epochs=2,
@@ -50,9 +37,8 @@ def test_callback_writes_a_png_per_validation_epoch_with_a_row_per_image(tmp_pat
         limit_val_batches=1,
         callbacks=[AttentionMaps(num_images=4)],
     )
-    trainer.fit(
-        ClassificationTask(tiny_vit(), optimizer), datamodule=DigitsDataModule(batch_size=8)
-    )
+    task = ClassificationTask(vit_config(num_heads=2), optimizer_config())
+    trainer.fit(task, datamodule=DigitsDataModule(batch_size=8))
     pngs = sorted((tmp_path / "attention").iterdir())
     assert [p.name for p in pngs] == ["epoch_000.png", "epoch_001.png"]
     with Image.open(pngs[0]) as image:
@@ -60,10 +46,8 @@ def test_callback_writes_a_png_per_validation_epoch_with_a_row_per_image(tmp_pat
         assert image.size == (4 * 10 + 2, 4 * 10 + 2)
 
 
-def test_config_instantiates_the_callback_next_to_the_default_ones(tmp_path: Path):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=["callbacks=[default,attention_maps]"])
+def test_config_instantiates_the_callback_next_to_the_default_ones(compose_config):
+    cfg = compose_config("callbacks=[default,attention_maps]")
     assert {"model_checkpoint", "attention_maps"} <= cfg.callbacks.keys()
     callback = instantiate(cfg.callbacks.attention_maps)
     assert isinstance(callback, AttentionMaps) and callback.block == -1

@@ -72,11 +72,12 @@ def test_cifar100_val_is_carved_from_train(tmp_path: Path):
     assert images.shape == (4, 3, 32, 32)
 
 
-def test_missing_files_say_where_to_put_them(tmp_path: Path):
+def test_missing_files_say_where_to_put_them_at_setup(tmp_path: Path):
+    datamodule = CIFARDataModule(tmp_path, num_classes=10, **SMALL)  # reads no file
     with pytest.raises(
         FileNotFoundError, match=r"cifar-10-batches-py.*data.download=true"
     ) as error:
-        CIFARDataModule(tmp_path, num_classes=10, **SMALL)
+        datamodule.setup()
     assert "data_batch_1" in str(error.value) and "cs.toronto.edu" in str(error.value)
 
 

@@ -1,7 +1,14 @@
+"""The digits DataModule: a fixed stratified split, standardised with fixed statistics, light
+augmentation when asked, and the predict transform that prepares an image file as evaluation
+prepares a digit."""
+
+from __future__ import annotations
+
 import pytest
 import torch
+from PIL import Image
 
-from vitlab.data.digits import DigitsDataModule
+from vitlab.data.digits import DIGITS_MEAN, DIGITS_STD, DigitsDataModule
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +53,46 @@ def test_upsampling_for_larger_models():
     datamodule.setup()
     images, _ = next(iter(datamodule.val_dataloader()))
     assert images.shape == (4, 1, 32, 32)
+
+
+def test_without_augment_training_images_are_prepared_as_evaluation_prepares_them():
+    datamodule = DigitsDataModule(batch_size=16, augment=False)
+    datamodule.setup()
+    train = datamodule.splits["train"]
+    image = train.images[0]
+    assert torch.equal(train.transform(image), train.transform(image))
+    assert torch.equal(train.transform(image), datamodule.eval_transform()(image))
+
+
+def test_the_standardisation_is_the_fixed_mean_and_std_given():
+    assert (DIGITS_MEAN, DIGITS_STD) == ((0.3049,), (0.3758,))
+    datamodule = DigitsDataModule(batch_size=16, mean=(0.5,), std=(0.25,))
+    datamodule.setup()
+    val = datamodule.splits["val"]
+    image, _ = val[0]
+    torch.testing.assert_close(image, (val.images[0] - 0.5) / 0.25)
+
+
+def as_file(pixels: torch.Tensor, mode: str) -> Image.Image:
+    """A (1, H, W) digit in [0, 1] as an 8-bit image file's contents would be read."""
+    gray = Image.fromarray((pixels[0] * 255).round().to(torch.uint8).numpy(), mode="L")
+    return gray.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+@pytest.mark.parametrize("img_size", [8, 32])
+def test_predict_transform_of_a_digit_image_is_the_eval_splits_tensor(mode: str, img_size: int):
+    datamodule = DigitsDataModule(img_size=img_size, batch_size=16)
+    datamodule.setup()
+    val = datamodule.splits["val"]
+    prepare = datamodule.predict_transform()
+    for index in range(5):
+        expected, _ = val[index]
+        prepared = prepare(as_file(val.images[index], mode))
+        assert prepared.shape == expected.shape == (1, img_size, img_size)
+        assert prepared.dtype == torch.float32
+        # the file holds 8-bit pixels: within one level, in standardised units
+        torch.testing.assert_close(prepared, expected, rtol=0, atol=1 / 255 / DIGITS_STD[0])
 
 
 def test_wrong_class_count_is_refused():

@@ -5,19 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from vitlab.data.imagefolder import (
-    ImageFolderDataModule,
-    ImageNetDataModule,
-    decode_image,
-    load_image,
-)
+from vitlab.data.imagefolder import ImageFolderDataModule, ImageNetDataModule
 from vitlab.data.sampler import RepeatedAugSampler
-from vitlab.data.synthetic import synthetic_image, write_image_tree
+from vitlab.data.synthetic import write_image_tree
 from vitlab.data.transforms import collate_present
 
 SMALL = {"img_size": 32, "batch_size": 4, "num_workers": 0}
@@ -35,10 +29,13 @@ def tree(tmp_path: Path) -> Path:
     return root
 
 
-def test_classes_come_from_the_folders_that_hold_images(tree: Path):
+def test_classes_come_from_the_folders_that_hold_images_when_set_up(tree: Path):
     datamodule = ImageFolderDataModule(tree, **SMALL)
+    assert datamodule.num_classes is None and datamodule.class_names is None  # no file read yet
+    datamodule.setup()
     assert datamodule.num_classes == 3
     assert datamodule.class_names == ["class_0", "class_1", "class_2"]
+    assert datamodule.state_dict() == {"class_names": ["class_0", "class_1", "class_2"]}
 
 
 def test_skipped_files_and_empty_folders_are_counted_in_the_log(tree: Path, caplog):
@@ -83,14 +80,16 @@ def test_on_corrupt_raise_names_the_file(tree: Path):
         train[broken]
 
 
-def test_missing_root_names_the_expected_layout(tmp_path: Path):
+def test_missing_root_names_the_expected_layout_at_setup(tmp_path: Path):
+    datamodule = ImageFolderDataModule(tmp_path / "nowhere", **SMALL)
     with pytest.raises(FileNotFoundError, match=r"nowhere/train/<class>/<image>"):
-        ImageFolderDataModule(tmp_path / "nowhere", **SMALL)
+        datamodule.setup()
 
 
-def test_a_wrong_class_count_is_an_error(tree: Path):
+def test_a_wrong_class_count_is_an_error_at_setup(tree: Path):
+    datamodule = ImageFolderDataModule(tree, num_classes=5, **SMALL)
     with pytest.raises(ValueError, match="num_classes=5 but .* has 3 class folders"):
-        ImageFolderDataModule(tree, num_classes=5, **SMALL)
+        datamodule.setup()
 
 
 def test_val_is_carved_from_train_with_a_fixed_seed_when_there_is_no_val_dir(tmp_path: Path):
@@ -127,44 +126,19 @@ def test_train_loader_drops_the_last_batch_and_uses_repeated_augmentation(tree: 
     assert all(len(labels) == 4 and labels.ndim == 1 for _, labels in batches)
 
 
-def test_fast_path_decodes_large_jpegs_at_reduced_size(tmp_path: Path):
-    path = tmp_path / "large.jpg"
-    synthetic_image((800, 600), 0, np.random.default_rng(0)).save(path)
-    reduced = load_image(str(path), min_side=150)
-    assert reduced.size == (200, 150)
-    assert load_image(str(path), min_side=400).size == (800, 600)
-    assert load_image(str(path)).size == (800, 600)
-    assert decode_image(str(path), min_side=150).size == (200, 150)
-
-
-def test_fast_path_decodes_jpegs_to_the_same_tensors_as_pil(tmp_path: Path):
-    photo = synthetic_image((400, 300), 0, np.random.default_rng(0))
-    photo.save(tmp_path / "photo.jpg")
-    photo.save(tmp_path / "photo.png")
-    decoded = decode_image(str(tmp_path / "photo.jpg"), min_side=224)
-    assert isinstance(decoded, torch.Tensor) and decoded.shape == (3, 300, 400)
-    reference = np.asarray(load_image(str(tmp_path / "photo.jpg"))).astype(int)
-    assert np.abs(decoded.permute(1, 2, 0).numpy() - reference).max() <= 2
-    assert decode_image(str(tmp_path / "photo.png")).size == (400, 300)
-    truncated = tmp_path / "truncated.jpg"
-    jpeg = (tmp_path / "photo.jpg").read_bytes()
-    truncated.write_bytes(jpeg[: len(jpeg) // 2])
-    with pytest.raises(OSError, match="incomplete or truncated"):
-        decode_image(str(truncated))
-
-
 def test_imagenet_needs_val_and_reads_class_names(tmp_path: Path):
     write_image_tree(tmp_path, {"train": 2})
     with pytest.raises(FileNotFoundError, match=r"\{train,val\}/<class>/<image>"):
-        ImageNetDataModule(tmp_path, num_classes=3, **SMALL)
+        ImageNetDataModule(tmp_path, num_classes=3, **SMALL).setup()
     write_image_tree(tmp_path, {"val": 1})
     (tmp_path / "LOC_synset_mapping.txt").write_text(
         "class_0 tench, Tinca tinca\nclass_2 goldfish\n"
     )
     imagenet = ImageNetDataModule(tmp_path, num_classes=3, **SMALL)
+    imagenet.setup()
     assert imagenet.class_names == ["tench, Tinca tinca", "class_1", "goldfish"]
     with pytest.raises(ValueError, match="num_classes=1000"):
-        ImageNetDataModule(tmp_path, **SMALL)
+        ImageNetDataModule(tmp_path, **SMALL).setup()
 
 
 def test_grey_pngs_become_rgb(tmp_path: Path):
@@ -175,3 +149,16 @@ def test_grey_pngs_become_rgb(tmp_path: Path):
     datamodule.setup()
     image, label = datamodule.splits["val"][0]
     assert image.shape == (3, 32, 32) and label == 0
+
+
+def test_predict_transform_of_an_image_file_is_its_evaluation_input(tmp_path: Path):
+    write_image_tree(tmp_path, {"train": 2, "val": 4})  # every 4th image is a PNG
+    datamodule = ImageFolderDataModule(tmp_path, **SMALL)
+    datamodule.setup()
+    val = datamodule.splits["val"]
+    index = next(i for i, (path, _) in enumerate(val.samples) if path.endswith(".png"))
+    images, _ = datamodule.on_after_batch_transfer(collate_present([val[index]]), 0)
+    with Image.open(val.samples[index][0]) as image:
+        prepared = datamodule.predict_transform()(image)
+    assert prepared.dtype == torch.float32
+    torch.testing.assert_close(prepared, images[0])

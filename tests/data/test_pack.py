@@ -42,4 +42,5 @@ def test_pack_resizes_skips_bad_files_and_stays_readable(tmp_path: Path):
     assert len(packed) == 8
     assert {Image.open(path).size for path in packed} == {(60, 45)}
     datamodule = ImageFolderDataModule(dest, img_size=32, num_workers=0)
+    datamodule.setup()
     assert datamodule.class_names == ["zero", "one"]

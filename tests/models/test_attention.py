@@ -5,18 +5,10 @@ from __future__ import annotations
 import torch
 
 from vitlab.models.attention import attention_rollout, cls_attention_grid
-from vitlab.models.vit import VisionTransformer
 
 
-def tiny_vit() -> VisionTransformer:
-    torch.manual_seed(0)
-    return VisionTransformer(
-        img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=32, depth=3, num_heads=4
-    ).eval()
-
-
-def test_attention_maps_match_a_plain_softmax_of_scaled_query_key_products():
-    model = tiny_vit()
+def test_attention_maps_match_a_plain_softmax_of_scaled_query_key_products(tiny_vit):
+    model = tiny_vit(depth=3).eval()
     images = torch.randn(2, 1, 8, 8)
     maps = model.attention_maps(images)
     assert len(maps) == 3 and maps[0].shape == (2, 4, 17, 17)
@@ -33,8 +25,8 @@ def test_attention_maps_match_a_plain_softmax_of_scaled_query_key_products():
         tokens = block(tokens)
 
 
-def test_rollout_rows_sum_to_one_and_follow_the_residual_averaged_product():
-    model = tiny_vit()
+def test_rollout_rows_sum_to_one_and_follow_the_residual_averaged_product(tiny_vit):
+    model = tiny_vit(depth=3).eval()
     maps = model.attention_maps(torch.randn(2, 1, 8, 8))
     joint = attention_rollout(maps)
     assert joint.shape == (2, 17, 17)

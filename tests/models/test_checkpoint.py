@@ -2,40 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
 import timm
 import torch
-from quiet_trainer import quiet_trainer
 
 from vitlab.data.digits import DigitsDataModule
 from vitlab.models.checkpoint import load_pretrained, read_state_dict
-from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.models.pos_embed import resample
 from vitlab.models.vit import VisionTransformer
 from vitlab.tasks.classification import ClassificationTask
 from vitlab.tasks.mae import MAEPretrainTask
-
-ENCODER = dict(in_chans=1, embed_dim=32, depth=2, num_heads=4)
-
-
-def tiny_mae(img_size: int = 8) -> MaskedAutoencoderViT:
-    return MaskedAutoencoderViT(
-        img_size=img_size,
-        patch_size=2,
-        **ENCODER,
-        decoder_embed_dim=16,
-        decoder_depth=1,
-        decoder_num_heads=2,
-    )
-
-
-def tiny_vit(img_size: int = 8, global_pool: str = "avg") -> VisionTransformer:
-    return VisionTransformer(
-        img_size=img_size, patch_size=2, num_classes=10, global_pool=global_pool, **ENCODER
-    )
 
 
 def encoder_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -83,7 +61,7 @@ def test_timm_state_dict_gives_timm_features(tmp_path: Path, global_pool: str):
     assert torch.equal(model.head.weight, head)  # the classifier is never loaded
 
 
-def test_official_mae_checkpoint_loads_into_fine_tuning(tmp_path: Path):
+def test_official_mae_checkpoint_loads_into_fine_tuning(tmp_path: Path, tiny_mae, tiny_vit):
     mae = tiny_mae()
     # the MAE release's format; torch.compile'd models save their keys under _orig_mod.
     state = {f"_orig_mod.{name}": tensor for name, tensor in mae.state_dict().items()}
@@ -94,8 +72,10 @@ def test_official_mae_checkpoint_loads_into_fine_tuning(tmp_path: Path):
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
-def test_vitlab_lightning_checkpoint_loads_without_decoder_or_probe(tmp_path: Path):
-    task = MAEPretrainTask(tiny_mae(), torch.optim.AdamW, probe_num_classes=10)
+def test_vitlab_lightning_checkpoint_loads_without_decoder_or_probe(
+    tmp_path: Path, mae_config, optimizer_config, tiny_vit
+):
+    task = MAEPretrainTask(mae_config(), optimizer_config(), probe_num_classes=10)
     torch.save({"state_dict": task.state_dict(), "epoch": 3}, tmp_path / "last.ckpt")
     state = read_state_dict(tmp_path / "last.ckpt")
     assert not any(name.startswith(("probe", "decoder_", "mask_token", "model.")) for name in state)
@@ -105,10 +85,10 @@ def test_vitlab_lightning_checkpoint_loads_without_decoder_or_probe(tmp_path: Pa
     torch.testing.assert_close(model.norm.weight, task.model.norm.weight)
 
 
-def test_position_embeddings_are_resampled_to_a_new_grid(tmp_path: Path):
-    mae = tiny_mae(img_size=8)  # 4x4 patches
+def test_position_embeddings_are_resampled_to_a_new_grid(tmp_path: Path, tiny_mae, tiny_vit):
+    mae = tiny_mae()  # 8x8 images: 4x4 patches
     torch.save({"model": mae.state_dict()}, tmp_path / "mae.pth")
-    model = tiny_vit(img_size=16)  # 8x8 patches
+    model = tiny_vit(img_size=16, global_pool="avg")  # 8x8 patches
     load_pretrained(model, tmp_path / "mae.pth")
     assert model.pos_embed.shape == (1, 1 + 64, 32)
     torch.testing.assert_close(model.pos_embed, resample(mae.pos_embed, (8, 8)))
@@ -116,34 +96,35 @@ def test_position_embeddings_are_resampled_to_a_new_grid(tmp_path: Path):
     assert model(torch.randn(1, 1, 16, 16)).shape == (1, 10)
 
 
-def test_missing_encoder_keys_are_named(tmp_path: Path):
+def test_missing_encoder_keys_are_named(tmp_path: Path, tiny_mae, tiny_vit):
     state = tiny_mae().state_dict()
     del state["blocks.1.norm1.weight"]
     torch.save({"model": state}, tmp_path / "mae.pth")
     with pytest.raises(ValueError, match=r"missing 1 keys \(blocks.1.norm1.weight\)"):
-        load_pretrained(tiny_vit(), tmp_path / "mae.pth")
+        load_pretrained(tiny_vit(global_pool="avg"), tmp_path / "mae.pth")
 
 
-def test_unexpected_keys_are_named(tmp_path: Path):
+def test_unexpected_keys_are_named(tmp_path: Path, tiny_mae, tiny_vit):
     state = tiny_mae().state_dict() | {"blocks.2.norm1.weight": torch.ones(32)}
     torch.save(state, tmp_path / "deeper.pth")
     with pytest.raises(ValueError, match=r"unexpected 1 keys \(blocks.2.norm1.weight\)"):
-        load_pretrained(tiny_vit(), tmp_path / "deeper.pth")
+        load_pretrained(tiny_vit(global_pool="avg"), tmp_path / "deeper.pth")
 
 
-def test_token_pooling_needs_the_final_norm(tmp_path: Path):
+def test_token_pooling_needs_the_final_norm(tmp_path: Path, tiny_vit):
     """An avg-pooled fine-tuned model has no ``norm``: a cls-token classifier cannot use it."""
     torch.save(tiny_vit(global_pool="avg").state_dict(), tmp_path / "finetuned.pth")
     with pytest.raises(ValueError, match=r"missing 2 keys \(norm.weight, norm.bias\)"):
         load_pretrained(tiny_vit(global_pool="token"), tmp_path / "finetuned.pth")
 
 
-def test_fine_tuning_layer_decay_scales_every_parameter_by_its_depth(tmp_path: Path):
+def test_fine_tuning_layer_decay_scales_every_parameter_by_its_depth(
+    tmp_path: Path, tiny_mae, vit_config, optimizer_config, quiet_trainer
+):
     torch.save({"model": tiny_mae().state_dict()}, tmp_path / "mae.pth")
-    optimizer = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05)
     task = ClassificationTask(
-        tiny_vit(),
-        optimizer,
+        vit_config(global_pool="avg"),
+        optimizer_config(lr=1e-3, weight_decay=0.05),
         warmup_epochs=0,
         layer_decay=0.65,
         pretrained=str(tmp_path / "mae.pth"),

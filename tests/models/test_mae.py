@@ -1,16 +1,21 @@
-"""MAE model: masking, loss on masked patches only, patchify round trip, release names."""
+"""MAE model: masking, loss on masked patches only, patchify round trip, release names, and an
+encoder whose position embeddings and drop path the MAE keeps."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import tiny_mae
 
 from vitlab.models.mae import random_masking
+from vitlab.models.pos_embed import sincos_2d
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 @pytest.mark.parametrize("mask_ratio", [0.25, 0.5, 0.75, 0.9])
-def test_encoder_sees_only_the_visible_patches(mask_ratio: float):
+def test_encoder_sees_only_the_visible_patches(tiny_mae, mask_ratio: float):
     model = tiny_mae(mask_ratio=mask_ratio)
     latent, mask, _ = model.forward_encoder(torch.randn(3, 1, 8, 8), mask_ratio)
     num_visible = round(16 * (1 - mask_ratio))
@@ -35,8 +40,21 @@ def test_masks_differ_between_samples():
     assert len({tuple(row.tolist()) for row in mask}) > 1
 
 
-def test_unpatchify_inverts_patchify():
-    model = tiny_mae(img_size=(8, 12), patch_size=(2, 4), in_chans=3)
+def test_a_seeded_generator_draws_the_same_masks_and_leaves_the_global_rng_alone():
+    tokens = torch.randn(4, 16, 8)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    first = random_masking(tokens, 0.75, seeded(5))
+    again = random_masking(tokens, 0.75, seeded(5))
+    other = random_masking(tokens, 0.75, seeded(6))
+    assert torch.equal(torch.rand(3), expected)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[1], other[1])
+
+
+def test_unpatchify_inverts_patchify(tiny_mae, tiny_vit):
+    model = tiny_mae(encoder=tiny_vit(img_size=(8, 12), patch_size=(2, 4), in_chans=3))
     images = torch.randn(2, 3, 8, 12)
     patches = model.patchify(images)
     assert patches.shape == (2, 4 * 3, 2 * 4 * 3)
@@ -46,7 +64,7 @@ def test_unpatchify_inverts_patchify():
 
 
 @pytest.mark.parametrize("norm_pix_loss", [True, False])
-def test_loss_ignores_predictions_of_visible_patches(norm_pix_loss: bool):
+def test_loss_ignores_predictions_of_visible_patches(tiny_mae, norm_pix_loss: bool):
     model = tiny_mae(norm_pix_loss=norm_pix_loss)
     images = torch.randn(2, 1, 8, 8)
     loss, pred, mask = model(images)
@@ -57,15 +75,15 @@ def test_loss_ignores_predictions_of_visible_patches(norm_pix_loss: bool):
     assert model.forward_loss(images, changed, mask) > loss + 1
 
 
-def test_loss_is_zero_for_a_perfect_reconstruction():
+def test_loss_is_zero_for_a_perfect_reconstruction(tiny_mae):
     model = tiny_mae(norm_pix_loss=False)
     images = torch.randn(2, 1, 8, 8)
     _, _, mask = model(images)
     assert model.forward_loss(images, model.patchify(images), mask) == 0
 
 
-def test_backward_reaches_encoder_and_decoder_but_not_fixed_embeddings():
-    model = tiny_mae()
+def test_backward_reaches_encoder_and_decoder_but_not_fixed_embeddings(tiny_mae, tiny_vit):
+    model = tiny_mae(encoder=tiny_vit(pos_embed="sincos"))
     loss, _, _ = model(torch.randn(2, 1, 8, 8))
     loss.backward()
     for name in (
@@ -77,9 +95,50 @@ def test_backward_reaches_encoder_and_decoder_but_not_fixed_embeddings():
     ):
         assert model.get_parameter(name).grad is not None, name
     assert not model.pos_embed.requires_grad and not model.decoder_pos_embed.requires_grad
+    torch.testing.assert_close(model.pos_embed.data, sincos_2d(32, (4, 4), cls_token=True))
 
 
-def test_parameter_names_follow_the_mae_release():
+def test_learned_position_embeddings_of_the_encoder_are_trained(tiny_mae, tiny_vit):
+    model = tiny_mae(encoder=tiny_vit(pos_embed="learned"))
+    assert model.pos_embed.requires_grad
+    assert not torch.equal(model.pos_embed.data, sincos_2d(32, (4, 4), cls_token=True))
+    loss, _, _ = model(torch.randn(2, 1, 8, 8))
+    loss.backward()
+    assert model.pos_embed.grad is not None and model.pos_embed.grad.abs().sum() > 0
+    assert "pos_embed" in dict(model.named_parameters())
+
+
+def test_drop_path_of_the_encoder_drops_paths_in_training_only(tiny_mae, tiny_vit):
+    model = tiny_mae(encoder=tiny_vit(drop_path_rate=0.5))
+    assert [block.drop_path.p for block in model.blocks] == [0.0, 0.5]
+    images = torch.randn(16, 1, 8, 8)
+
+    def latent() -> torch.Tensor:
+        with torch.no_grad():
+            return model.forward_encoder(images, 0.5, seeded())[0]  # the same mask every time
+
+    model.train()
+    assert not torch.equal(latent(), latent())
+    model.eval()
+    assert torch.equal(latent(), latent())
+
+
+def test_without_drop_path_training_forwards_repeat(tiny_mae):
+    model = tiny_mae().train()
+    images = torch.randn(4, 1, 8, 8)
+    first = model.forward_encoder(images, 0.5, seeded())[0]
+    assert torch.equal(first, model.forward_encoder(images, 0.5, seeded())[0])
+
+
+def test_an_average_pooling_encoder_gets_a_final_norm(tiny_mae, tiny_vit):
+    encoder = tiny_vit(global_pool="avg")
+    assert isinstance(encoder.norm, torch.nn.Identity)
+    model = tiny_mae(encoder=encoder)
+    assert isinstance(model.norm, torch.nn.LayerNorm) and model.norm.eps == 1e-6
+    assert {"norm.weight", "norm.bias"} <= set(model.state_dict())
+
+
+def test_parameter_names_follow_the_mae_release(tiny_mae):
     names = set(tiny_mae().state_dict())
     expected = {
         "cls_token",
@@ -95,9 +154,9 @@ def test_parameter_names_follow_the_mae_release():
         "decoder_pred.weight",
     }
     assert expected <= names
-    assert not any(name.startswith(("head", "fc_norm")) for name in names)
+    assert not any(name.startswith(("head", "fc_norm", "encoder")) for name in names)
 
 
-def test_mask_ratio_out_of_range_is_rejected():
+def test_mask_ratio_out_of_range_is_rejected(tiny_mae):
     with pytest.raises(ValueError, match="mask_ratio"):
         tiny_mae(mask_ratio=1.0)

@@ -1,14 +1,14 @@
-import functools
+from __future__ import annotations
+
+from collections.abc import Callable
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from quiet_trainer import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from vitlab.data.digits import DigitsDataModule
-from vitlab.models.vit import VisionTransformer
 from vitlab.optim import WarmupCosine
 from vitlab.tasks.classification import ClassificationTask
 
@@ -21,28 +21,33 @@ class RecordLr(L.Callback):
         self.lrs.append([group["lr"] for group in trainer.optimizers[0].param_groups])
 
 
-def digits_task(lr: float = 1e-3, **kwargs) -> ClassificationTask:
-    model = VisionTransformer(
-        img_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=16, depth=2, num_heads=2
-    )
-    optimizer = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.05)
-    return ClassificationTask(model, optimizer, **kwargs)
+@pytest.fixture
+def digits_task(vit_config, optimizer_config) -> Callable[..., ClassificationTask]:
+    """``digits_task(lr=1e-3, **task_kwargs)``: a small digits classifier, AdamW with decay."""
+
+    def build(lr: float = 1e-3, **kwargs) -> ClassificationTask:
+        model = vit_config(patch_size=4, embed_dim=16, num_heads=2)
+        return ClassificationTask(model, optimizer_config(lr=lr, weight_decay=0.05), **kwargs)
+
+    return build
 
 
-def fit(
-    task: ClassificationTask, batch_size: int = 32, **trainer_kwargs
-) -> tuple[L.Trainer, RecordLr]:
-    record = RecordLr()
-    trainer = quiet_trainer(
-        callbacks=[record],
-        limit_val_batches=1,
-        **trainer_kwargs,
-    )
-    trainer.fit(task, datamodule=DigitsDataModule(batch_size=batch_size))
-    return trainer, record
+@pytest.fixture
+def fit(quiet_trainer) -> Callable[..., tuple[L.Trainer, RecordLr]]:
+    """``fit(task, batch_size=32, **trainer_kwargs)``: fits on the digits, recording the lrs."""
+
+    def run(
+        task: ClassificationTask, batch_size: int = 32, **trainer_kwargs
+    ) -> tuple[L.Trainer, RecordLr]:
+        record = RecordLr()
+        trainer = quiet_trainer(callbacks=[record], limit_val_batches=1, **trainer_kwargs)
+        trainer.fit(task, datamodule=DigitsDataModule(batch_size=batch_size))
+        return trainer, record
+
+    return run
 
 
-def test_optimizer_groups_scaled_lr_and_per_step_schedule():
+def test_optimizer_groups_scaled_lr_and_per_step_schedule(digits_task, fit):
     task = digits_task(warmup_epochs=1, min_lr=1e-5, layer_decay=0.5)
     trainer, record = fit(
         task, batch_size=32, max_epochs=2, limit_train_batches=4, accumulate_grad_batches=2
@@ -62,7 +67,7 @@ def test_optimizer_groups_scaled_lr_and_per_step_schedule():
 
 
 @pytest.mark.parametrize("max_epochs", [100, -1])
-def test_warmup_epochs_count_epochs_when_max_steps_caps_the_run(max_epochs: int):
+def test_warmup_epochs_count_epochs_when_max_steps_caps_the_run(max_epochs: int, digits_task, fit):
     task = digits_task(warmup_epochs=2, min_lr=0.0)
     _, record = fit(task, max_epochs=max_epochs, max_steps=12, limit_train_batches=4)
     peak = 1e-3 * 32 / 256
@@ -85,7 +90,8 @@ class RecordHits(L.Callback):
             self.hits[-1].append(pl_module(images).argmax(dim=-1) == targets)
 
 
-def test_train_accuracy_is_the_top1_of_the_epochs_batches():
+def test_train_accuracy_is_the_top1_of_the_epochs_batches(digits_task, quiet_trainer):
+    torch.manual_seed(0)  # weights and shuffles for which the two epochs score differently
     task = digits_task(lr=2e-2, warmup_epochs=0)
     record = RecordHits()
     trainer = quiet_trainer(
@@ -97,7 +103,7 @@ def test_train_accuracy_is_the_top1_of_the_epochs_batches():
     assert torch.cat(record.hits[0]).float().mean() != pytest.approx(last_epoch.item())
 
 
-def test_soft_targets_use_soft_cross_entropy():
+def test_soft_targets_use_soft_cross_entropy(digits_task):
     task = digits_task(label_smoothing=0.0)
     images = torch.randn(4, 1, 8, 8)
     soft = torch.softmax(torch.randn(4, 10), dim=1)
@@ -119,7 +125,9 @@ class OneNanBatch(L.LightningDataModule):
         return DataLoader(TensorDataset(images, labels), batch_size=self.batch_size)
 
 
-def test_under_ddp_a_nonfinite_batch_is_skipped_and_the_ranks_step_on(tmp_path):
+def test_under_ddp_a_nonfinite_batch_is_skipped_and_the_ranks_step_on(
+    tmp_path, digits_task, quiet_trainer
+):
     task = digits_task(warmup_epochs=0)
     task.skip_nonfinite = True
     trainer = quiet_trainer(
@@ -135,7 +143,7 @@ def test_under_ddp_a_nonfinite_batch_is_skipped_and_the_ranks_step_on(tmp_path):
     assert all(torch.isfinite(parameter).all() for parameter in trained)
 
 
-def test_training_reduces_the_loss_on_digits():
+def test_training_reduces_the_loss_on_digits(digits_task, fit):
     torch.manual_seed(0)
     task = digits_task(lr=2e-2, warmup_epochs=0, label_smoothing=0.0)
     trainer, _ = fit(task, max_epochs=3)
@@ -143,7 +151,7 @@ def test_training_reduces_the_loss_on_digits():
     assert trainer.callback_metrics["val/loss"] < 2.30  # below chance, ln(10)
 
 
-def test_non_finite_loss_stops_naming_step_and_batch_or_skips_the_step():
+def test_non_finite_loss_stops_naming_step_and_batch_or_skips_the_step(digits_task):
     task = digits_task()
     task.log = lambda *args, **kwargs: None
     images = torch.full((4, 1, 8, 8), float("nan"))

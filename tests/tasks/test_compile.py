@@ -1,23 +1,26 @@
 import functools
+from collections.abc import Callable
 
 import pytest
 import torch
-from quiet_trainer import quiet_trainer
 from torch import nn
 
 from vitlab.data.digits import DigitsDataModule
-from vitlab.models.vit import VisionTransformer
 from vitlab.run import use_tf32_matmuls
 from vitlab.tasks.base import fused_adam
 from vitlab.tasks.classification import ClassificationTask
 
 
-def digits_task(**kwargs) -> ClassificationTask:
-    model = VisionTransformer(
-        img_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=16, depth=2, num_heads=2
-    )
-    optimizer = functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05)
-    return ClassificationTask(model, optimizer, warmup_epochs=0, **kwargs)
+@pytest.fixture
+def digits_task(vit_config, optimizer_config) -> Callable[..., ClassificationTask]:
+    """``digits_task(**task_kwargs)``: a small digits classifier."""
+
+    def build(**kwargs) -> ClassificationTask:
+        model = vit_config(patch_size=4, embed_dim=16, num_heads=2)
+        optimizer = optimizer_config(weight_decay=0.05)
+        return ClassificationTask(model, optimizer, warmup_epochs=0, **kwargs)
+
+    return build
 
 
 @pytest.fixture
@@ -27,7 +30,7 @@ def eager_compile(monkeypatch):
     monkeypatch.setattr(nn.Module, "compile", lambda self: compile_(self, backend="eager"))
 
 
-def test_compile_is_off_by_default_and_in_place_when_asked(eager_compile):
+def test_compile_is_off_by_default_and_in_place_when_asked(eager_compile, digits_task):
     plain, compiled = digits_task(), digits_task(compile=True)
     plain.configure_model()
     compiled.configure_model()
@@ -39,7 +42,9 @@ def test_compile_is_off_by_default_and_in_place_when_asked(eager_compile):
     torch.testing.assert_close(compiled(images), plain(images))
 
 
-def test_compiled_checkpoint_keys_are_clean_and_load_uncompiled(eager_compile, tmp_path):
+def test_compiled_checkpoint_keys_are_clean_and_load_uncompiled(
+    eager_compile, tmp_path, digits_task, quiet_trainer
+):
     torch.manual_seed(0)
     task = digits_task(compile=True)
     trainer = quiet_trainer(
@@ -58,7 +63,7 @@ def test_compiled_checkpoint_keys_are_clean_and_load_uncompiled(eager_compile, t
 
 
 @pytest.mark.slow
-def test_inductor_compiled_model_matches_and_keeps_its_keys():
+def test_inductor_compiled_model_matches_and_keeps_its_keys(digits_task):
     task, plain = digits_task(compile=True), digits_task()
     plain.load_state_dict(task.state_dict())
     task.configure_model()

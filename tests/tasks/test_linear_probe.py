@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
-from quiet_trainer import quiet_trainer
-from tiny_models import TINY_ENCODER, tiny_mae
 from torch import nn
 
 from vitlab.data.digits import DigitsDataModule
-from vitlab.models.vit import VisionTransformer
 from vitlab.tasks.linear_probe import LinearProbeTask
 
 
@@ -28,37 +26,48 @@ class RecordEncoderMode(L.Callback):
         self.modes.append((encoder_training, model.head.training))
 
 
-def probe_task(tmp_path: Path, global_pool: str = "token") -> LinearProbeTask:
-    mae = tiny_mae()
-    torch.save({"model": mae.state_dict()}, tmp_path / "mae.pth")
-    model = VisionTransformer(
-        **TINY_ENCODER,
-        num_classes=10,
-        global_pool=global_pool,
-        drop_path_rate=0.5,
-    )
-    optimizer = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.0)
-    return LinearProbeTask(model, optimizer, warmup_epochs=0, pretrained=str(tmp_path / "mae.pth"))
+@pytest.fixture
+def probe_task(
+    tmp_path: Path, tiny_mae, vit_config, optimizer_config
+) -> Callable[..., LinearProbeTask]:
+    """``probe_task(global_pool="token")``: a probe of a tiny MAE's encoder (saved in tmp_path),
+    whose ViT has drop path to keep off."""
+
+    def build(global_pool: str = "token") -> LinearProbeTask:
+        torch.save({"model": tiny_mae().state_dict()}, tmp_path / "mae.pth")
+        model = vit_config(global_pool=global_pool, drop_path_rate=0.5)
+        optimizer = optimizer_config("SGD", lr=0.1, momentum=0.9, weight_decay=0.0)
+        return LinearProbeTask(
+            model, optimizer, warmup_epochs=0, pretrained=str(tmp_path / "mae.pth")
+        )
+
+    return build
 
 
-def fit(task: LinearProbeTask, tmp_path: Path, callbacks: list[L.Callback]) -> L.Trainer:
-    trainer = quiet_trainer(
-        default_root_dir=tmp_path,
-        max_epochs=2,
-        limit_train_batches=5,
-        limit_val_batches=2,
-        limit_test_batches=2,
-        log_every_n_steps=5,
-        callbacks=callbacks,
-    )
-    trainer.fit(task, datamodule=DigitsDataModule(batch_size=32))
-    return trainer
+@pytest.fixture
+def fit(tmp_path: Path, quiet_trainer) -> Callable[..., L.Trainer]:
+    """``fit(task, callbacks)``: 2 short epochs on the digits."""
+
+    def run(task: LinearProbeTask, callbacks: list[L.Callback]) -> L.Trainer:
+        trainer = quiet_trainer(
+            default_root_dir=tmp_path,
+            max_epochs=2,
+            limit_train_batches=5,
+            limit_val_batches=2,
+            limit_test_batches=2,
+            log_every_n_steps=5,
+            callbacks=callbacks,
+        )
+        trainer.fit(task, datamodule=DigitsDataModule(batch_size=32))
+        return trainer
+
+    return run
 
 
-def test_only_the_head_trains_and_the_encoder_stays_in_eval_mode(tmp_path: Path):
-    task = probe_task(tmp_path, global_pool="avg")
+def test_only_the_head_trains_and_the_encoder_stays_in_eval_mode(tmp_path: Path, probe_task, fit):
+    task = probe_task(global_pool="avg")
     record = RecordEncoderMode()
-    fit(task, tmp_path, [record])
+    fit(task, [record])
     loaded = torch.load(tmp_path / "mae.pth", weights_only=True)["model"]
     after = task.model.state_dict()
     for name, tensor in loaded.items():
@@ -69,12 +78,12 @@ def test_only_the_head_trains_and_the_encoder_stays_in_eval_mode(tmp_path: Path)
     assert task.model.head[0].num_batches_tracked > 0  # the probe's BatchNorm did learn
 
 
-def test_head_is_batchnorm_without_affine_then_linear_and_alone_in_the_optimizer(tmp_path: Path):
-    task = probe_task(tmp_path)
+def test_head_is_batchnorm_without_affine_then_linear_and_alone_in_the_optimizer(probe_task, fit):
+    task = probe_task()
     norm, linear = task.model.head
     assert isinstance(norm, nn.BatchNorm1d) and not norm.affine
     assert isinstance(linear, nn.Linear) and linear.out_features == 10
-    trainer = fit(task, tmp_path, [])
+    trainer = fit(task, [])
     optimized = {p for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert optimized == {linear.weight, linear.bias}
     assert not any(
@@ -82,9 +91,9 @@ def test_head_is_batchnorm_without_affine_then_linear_and_alone_in_the_optimizer
     )
 
 
-def test_probe_reports_classification_metrics(tmp_path: Path):
-    task = probe_task(tmp_path)
-    trainer = fit(task, tmp_path, [])
+def test_probe_reports_classification_metrics(probe_task, fit):
+    task = probe_task()
+    trainer = fit(task, [])
     assert {"train/loss", "train/acc1", "val/acc1", "val/loss"} <= trainer.callback_metrics.keys()
     trainer.test(task, datamodule=DigitsDataModule(batch_size=32))
     assert {"test/acc1", "test/acc5", "test/loss"} <= trainer.callback_metrics.keys()

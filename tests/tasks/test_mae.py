@@ -1,39 +1,49 @@
-"""MAE pretraining task: recipe, online probe isolation and the reconstruction callback."""
+"""MAE pretraining task: recipe, online probe isolation, seeded evaluation masks, the encoder
+the model group describes, and the reconstruction callback."""
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
-from quiet_trainer import quiet_trainer
-from tiny_models import tiny_mae
 
 from vitlab.callbacks.reconstruction import ReconstructionGrid, reconstruction_panels
 from vitlab.data.digits import DigitsDataModule
 from vitlab.tasks.mae import MAEPretrainTask
 
 
-def mae_task(probe_num_classes: int | None = 10, lr: float = 1e-3) -> MAEPretrainTask:
-    model = tiny_mae(mask_ratio=0.5)
-    optimizer = functools.partial(torch.optim.AdamW, lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
-    return MAEPretrainTask(model, optimizer, warmup_epochs=0, probe_num_classes=probe_num_classes)
+@pytest.fixture
+def mae_task(mae_config, optimizer_config) -> Callable[..., MAEPretrainTask]:
+    """``mae_task(probe_num_classes=10, lr=1e-3, encoder=None)``: a tiny MAE task, half masked,
+    with the MAE recipe's AdamW."""
+
+    def build(
+        probe_num_classes: int | None = 10, lr: float = 1e-3, encoder: dict | None = None
+    ) -> MAEPretrainTask:
+        optimizer = optimizer_config(lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
+        return MAEPretrainTask(
+            mae_config(encoder, mask_ratio=0.5),
+            optimizer,
+            warmup_epochs=0,
+            probe_num_classes=probe_num_classes,
+        )
+
+    return build
 
 
-def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    return quiet_trainer(
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
+@pytest.fixture
+def trainer(tmp_path: Path, quiet_trainer) -> Callable[..., L.Trainer]:
+    """``trainer(**kwargs)``: a quiet Trainer whose files go to tmp_path."""
+    return lambda **kwargs: quiet_trainer(default_root_dir=tmp_path, **kwargs)
 
 
-def test_pretraining_logs_losses_and_probe_accuracy_and_lowers_the_loss(tmp_path: Path):
+def test_pretraining_logs_losses_and_probe_accuracy_and_lowers_the_loss(mae_task, trainer):
     torch.manual_seed(0)
     task = mae_task(lr=1e-2)
-    run = trainer(
-        tmp_path, max_epochs=3, limit_train_batches=10, limit_val_batches=2, log_every_n_steps=10
-    )
+    run = trainer(max_epochs=3, limit_train_batches=10, limit_val_batches=2, log_every_n_steps=10)
     run.validate(task, datamodule=DigitsDataModule(batch_size=32))
     initial = run.callback_metrics["val/loss"].item()
     run.fit(task, datamodule=DigitsDataModule(batch_size=32))
@@ -42,9 +52,9 @@ def test_pretraining_logs_losses_and_probe_accuracy_and_lowers_the_loss(tmp_path
     assert metrics["val/loss"] < initial
 
 
-def test_optimizer_holds_encoder_decoder_and_probe_with_mae_betas(tmp_path: Path):
+def test_optimizer_holds_encoder_decoder_and_probe_with_mae_betas(mae_task, trainer):
     task = mae_task()
-    run = trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    run = trainer(max_steps=1, limit_val_batches=0)
     run.fit(task, datamodule=DigitsDataModule(batch_size=16))
     optimizer = run.optimizers[0]
     names = {name for group in optimizer.param_groups for name in group["names"]}
@@ -57,7 +67,7 @@ def test_optimizer_holds_encoder_decoder_and_probe_with_mae_betas(tmp_path: Path
     assert optimizer.defaults["betas"] == (0.9, 0.95)
 
 
-def test_probe_loss_never_reaches_the_encoder():
+def test_probe_loss_never_reaches_the_encoder(mae_task):
     task = mae_task()
     task.log = lambda *args, **kwargs: None
     images, labels = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
@@ -74,13 +84,13 @@ def test_probe_loss_never_reaches_the_encoder():
             torch.testing.assert_close(param.grad, with_probe[name], msg=name)
 
 
-def test_without_labels_no_probe_is_built():
+def test_without_labels_no_probe_is_built(mae_task):
     task = mae_task(probe_num_classes=None)
     assert task.probe is None
     assert not any(name.startswith("probe") for name, _ in task.named_parameters())
 
 
-def test_reconstruction_panels_paste_predictions_only_into_masked_patches():
+def test_reconstruction_panels_paste_predictions_only_into_masked_patches(mae_task):
     task = mae_task()
     images = torch.randn(3, 1, 8, 8)
     torch.manual_seed(0)
@@ -96,9 +106,8 @@ def test_reconstruction_panels_paste_predictions_only_into_masked_patches():
     assert not torch.equal(pasted[~visible], images[~visible])
 
 
-def test_reconstruction_grid_is_saved_as_png_without_wandb(tmp_path: Path):
+def test_reconstruction_grid_is_saved_as_png_without_wandb(tmp_path: Path, mae_task, trainer):
     run = trainer(
-        tmp_path,
         max_epochs=2,
         limit_train_batches=1,
         limit_val_batches=1,
@@ -107,3 +116,46 @@ def test_reconstruction_grid_is_saved_as_png_without_wandb(tmp_path: Path):
     run.fit(mae_task(), datamodule=DigitsDataModule(batch_size=8))
     pngs = sorted(p.name for p in (tmp_path / "reconstructions").iterdir())
     assert pngs == ["epoch_000.png", "epoch_001.png"]
+
+
+def test_validation_and_test_losses_repeat_whatever_the_global_rng(mae_task, trainer):
+    task, data = mae_task(), DigitsDataModule(batch_size=32)
+    run = trainer(limit_val_batches=3, limit_test_batches=3)
+    losses = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)  # the global RNG differs: the masks must not
+        (validated,) = run.validate(task, datamodule=data, verbose=False)
+        (tested,) = run.test(task, datamodule=data, verbose=False)
+        losses.append((validated["val/loss"], tested["test/loss"]))
+    assert losses[0] == losses[1]
+
+
+def test_evaluation_masks_are_seeded_by_the_batch_index(mae_task):
+    task = mae_task()
+    images = torch.randn(4, 1, 8, 8)
+
+    def mask(batch_idx: int) -> torch.Tensor:
+        return task.model.forward_encoder(images, 0.5, task.eval_masks(images, batch_idx))[1]
+
+    assert torch.equal(mask(0), mask(0))
+    assert not torch.equal(mask(0), mask(1))
+
+
+def test_training_masks_differ_from_step_to_step(mae_task):
+    task = mae_task(probe_num_classes=None)
+    task.log = lambda *args, **kwargs: None
+    batch = (torch.randn(8, 1, 8, 8), torch.zeros(8, dtype=torch.long))
+    torch.manual_seed(0)
+    # the same batch, index and weights: only the masks can make the losses differ
+    losses = [task.training_step(batch, 0).item() for _ in range(3)]
+    assert len(set(losses)) == 3
+
+
+def test_the_encoder_keeps_the_model_groups_position_embeddings_and_drop_path(mae_task, vit_config):
+    task = mae_task(encoder=vit_config(pos_embed="learned", drop_path_rate=0.3))
+    trainable = {name for name, p in task.named_parameters() if p.requires_grad}
+    assert "model.pos_embed" in trainable
+    assert task.model.blocks[-1].drop_path.p == pytest.approx(0.3)
+    fixed = mae_task(encoder=vit_config(pos_embed="sincos"))
+    assert not fixed.model.pos_embed.requires_grad
+    assert all(block.drop_path.p == 0 for block in fixed.model.blocks)

@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from quiet_trainer import quiet_trainer
 from torch.utils.data import DataLoader
 
-from vitlab.data.segmentation import SegmentationDataModule, write_digit_canvas
-from vitlab.models.segmenter import ViTSegmenter
-from vitlab.models.vit import VisionTransformer
+from vitlab.data.digit_canvas import write_digit_canvas
+from vitlab.data.segmentation import SegmentationDataModule
 from vitlab.tasks.segmentation import SegmentationTask, segmentation_metrics
 
 
-def canvas_task(lr: float = 6e-2) -> SegmentationTask:
-    backbone = VisionTransformer(
-        img_size=32, patch_size=4, in_chans=1, num_classes=11, embed_dim=64, depth=2, num_heads=4
-    )
-    optimizer = functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.05)
-    return SegmentationTask(ViTSegmenter(backbone, 11), optimizer, warmup_epochs=1)
+@pytest.fixture
+def canvas_task(vit_config, optimizer_config) -> Callable[..., SegmentationTask]:
+    """``canvas_task(lr=6e-2)``: a ViTSegmenter of 32x32 canvases, 11 mask classes."""
+
+    def build(lr: float = 6e-2) -> SegmentationTask:
+        backbone = vit_config(img_size=32, patch_size=4, num_classes=11, embed_dim=64)
+        model = {
+            "_target_": "vitlab.models.segmenter.ViTSegmenter",
+            "backbone": backbone,
+            "num_classes": 11,
+        }
+        optimizer = optimizer_config(lr=lr, weight_decay=0.05)
+        return SegmentationTask(model, optimizer, warmup_epochs=1)
+
+    return build
 
 
 def background_miou(masks: torch.Tensor) -> float:
@@ -32,7 +39,9 @@ def background_miou(masks: torch.Tensor) -> float:
 
 
 @pytest.mark.slow
-def test_fitting_a_few_canvases_segments_them_well_above_all_background(tmp_path: Path):
+def test_fitting_a_few_canvases_segments_them_well_above_all_background(
+    tmp_path: Path, canvas_task, quiet_trainer
+):
     root = write_digit_canvas(tmp_path / "canvas", {"train": 64, "val": 16, "test": 16}, seed=0)
     datamodule = SegmentationDataModule(root, img_size=32, num_classes=11, batch_size=16)
     L.seed_everything(0)
@@ -54,7 +63,7 @@ def test_fitting_a_few_canvases_segments_them_well_above_all_background(tmp_path
     assert scores["test/pixel_acc"] > 0.95
 
 
-def test_a_nonfinite_loss_stops_with_the_step_named():
+def test_a_nonfinite_loss_stops_with_the_step_named(canvas_task):
     task = canvas_task()
     images, masks = torch.full((2, 1, 32, 32), float("nan")), torch.zeros(2, 32, 32).long()
     with pytest.raises(FloatingPointError, match="global step 0"):

@@ -99,11 +99,14 @@ class RecipeTask(L.LightningModule):
 
     def training_flops(self, images_shape: tuple[int, ...]) -> int:
         """FLOPs of one training step's forward and backward on a batch of ``images_shape``,
-        counted on a copy of the model on the meta device: no weights, nothing computed."""
+        counted on a copy of this task on the meta device (frozen parts frozen as here): no
+        weights, nothing computed."""
         with torch.device("meta"):
-            model = instantiate(self.hparams.model)
+            model = type(self)(**self.hparams).model
             images = torch.empty(images_shape)
-            return measure_flops(model, lambda: self.flops_forward(model, images))
+            return measure_flops(
+                model, lambda: self.flops_forward(model, images), loss_fn=lambda loss: loss
+            )
 
     def set_input_shape(self, batch_shape: tuple[int, ...]) -> None:
         """The shape of the batches it will train on: a one-image example for the model summary,
