@@ -11,10 +11,6 @@ from PIL import Image
 
 from vitlab.data.digits import DigitsDataModule
 
-# until DigitsDataModule.predict_transform area-averages images to the native 8x8 grid
-DIGITS_AT_ANY_SIZE = pytest.mark.xfail(
-    strict=True, reason="needs the box resampling of DigitsDataModule.predict_transform"
-)
 TRAIN_ARGS = (
     "train.py",
     "trainer.max_epochs=1",

@@ -25,30 +25,14 @@ GROUPS = [
     "experiment",
     "hparams_search",
 ]
-# conf/experiment/digits_{linear_probe,mae_finetune,mae_pretrain,segmentation}.yaml list their
-# overrides before the recipe they include: Hydra refuses them ("Overrides must be at the end of
-# the defaults list")
-BROKEN = {
-    ("experiment", f"digits_{name}")
-    for name in ("linear_probe", "mae_finetune", "mae_pretrain", "segmentation")
-}
-UNCOMPOSABLE = pytest.mark.xfail(
-    strict=True, reason="conf: the experiment's overrides precede the recipe it includes"
-)
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
-def group_options() -> list:
-    return [
-        pytest.param(group, option, marks=UNCOMPOSABLE)
-        if (group, option) in BROKEN
-        else (group, option)
-        for group in GROUPS
-        for option in options(group)
-    ]
+def group_options() -> list[tuple[str, str]]:
+    return [(group, option) for group in GROUPS for option in options(group)]
 
 
 def test_default_config_is_the_digits_run(compose_config):

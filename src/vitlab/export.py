@@ -51,7 +51,6 @@ img_size / eval_crop_pct (bicubic), center-crop img_size, scale and normalize.
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import json
 import sys
@@ -63,22 +62,17 @@ import torch
 from hydra.utils import get_class, instantiate
 from safetensors.torch import save_file
 
-from vitlab.checkpoint_file import read_checkpoint, stored_class_names, stored_config
+from vitlab.checkpoint_file import load_task, read_checkpoint, stored_class_names, stored_config
 from vitlab.data.base import SplitsDataModule
-from vitlab.data.digits import NATIVE_SIZE, DigitsDataModule
-from vitlab.data.rgb import ImageDataModule
-from vitlab.data.transforms import eval_resize_size
 from vitlab.errors import UserError, existing_file, exit_on_user_error
 from vitlab.models.vit import VisionTransformer
 from vitlab.tasks.classification import ClassificationTask
-from vitlab.tasks.linear_probe import LinearProbeTask
 
 WEIGHTS_FILE, CONFIG_FILE, ONNX_FILE = "model.safetensors", "config.json", "model.onnx"
 # fp32 kernels of ONNX Runtime and PyTorch agree far closer than this on a ViT's logits
 ONNX_TOLERANCE = 1e-4
 # protobuf caps an ONNX file at 2 GiB: weights under 2 GB leave the graph room beside them
 ONNX_INLINE_BYTES = 2 * 10**9
-Step = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -102,9 +96,13 @@ def trained_classifier(ckpt_path: Path) -> TrainedClassifier:
     config, is rebuilt by Lightning (``load_from_checkpoint``) and asked for its classifier."""
     checkpoint = read_checkpoint(ckpt_path)
     run_cfg = stored_config(checkpoint, ckpt_path)
-    task_class = classifier_task_class(run_cfg.task._target_, ckpt_path)
-    task = task_class.load_from_checkpoint(ckpt_path, map_location="cpu")
-    model = classifier(task)
+    if not issubclass(get_class(run_cfg.task._target_), ClassificationTask):
+        raise UserError(
+            f"ckpt_path: {ckpt_path} is a checkpoint of {run_cfg.task._target_}, which has no "
+            "classifier; give one of a classification, fine-tuning or linear-probe run"
+        )
+    task = load_task(ckpt_path, run_cfg)
+    model = task.classifier()
     names = stored_class_names(checkpoint, run_cfg.data._target_)
     model_config = {k: v for k, v in task.hparams["model"].items() if k != "_target_"}
     return TrainedClassifier(
@@ -115,68 +113,11 @@ def trained_classifier(ckpt_path: Path) -> TrainedClassifier:
     )
 
 
-def classifier_task_class(target: str, ckpt_path: Path) -> type[ClassificationTask]:
-    """The task class ``target`` names, when its checkpoints hold a classifier."""
-    task_class = get_class(target)
-    if not issubclass(task_class, ClassificationTask):
-        raise UserError(
-            f"ckpt_path: {ckpt_path} is a checkpoint of {target}, which has no classifier; "
-            "give one of a classification, fine-tuning or linear-probe run"
-        )
-    return task_class
-
-
-def classifier(task: ClassificationTask) -> VisionTransformer:
-    """A copy of the task's ViT as a plain classifier in eval mode: a linear probe's
-    ``ProbeHead`` (BatchNorm + Linear) becomes the one ``nn.Linear`` it computes in eval mode."""
-    model = copy.deepcopy(task.model)
-    if isinstance(task, LinearProbeTask):
-        model.head = task.model.head.folded()
-    return model.eval()
-
-
-def preprocessing(data: SplitsDataModule) -> list[Step]:
-    """The ``predict_transform`` of ``data`` as the steps config.json documents."""
-    if isinstance(data, DigitsDataModule):
-        return digits_preprocessing(data)
-    if isinstance(data, ImageDataModule):
-        return rgb_preprocessing(data)
-    raise UserError(f"data: no preprocessing description for {type(data).__name__}")
-
-
-def digits_preprocessing(data: DigitsDataModule) -> list[Step]:
-    native = [NATIVE_SIZE, NATIVE_SIZE]
-    return [
-        {"op": "convert", "mode": "L"},
-        {"op": "resize", "size": native, "interpolation": "box"},
-        {"op": "to_tensor"},
-        {"op": "scale"},
-        {"op": "resize", "size": [data.img_size, data.img_size], "interpolation": "bilinear"},
-        normalize_step(data),
-    ]
-
-
-def rgb_preprocessing(data: ImageDataModule) -> list[Step]:
-    """``build_eval_transform``: PIL or tensor geometry, as ``fast_path`` chooses."""
-    size = eval_resize_size(data.img_size, data.eval_crop_pct)
-    geometry = [
-        {"op": "resize", "size": size, "interpolation": "bicubic"},
-        {"op": "center_crop", "size": [data.img_size, data.img_size]},
-    ]
-    to_tensor = [{"op": "to_tensor"}]
-    steps = to_tensor + geometry if data.fast_path else geometry + to_tensor
-    return [{"op": "convert", "mode": "RGB"}, *steps, {"op": "scale"}, normalize_step(data)]
-
-
-def normalize_step(data: SplitsDataModule) -> Step:
-    return {"op": "normalize", "mean": list(data.mean), "std": list(data.std)}
-
-
 def export_config(trained: TrainedClassifier) -> dict[str, Any]:
     return {
         "model": trained.model_config,
         "class_names": trained.class_names,
-        "preprocessing": preprocessing(trained.data),
+        "preprocessing": trained.data.preprocessing(),
     }
 
 

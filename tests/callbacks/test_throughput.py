@@ -16,18 +16,6 @@ from vitlab.callbacks.throughput import images_in
 from vitlab.tasks.base import RecipeTask, build_task
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-# conf/experiment/digits_{linear_probe,mae_finetune,mae_pretrain,segmentation}.yaml list their
-# overrides before the recipe they include: Hydra refuses them ("Overrides must be at the end of
-# the defaults list")
-UNCOMPOSABLE = pytest.mark.xfail(
-    strict=True, reason="conf: the experiment's overrides precede the recipe it includes"
-)
-BROKEN = {
-    "digits_linear_probe",
-    "digits_mae_finetune",
-    "digits_mae_pretrain",
-    "digits_segmentation",
-}
 
 
 def options(group: str) -> list[str]:
@@ -43,10 +31,7 @@ def selected_as(experiment: str) -> list[str]:
     return [f"experiment={experiment}"]
 
 
-EXPERIMENTS = [
-    pytest.param(name, marks=UNCOMPOSABLE) if name in BROKEN else name
-    for name in options("experiment")
-]
+EXPERIMENTS = options("experiment")
 
 
 def with_pretrained(cfg: DictConfig) -> DictConfig:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from digits_run import DIGITS_AT_ANY_SIZE, held_out_digits, write_digit
+from digits_run import held_out_digits, write_digit
 from export_consumer import probabilities
 from predictions import read_predictions
 
@@ -52,7 +52,6 @@ def test_export_writes_one_onnx_file_and_a_config_that_reproduces_predict_py(
     consumer_matches_predict_py(cli, digits_checkpoint, tmp_path / "export", paths)
 
 
-@DIGITS_AT_ANY_SIZE
 @pytest.mark.slow
 def test_a_consumer_reproduces_predict_py_on_digits_of_other_sizes_and_modes(
     cli, digits_checkpoint: Path, tmp_path: Path

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from digits_run import DIGITS_AT_ANY_SIZE, held_out_digits, write_digit
+from digits_run import held_out_digits, write_digit
 from predictions import read_predictions
 
 from vitlab.data.digits import DigitsDataModule
@@ -79,7 +79,6 @@ def test_predictions_match_the_model_applied_to_the_preprocessed_images(
     assert all(row["name_1"] == DigitsDataModule.class_names[int(row["class_1"])] for row in rows)
 
 
-@DIGITS_AT_ANY_SIZE
 @pytest.mark.slow
 def test_a_digit_at_any_size_and_mode_gets_the_same_prediction(
     cli, digits_checkpoint: Path, tmp_path: Path

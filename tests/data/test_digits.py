@@ -44,8 +44,9 @@ def test_training_batches_are_augmented_and_full(digits):
     loader = digits.train_dataloader()
     assert loader.drop_last
     image = digits.splits["train"].images[0]
-    first, second = digits.splits["train"].transform(image), digits.splits["train"].transform(image)
-    assert not torch.equal(first, second)
+    # a small affine of an 8x8 image (nearest neighbours) can leave it as it was: draw a few
+    first, *others = (digits.splits["train"].transform(image) for _ in range(8))
+    assert any(not torch.equal(first, other) for other in others)
 
 
 def test_upsampling_for_larger_models():

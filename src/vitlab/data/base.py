@@ -103,6 +103,14 @@ class SplitsDataModule(NamedClasses, L.LightningDataModule):
         ``on_after_batch_transfer`` does to an evaluation batch."""
         raise NotImplementedError
 
+    def preprocessing(self) -> list[dict[str, Any]]:
+        """``predict_transform`` as the documented steps of an export's ``config.json`` (see
+        ``vitlab.export``), for consumers without vitlab's code."""
+        raise NotImplementedError
+
+    def normalize_step(self) -> dict[str, Any]:
+        return {"op": "normalize", "mean": list(self.mean), "std": list(self.std)}
+
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             self.splits = self.build_splits()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -94,13 +95,27 @@ class DigitsDataModule(SplitsDataModule):
         return v2.Compose([augment, self.eval_transform()])
 
     def predict_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        """Grayscale, box-averaged (area) to the digits' native 8x8 grid, which is how the digits
+        were made (block averages of 32x32 bitmaps), so that a digit upscaled by a whole factor
+        comes back exactly; then ``eval_transform``."""
         transform = self.eval_transform()
 
         def prepare(image: Image.Image) -> torch.Tensor:
-            gray = v2.functional.pil_to_tensor(image.convert("L"))
+            native = image.convert("L").resize((NATIVE_SIZE, NATIVE_SIZE), Image.Resampling.BOX)
+            gray = v2.functional.pil_to_tensor(native)
             return transform(v2.functional.to_dtype(gray, torch.float32, scale=True))
 
         return prepare
+
+    def preprocessing(self) -> list[dict[str, Any]]:
+        return [
+            {"op": "convert", "mode": "L"},
+            {"op": "resize", "size": [NATIVE_SIZE, NATIVE_SIZE], "interpolation": "box"},
+            {"op": "to_tensor"},
+            {"op": "scale"},
+            {"op": "resize", "size": [self.img_size, self.img_size], "interpolation": "bilinear"},
+            self.normalize_step(),
+        ]
 
     def build_splits(self) -> dict[str, Dataset]:
         pixels, labels = load_digits(return_X_y=True)

@@ -24,6 +24,7 @@ from vitlab.data.transforms import (
     build_eval_transform,
     build_train_transform,
     collate_present,
+    eval_resize_size,
 )
 
 
@@ -110,6 +111,17 @@ class ImageDataModule(SplitsDataModule):
         step = BatchStep(self.mean, self.std, num_classes=0)
         transform = self.eval_transform()
         return lambda image: step.normalize(transform(image.convert("RGB")))
+
+    def preprocessing(self) -> list[dict[str, Any]]:
+        """``build_eval_transform``: PIL or tensor geometry, as ``fast_path`` chooses."""
+        size = eval_resize_size(self.img_size, self.eval_crop_pct)
+        geometry = [
+            {"op": "resize", "size": size, "interpolation": "bicubic"},
+            {"op": "center_crop", "size": [self.img_size, self.img_size]},
+        ]
+        to_tensor = [{"op": "to_tensor"}]
+        steps = to_tensor + geometry if self.fast_path else geometry + to_tensor
+        return [{"op": "convert", "mode": "RGB"}, *steps, {"op": "scale"}, self.normalize_step()]
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
         training = self.trainer is not None and self.trainer.training

@@ -73,7 +73,7 @@ class RecipeTask(L.LightningModule):
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.save_hyperparameters(logger=False)
-        self.optimizer_factory: Callable[..., Optimizer] = instantiate(optimizer)
+        self.optimizer_factory: Callable[..., Optimizer] = instantiate(optimizer, _convert_="all")
         self.warmup_epochs = warmup_epochs
         self.min_lr = min_lr
         self.layer_decay = layer_decay
@@ -195,7 +195,8 @@ class RecipeTask(L.LightningModule):
             f"{trainer.accumulate_grad_batches} accumulation; lr {lr:.3g} = base {base_lr:.3g} "
             f"x {batch}/256; {total_steps} steps, {warmup_steps} warmup"
         )
-        schedule = WarmupCosine(warmup_steps, total_steps, min_ratio=min(1.0, self.min_lr / lr))
+        min_ratio = min(1.0, self.min_lr / lr) if lr > 0 else 0.0
+        schedule = WarmupCosine(warmup_steps, total_steps, min_ratio=min_ratio)
         scheduler = LambdaLR(optimizer, schedule)
         return {
             "optimizer": optimizer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -48,7 +49,7 @@ class ClassificationTask(RecipeTask):
         super().__init__(
             optimizer, warmup_epochs, min_lr, layer_decay, compile, skip_nonfinite, monitor, mode
         )
-        self.model: nn.Module = instantiate(model)
+        self.model: nn.Module = instantiate(model, _convert_="all")
         self.pretrained = pretrained
         self.label_smoothing = label_smoothing
         num_classes = self.model.num_classes
@@ -68,6 +69,11 @@ class ClassificationTask(RecipeTask):
 
     def val_metric_names(self) -> list[str]:
         return ["val/loss", *self.val_metrics.keys()]
+
+    def classifier(self) -> nn.Module:
+        """A copy of the trained classifier as a plain model in eval mode: what export and
+        predict.py deploy."""
+        return copy.deepcopy(self.model).eval()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)

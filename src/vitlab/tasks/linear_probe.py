@@ -55,6 +55,13 @@ class LinearProbeTask(ClassificationTask):
     def trained_module(self) -> nn.Module:
         return self.model.head
 
+    def classifier(self) -> nn.Module:
+        """A plain ViT: the ``ProbeHead`` (BatchNorm + Linear) folded into the one Linear it
+        computes in eval mode."""
+        model = super().classifier()
+        model.head = self.model.head.folded()
+        return model
+
     def train(self, mode: bool = True) -> LinearProbeTask:
         super().train(mode)
         self.model.eval()
@@ -62,6 +69,9 @@ class LinearProbeTask(ClassificationTask):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # token pooling reads the class token only: the last block updates that token alone
+        cls_only = self.model.global_pool == "token"
         with torch.no_grad():
-            features = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+            tokens = self.model.forward_features(images, cls_only=cls_only)
+            features = self.model.forward_head(tokens, pre_logits=True)
         return self.model.head(features)

@@ -45,7 +45,7 @@ class MAEPretrainTask(RecipeTask):
         super().__init__(
             optimizer, warmup_epochs, min_lr, layer_decay, compile, skip_nonfinite, monitor, mode
         )
-        self.model: MaskedAutoencoderViT = instantiate(model)
+        self.model: MaskedAutoencoderViT = instantiate(model, _convert_="all")
         self.probe = (
             ProbeHead(self.model.embed_dim, probe_num_classes) if probe_num_classes else None
         )

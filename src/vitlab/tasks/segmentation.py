@@ -53,7 +53,7 @@ class SegmentationTask(RecipeTask):
         super().__init__(
             optimizer, warmup_epochs, min_lr, layer_decay, compile, skip_nonfinite, monitor, mode
         )
-        self.model: ViTSegmenter = instantiate(model)
+        self.model: ViTSegmenter = instantiate(model, _convert_="all")
         self.pretrained = pretrained
         self.val_metrics = segmentation_metrics(self.model.num_classes, "val/")
         self.test_metrics = segmentation_metrics(self.model.num_classes, "test/")
