@@ -50,10 +50,13 @@ def test_interrupted_run_resumes_to_the_same_weights(cli, tmp_path, sig, workers
     uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
     cli("train.py", f"hydra.run.dir={uninterrupted}", *run)
     start_and_interrupt(cli, interrupted, sig, *run)
-    assert (
-        last_checkpoint(interrupted)["global_step"] < last_checkpoint(uninterrupted)["global_step"]
-    )
+    resumed_from = last_checkpoint(interrupted)["global_step"]
+    assert resumed_from < last_checkpoint(uninterrupted)["global_step"]
     cli("train.py", f"hydra.run.dir={interrupted}", "ckpt_path=auto", *run)
+    # the resumed process trained only the steps after its checkpoint (its own CSV segment)
+    with (interrupted / "csv" / "metrics.csv").open() as file:
+        steps = [int(row["step"]) for row in csv.DictReader(file) if row["train/loss"]]
+    assert steps and min(steps) >= resumed_from
 
     expected, resumed = last_checkpoint(uninterrupted), last_checkpoint(interrupted)
     assert resumed["global_step"] == expected["global_step"] == 5 * 6
