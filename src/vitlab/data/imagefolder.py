@@ -174,7 +174,9 @@ class ImageFolderDataModule(ImageDataModule):
             kept, held_out = carve_split(len(train), self.val_fraction, self.seed)
             train, val = [train[i] for i in kept], [train[i] for i in held_out]
         test = self.scan("test") if has_test else val
-        log.info("%s: %d train, %d val, %d test images", self.name, len(train), len(val), len(test))
+        log.debug(
+            "%s: %d train, %d val, %d test images", self.name, len(train), len(val), len(test)
+        )
 
         def files(samples: list[Sample], transform: Callable) -> ImageFiles:
             decode = load_image

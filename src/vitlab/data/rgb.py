@@ -123,7 +123,12 @@ class ImageDataModule(SplitsDataModule):
         steps = to_tensor + geometry if self.fast_path else geometry + to_tensor
         return [{"op": "convert", "mode": "RGB"}, *steps, {"op": "scale"}, self.normalize_step()]
 
-    def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
+    def on_after_batch_transfer(
+        self, batch: Batch | torch.Tensor, dataloader_idx: int
+    ) -> Batch | torch.Tensor:
+        if isinstance(batch, torch.Tensor):
+            # the model summary's example input: images as the model takes them already
+            return batch
         training = self.trainer is not None and self.trainer.training
         return self.batch_step(batch, train=training)
 

@@ -69,7 +69,7 @@ def load_pretrained(model: VisionTransformer, path: str | os.PathLike) -> None:
             f"{path} does not fit the model: missing {preview(missing)}, "
             f"unexpected {preview(unexpected)}"
         )
-    log.info("loaded %d tensors from %s; classifier left at its initialisation", len(state), path)
+    log.debug("loaded %d tensors from %s; classifier left at its initialisation", len(state), path)
 
 
 def preview(names: list[str], shown: int = 5) -> str:
