@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 from vitlab.data.imagefolder import ImageFolderDataModule
 from vitlab.data.pack import pack
 from vitlab.data.synthetic import write_image_tree
-from vitlab.data.transforms import BICUBIC, BILINEAR, IMAGENET_MEAN, IMAGENET_STD, BatchMix
+from vitlab.data.transforms import BICUBIC, IMAGENET_MEAN, IMAGENET_STD, BatchMix
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Pipeline = tuple[Dataset, Callable[[list], Batch], Callable[[Batch], Batch]]
@@ -51,7 +51,7 @@ def torchvision_pipeline(train_dir: Path, img_size: int, mix: BatchMix) -> Pipel
         [
             v2.RandomResizedCrop(img_size, interpolation=BICUBIC),
             v2.RandomHorizontalFlip(),
-            v2.RandAugment(num_ops=2, magnitude=9, interpolation=BILINEAR),
+            v2.RandAugment(num_ops=2, magnitude=9, interpolation=v2.InterpolationMode.BILINEAR),
             v2.ToImage(),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),

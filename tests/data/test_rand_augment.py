@@ -26,6 +26,7 @@ from vitlab.data.rand_augment import (
     to_pil,
 )
 from vitlab.data.synthetic import synthetic_image
+from vitlab.data.transforms import DEIT_AUTO_AUGMENT, build_train_transform
 
 FILL = (124, 116, 104)  # timm's img_mean for ImageNet's mean
 TIMM_HPARAMS = {"img_mean": FILL, "interpolation": BICUBIC, "translate_const": 100}
@@ -157,3 +158,29 @@ def test_pil_round_trip_keeps_the_pixels():
     image = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8)
     assert np.array_equal(np.asarray(to_pil(image)), image.permute(1, 2, 0).numpy())
     assert torch.equal(from_pil(to_pil(image)), image)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_train_transform_runs_timms_policy_with_the_dataset_means_fill(fast: bool):
+    # an identity crop (the whole square image at its own size) leaves only the policy, which
+    # must be the one timm's create_transform builds for this mean (CIFAR-10's)
+    mean = (0.4914, 0.4822, 0.4465)
+    image = synthetic_image((40, 40), 1, np.random.default_rng(1))
+    transform = build_train_transform(
+        40, mean, scale=(1, 1), ratio=(1, 1), hflip=0.0, erase_prob=0.0, fast=fast
+    )
+    _, reference, _ = create_transform(
+        40,
+        is_training=True,
+        auto_augment=DEIT_AUTO_AUGMENT,
+        interpolation="bicubic",
+        mean=mean,
+        separate=True,
+    )
+    for seed in range(40):
+        random.seed(seed)
+        np.random.seed(seed)
+        expected = timm_result(reference, image)
+        random.seed(seed)
+        np.random.seed(seed)
+        assert same_pixels(transform(image), expected), seed

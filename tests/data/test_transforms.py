@@ -1,32 +1,34 @@
-"""Train/eval transforms (uint8 crops, crop ratio, erasing) and the batch step: normalisation
-and the MixUp/CutMix soft targets."""
+"""Train/eval transforms (uint8 crops, the policy preset, crop ratio, erasing) and the batch
+step: normalisation and the MixUp/CutMix soft targets."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
-from torchvision import tv_tensors
 
 from vitlab.data.synthetic import synthetic_image
 from vitlab.data.transforms import (
+    DEIT_AUTO_AUGMENT,
     BatchMix,
     BatchStep,
-    RandAugment,
     build_eval_transform,
     build_train_transform,
     collate_present,
     eval_resize_size,
     min_decode_side,
-    to_pil,
 )
 
 PHOTO = synthetic_image((50, 40), 0, np.random.default_rng(0))
+CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
 
 
 @pytest.mark.parametrize("fast", [True, False])
-@pytest.mark.parametrize("auto_augment", ["rand", "trivial", None])
+@pytest.mark.parametrize("auto_augment", [DEIT_AUTO_AUGMENT, "rand-m9-n4-p1.0", None])
 def test_train_transform_outputs_uint8_crops(fast: bool, auto_augment: str | None):
     transform = build_train_transform(32, auto_augment=auto_augment, color_jitter=0.4, fast=fast)
     image = transform(PHOTO)
@@ -50,42 +52,15 @@ def test_erased_boxes_normalise_to_zero():
     assert normalised[0][:, box].abs().max() < 1 / 255 / min(std)
 
 
-def test_to_pil_keeps_the_pixels():
-    image = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8)
-    assert np.array_equal(np.asarray(to_pil(image)), image.permute(1, 2, 0).numpy())
-
-
-@pytest.mark.parametrize("op", sorted(RandAugment.PIL_OPS))
-def test_policy_ops_routed_through_pil_match_pil_and_stay_tensors(op: str):
-    policy = RandAugment(num_ops=1, magnitude=9)
-    magnitude = float(policy._AUGMENTATION_SPACE[op][0](31, 32, 32)[9])
-    image = torch.from_numpy(np.array(PHOTO)).permute(2, 0, 1).contiguous()
-    args = (op, magnitude, policy.interpolation, policy._fill)
-    on_tensor = policy._apply_image_or_video_transform(image, *args)
-    on_pil = policy._apply_image_or_video_transform(to_pil(image), *args)
-    assert type(on_tensor) is torch.Tensor and on_tensor.dtype == torch.uint8
-    assert not torch.equal(on_tensor, image)
-    assert np.array_equal(on_tensor.permute(1, 2, 0).numpy(), np.asarray(on_pil))
-
-
-def test_policies_route_pil_ops_of_rgb_uint8_tensors_only(monkeypatch):
-    converted = []
-    monkeypatch.setattr(
-        "vitlab.data.transforms.to_pil", lambda image: converted.append(image) or to_pil(image)
-    )
-    sharpen = RandAugment(num_ops=1, magnitude=9)
-    sharpen._AUGMENTATION_SPACE = {"Sharpness": sharpen._AUGMENTATION_SPACE["Sharpness"]}
-    rgb = torch.from_numpy(np.array(PHOTO)).permute(2, 0, 1).contiguous()
-    assert sharpen(rgb).dtype == torch.uint8 and len(converted) == 1
-    for other in (rgb[:1], rgb.float() / 255, tv_tensors.Image(rgb)):
-        out = sharpen(other)
-        assert type(out) is type(other) and out.dtype == other.dtype
-    assert len(converted) == 1
-
-
-def test_unknown_auto_augment_is_an_error():
+@pytest.mark.parametrize("auto_augment", ["trivial", "augmix-m5", "rand-m9-w0"])
+def test_other_policies_and_unknown_fields_are_errors(auto_augment: str):
     with pytest.raises(ValueError, match="auto_augment"):
-        build_train_transform(32, auto_augment="auto")
+        build_train_transform(32, auto_augment=auto_augment)
+
+
+def test_the_deit_preset_is_the_papers_policy():
+    preset = OmegaConf.load(CONF / "augment" / "deit.yaml").train_transform
+    assert preset.auto_augment == DEIT_AUTO_AUGMENT == "rand-m9-mstd0.5-inc1"
 
 
 @pytest.mark.parametrize("fast", [True, False])

@@ -7,71 +7,28 @@ conversion to float, normalisation and MixUp/CutMix (``BatchStep``).
 
 Transforms accept PIL images (decoded files, CIFAR arrays) or uint8 CHW tensors (decoded JPEGs)
 and return uint8 CHW tensors. The fast path keeps tensors from decode to batch: torchvision's
-SIMD tensor kernels crop, resize and warp faster than PIL, and the two policy ops whose tensor
-kernels are slow go through PIL for that op alone (``PILWhereFaster``).
+SIMD tensor kernels crop and resize faster than PIL. The augmentation policy is timm's
+RandAugment with timm's draws and pixels (``vitlab.data.rand_augment``): the DeiT and MAE
+fine-tuning recipes' policy.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
+
+from vitlab.data.rand_augment import RandAugment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BICUBIC = v2.InterpolationMode.BICUBIC
-# RandAugment/TrivialAugment's rotations and shears: tensor warps have no bicubic, and PIL's
-# (the slow path) costs twice its bilinear
-BILINEAR = v2.InterpolationMode.BILINEAR
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """uint8 CHW tensor to PIL image through one contiguous HWC copy (``v2.ToPILImage`` copies
-    the strided view byte by byte)."""
-    return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
-
-
-class PILWhereFaster:
-    """Mixin for torchvision's auto-augment policies: on plain uint8 RGB tensors (the fast
-    path's), runs the ops whose PIL kernels beat the tensor ones even with both conversions
-    (Sharpness, Solarize) through PIL, and every other op on the tensor, where the warps are
-    faster than PIL's (``benchmarks/data_pipeline.py`` measures the pipeline). Other inputs run
-    as in torchvision. The PIL ops round like PIL: Sharpness may differ by 1, and Solarize
-    compares with the threshold in float64, not float32."""
-
-    PIL_OPS = frozenset({"Sharpness", "Solarize"})
-
-    def _apply_image_or_video_transform(
-        self, image: Any, transform_id: str, *args: Any, **kwargs: Any
-    ) -> Any:
-        apply = super()._apply_image_or_video_transform  # type: ignore[misc]
-        if transform_id in self.PIL_OPS and is_rgb_uint8(image):
-            return v2.functional.pil_to_tensor(apply(to_pil(image), transform_id, *args, **kwargs))
-        return apply(image, transform_id, *args, **kwargs)
-
-
-def is_rgb_uint8(image: Any) -> bool:
-    """A plain (not tv_tensors) uint8 CHW tensor with 3 channels."""
-    return (
-        type(image) is torch.Tensor
-        and image.dtype == torch.uint8
-        and image.ndim == 3
-        and image.shape[0] == 3
-    )
-
-
-class RandAugment(PILWhereFaster, v2.RandAugment):
-    pass
-
-
-class TrivialAugmentWide(PILWhereFaster, v2.TrivialAugmentWide):
-    pass
+# DeiT's and MAE fine-tuning's policy (timm's config string)
+DEIT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
 
 
 def build_train_transform(
@@ -81,18 +38,18 @@ def build_train_transform(
     scale: Sequence[float] = (0.08, 1.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     hflip: float = 0.5,
-    auto_augment: str | None = "rand",
-    rand_n: int = 2,
-    rand_m: int = 9,
+    auto_augment: str | None = DEIT_AUTO_AUGMENT,
     color_jitter: float | None = None,
     erase_prob: float = 0.25,
     fast: bool = True,
 ) -> v2.Compose:
-    """RandomResizedCrop (bicubic) + flip + ``auto_augment`` ("rand": RandAugment(n, m),
-    "trivial": TrivialAugmentWide, null: none) + optional colour jitter + RandomErasing.
+    """RandomResizedCrop (bicubic) + flip + ``auto_augment`` + optional colour jitter +
+    RandomErasing.
 
-    Erased boxes are filled with the ``mean`` colour, which normalises to 0 like torchvision's
-    RandomErasing on normalised images.
+    ``auto_augment`` is a timm RandAugment config string (``rand-m9-mstd0.5-inc1``: DeiT's; see
+    ``vitlab.data.rand_augment``) or null; its warps fill with ``mean`` in 0-255 ints, as timm
+    fills them. Erased boxes are filled with the ``mean`` colour, which normalises to 0 like
+    torchvision's RandomErasing on normalised images.
     """
     crop = [
         v2.RandomResizedCrop(
@@ -100,7 +57,7 @@ def build_train_transform(
         ),
         v2.RandomHorizontalFlip(hflip),
     ]
-    policies = augment_policies(auto_augment, rand_n, rand_m, color_jitter)
+    policies = augment_policies(auto_augment, color_jitter, mean)
     # fast: plain tensors from the start (not tv_tensors.Image: v2 dispatches faster on them)
     to_tensor = [v2.PILToTensor()]
     steps = to_tensor + crop + policies if fast else crop + policies + to_tensor
@@ -110,17 +67,13 @@ def build_train_transform(
 
 
 def augment_policies(
-    auto_augment: str | None, rand_n: int, rand_m: int, color_jitter: float | None
-) -> list[v2.Transform]:
-    policies: dict[str | None, list[v2.Transform]] = {
-        "rand": [RandAugment(num_ops=rand_n, magnitude=rand_m, interpolation=BILINEAR)],
-        "trivial": [TrivialAugmentWide(interpolation=BILINEAR)],
-        None: [],
-    }
-    if auto_augment not in policies:
-        raise ValueError(f"auto_augment must be 'rand', 'trivial' or null, got {auto_augment!r}")
+    auto_augment: str | None, color_jitter: float | None, mean: Sequence[float]
+) -> list[Callable]:
+    # timm's img_mean: the fill of the policy's rotations, shears and translations
+    fill = tuple(min(255, round(255 * channel)) for channel in mean)
+    policy = [RandAugment(auto_augment, fill)] if auto_augment is not None else []
     jitter = [v2.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter else []
-    return policies[auto_augment] + jitter
+    return policy + jitter
 
 
 def build_eval_transform(img_size: int, crop_pct: float = 0.875, fast: bool = True) -> v2.Compose:
