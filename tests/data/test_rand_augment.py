@@ -166,9 +166,7 @@ def test_train_transform_runs_timms_policy_with_the_dataset_means_fill(fast: boo
     # must be the one timm's create_transform builds for this mean (CIFAR-10's)
     mean = (0.4914, 0.4822, 0.4465)
     image = synthetic_image((40, 40), 1, np.random.default_rng(1))
-    transform = build_train_transform(
-        40, mean, scale=(1, 1), ratio=(1, 1), hflip=0.0, erase_prob=0.0, fast=fast
-    )
+    transform = build_train_transform(40, mean, scale=(1, 1), ratio=(1, 1), hflip=0.0, fast=fast)
     _, reference, _ = create_transform(
         40,
         is_training=True,

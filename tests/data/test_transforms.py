@@ -1,8 +1,9 @@
-"""Train/eval transforms (uint8 crops, the policy preset, crop ratio, erasing) and the batch
-step: normalisation and the MixUp/CutMix soft targets."""
+"""Train/eval transforms (uint8 crops, the policy preset, crop ratio), timm's random erasing and
+the batch step: normalisation, erasing and the MixUp/CutMix soft targets."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,15 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
+from timm.data.random_erasing import RandomErasing as TimmRandomErasing
 
 from vitlab.data.synthetic import synthetic_image
 from vitlab.data.transforms import (
     DEIT_AUTO_AUGMENT,
     BatchMix,
     BatchStep,
+    RandomErasing,
+    build_erasing,
     build_eval_transform,
     build_train_transform,
     collate_present,
@@ -42,25 +46,57 @@ def test_fast_train_transform_takes_decoded_tensors():
     assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
 
 
-def test_erased_boxes_normalise_to_zero():
-    mean, std = (0.2, 0.5, 0.7), (0.3, 0.3, 0.3)
-    erase = build_train_transform(32, mean, auto_augment=None, erase_prob=1.0).transforms[-1]
-    erased = erase(torch.zeros(3, 32, 32, dtype=torch.uint8))
-    box = erased.bool().any(dim=0)
-    assert 0 < box.sum() < 32 * 32
-    normalised = BatchStep(mean, std, num_classes=2)((erased[None], torch.tensor([0])), False)[0]
-    assert normalised[0][:, box].abs().max() < 1 / 255 / min(std)
-
-
 @pytest.mark.parametrize("auto_augment", ["trivial", "augmix-m5", "rand-m9-w0"])
 def test_other_policies_and_unknown_fields_are_errors(auto_augment: str):
     with pytest.raises(ValueError, match="auto_augment"):
         build_train_transform(32, auto_augment=auto_augment)
 
 
-def test_the_deit_preset_is_the_papers_policy():
+def test_the_deit_preset_is_the_papers_recipe():
     preset = OmegaConf.load(CONF / "augment" / "deit.yaml").train_transform
     assert preset.auto_augment == DEIT_AUTO_AUGMENT == "rand-m9-mstd0.5-inc1"
+    assert (preset.erase_prob, preset.erase_mode) == (0.25, "pixel")
+
+
+def normalised_batch(size: int = 64) -> torch.Tensor:
+    return torch.randn(size, 3, 24, 20)
+
+
+@pytest.mark.parametrize(
+    ("prob", "mode"), [(0.25, "pixel"), (1.0, "pixel"), (0.5, "rand"), (0.5, "const")]
+)
+def test_erasing_is_timms_random_erasing(prob: float, mode: str):
+    images = normalised_batch()
+    reference = TimmRandomErasing(prob, mode=mode, max_count=1, device="cpu")
+    random.seed(0)
+    torch.manual_seed(0)
+    expected = reference(images.clone())
+    after_timm = (random.random(), torch.rand(()).item())
+    random.seed(0)
+    torch.manual_seed(0)
+    erased = RandomErasing(prob, mode)(images.clone())
+    assert torch.equal(erased, expected)
+    assert (random.random(), torch.rand(()).item()) == after_timm
+    touched = (erased != images).flatten(1).any(dim=1)
+    assert 0 < touched.sum() <= len(images) and (touched.all() or prob < 1)
+
+
+def test_erased_boxes_cover_two_percent_to_a_third_and_hold_noise():
+    random.seed(1)
+    torch.manual_seed(1)
+    images = torch.full((200, 3, 32, 32), 7.0)
+    erased = RandomErasing(1.0, "pixel")(images).ne(7.0)
+    areas = erased[:, 0].flatten(1).float().mean(dim=1)
+    assert areas.min() >= 0.02 * 0.9 and areas.max() <= 1 / 3 * 1.1
+    noise = images[erased]
+    assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1) < 0.05
+
+
+def test_build_erasing_takes_the_config_keys_and_checks_the_mode():
+    assert build_erasing(erase_prob=0.0) is None
+    assert build_erasing().prob == 0.25 and build_erasing().mode == "pixel"
+    with pytest.raises(ValueError, match="erase_mode"):
+        build_erasing(erase_mode="noise")
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -132,6 +168,17 @@ def test_batch_step_normalises_every_batch_and_mixes_training_batches_only():
     mixed, targets = step((images, torch.arange(4)), train=True)
     assert targets.shape == (4, 4) and not mixed.eq(evaluated).all()
     assert BatchStep((0.5,) * 3, (0.5,) * 3, 4)((images, torch.arange(4)), True)[1].ndim == 1
+
+
+def test_batch_step_erases_training_batches_only_after_normalising():
+    images = torch.full((8, 3, 16, 16), 255, dtype=torch.uint8)
+    step = BatchStep((0.5,) * 3, (0.5,) * 3, num_classes=8, erase=RandomErasing(1.0, "const"))
+    evaluated, _ = step((images, torch.arange(8)), train=False)
+    assert evaluated.eq(1).all()
+    trained, labels = step((images, torch.arange(8)), train=True)
+    # const erasing fills with 0 in the normalised space: the mean colour
+    assert trained.eq(0).flatten(1).any(dim=1).all() and labels.ndim == 1
+    assert set(trained.unique().tolist()) == {0.0, 1.0}
 
 
 def test_collate_drops_skipped_samples():

@@ -1,20 +1,21 @@
 """Per-sample train/eval transforms and the batch step that finishes them (DeiT recipe).
 
 The split keeps the loader workers' share small: per sample, on the CPU, only what differs per
-image (crop, flip, augmentation policy, erasing) and on uint8, so batches leave the workers at a
-quarter of float32's size. Per batch, wherever the batch lands (the GPU in training), the
-conversion to float, normalisation and MixUp/CutMix (``BatchStep``).
+image (crop, flip, augmentation policy) and on uint8, so batches leave the workers at a quarter
+of float32's size. Per batch, wherever the batch lands (the GPU in training), the conversion to
+float, normalisation, random erasing and MixUp/CutMix (``BatchStep``).
 
 Transforms accept PIL images (decoded files, CIFAR arrays) or uint8 CHW tensors (decoded JPEGs)
 and return uint8 CHW tensors. The fast path keeps tensors from decode to batch: torchvision's
 SIMD tensor kernels crop and resize faster than PIL. The augmentation policy is timm's
-RandAugment with timm's draws and pixels (``vitlab.data.rand_augment``): the DeiT and MAE
-fine-tuning recipes' policy.
+RandAugment with timm's draws and pixels (``vitlab.data.rand_augment``), and random erasing is
+timm's, on the normalised batch (``RandomErasing``): the DeiT and MAE fine-tuning recipes.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -40,16 +41,13 @@ def build_train_transform(
     hflip: float = 0.5,
     auto_augment: str | None = DEIT_AUTO_AUGMENT,
     color_jitter: float | None = None,
-    erase_prob: float = 0.25,
     fast: bool = True,
 ) -> v2.Compose:
-    """RandomResizedCrop (bicubic) + flip + ``auto_augment`` + optional colour jitter +
-    RandomErasing.
+    """RandomResizedCrop (bicubic) + flip + ``auto_augment`` + optional colour jitter.
 
     ``auto_augment`` is a timm RandAugment config string (``rand-m9-mstd0.5-inc1``: DeiT's; see
     ``vitlab.data.rand_augment``) or null; its warps fill with ``mean`` in 0-255 ints, as timm
-    fills them. Erased boxes are filled with the ``mean`` colour, which normalises to 0 like
-    torchvision's RandomErasing on normalised images.
+    fills them. Random erasing runs on the normalised batch (``RandomErasing``).
     """
     crop = [
         v2.RandomResizedCrop(
@@ -60,10 +58,7 @@ def build_train_transform(
     policies = augment_policies(auto_augment, color_jitter, mean)
     # fast: plain tensors from the start (not tv_tensors.Image: v2 dispatches faster on them)
     to_tensor = [v2.PILToTensor()]
-    steps = to_tensor + crop + policies if fast else crop + policies + to_tensor
-    fill = [round(255 * channel) for channel in mean]
-    erase = [v2.RandomErasing(erase_prob, value=fill)] if erase_prob > 0 else []
-    return v2.Compose([*steps, *erase])
+    return v2.Compose(to_tensor + crop + policies if fast else crop + policies + to_tensor)
 
 
 def augment_policies(
@@ -150,9 +145,70 @@ class BatchMix:
         return images, F.one_hot(labels, self.num_classes).float()
 
 
+class RandomErasing:
+    """timm's ``RandomErasing(prob, mode=mode, max_count=1)`` on each image of a normalised
+    batch, on the batch's device (DeiT and MAE fine-tuning: 0.25, 'pixel').
+
+    With probability ``prob`` an image gets one box: area uniform in [2%, 1/3] of the image,
+    aspect ratio log-uniform in [0.3, 1/0.3], the first of 10 tries that fits inside. The box is
+    filled with N(0, 1) noise per pixel and channel ('pixel'), with one N(0, 1) colour per
+    channel ('rand') or with 0, the mean colour ('const'). It draws as timm does, image by
+    image: the box from python's ``random``, the noise from torch's generator on the device.
+    """
+
+    MODES = ("pixel", "rand", "const")
+    ATTEMPTS = 10
+
+    def __init__(
+        self,
+        prob: float = 0.25,
+        mode: str = "pixel",
+        area: tuple[float, float] = (0.02, 1 / 3),
+        min_aspect: float = 0.3,
+    ):
+        if mode not in self.MODES:
+            raise ValueError(f"erase_mode must be one of {self.MODES}, got {mode!r}")
+        self.prob, self.mode, self.area = prob, mode, area
+        self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Erases boxes of the (B, C, H, W) float ``images`` in place and returns them."""
+        for image in images:
+            if random.random() <= self.prob:
+                self.erase(image)
+        return images
+
+    def erase(self, image: torch.Tensor) -> None:
+        channels, height, width = image.shape
+        for _ in range(self.ATTEMPTS):
+            target_area = random.uniform(*self.area) * (height * width)
+            aspect = math.exp(random.uniform(*self.log_aspect))
+            box_h = round(math.sqrt(target_area * aspect))
+            box_w = round(math.sqrt(target_area / aspect))
+            if box_w < width and box_h < height:
+                top = random.randint(0, height - box_h)
+                left = random.randint(0, width - box_w)
+                box = image[:, top : top + box_h, left : left + box_w]
+                box.copy_(self.fill((channels, box_h, box_w), image))
+                return
+
+    def fill(self, shape: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
+        if self.mode == "pixel":
+            return torch.empty(shape, dtype=like.dtype, device=like.device).normal_()
+        colour = torch.empty((shape[0], 1, 1), dtype=like.dtype, device=like.device)
+        return colour.normal_() if self.mode == "rand" else colour.zero_()
+
+
+def build_erasing(erase_prob: float = 0.25, erase_mode: str = "pixel") -> RandomErasing | None:
+    """The batch step's random erasing for ``train_transform.erase_prob`` / ``erase_mode``
+    (timm's ``re_prob`` / ``re_mode``; the defaults are DeiT's); None when ``erase_prob`` is 0."""
+    return RandomErasing(erase_prob, erase_mode) if erase_prob > 0 else None
+
+
 class BatchStep:
     """What a uint8 batch still needs once it is on its device: normalisation, and for training
-    batches the MixUp/CutMix of ``mix`` (a ``BatchMix`` config; null: labels stay indices)."""
+    batches random erasing (``erase``; None: none) and then the MixUp/CutMix of ``mix`` (a
+    ``BatchMix`` config; null: labels stay indices), in timm's order."""
 
     def __init__(
         self,
@@ -160,15 +216,19 @@ class BatchStep:
         std: Sequence[float],
         num_classes: int,
         mix: Mapping[str, float] | None = None,
+        erase: RandomErasing | None = None,
     ):
         self.normalize = Normalize(mean, std)
         self.mix = None if mix is None else BatchMix(num_classes, **mix)
+        self.erase = erase
 
     def __call__(
         self, batch: tuple[torch.Tensor, torch.Tensor], train: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
         images = self.normalize(images)
+        if train and self.erase is not None:
+            images = self.erase(images)
         if train and self.mix is not None:
             return self.mix(images, labels)
         return images, labels
