@@ -180,3 +180,17 @@ def test_erasing_keys_of_train_transform_configure_the_batch_step(tree: Path):
         datamodule = ImageFolderDataModule(tree, **off, **SMALL)
         datamodule.setup()
         assert datamodule.batch_step.erase is None
+
+
+def test_eval_crop_null_resizes_by_the_mae_rule(tmp_path: Path):
+    write_image_tree(tmp_path, {"train": 1, "val": 1}, size=(300, 260))
+    datamodule = ImageFolderDataModule(tmp_path, **{**SMALL, "img_size": 240}, eval_crop_pct=None)
+    datamodule.setup()
+    # above 224 px the whole image is resized to img_size, not img_size / 0.875
+    assert datamodule.preprocessing()[2] == {
+        "op": "resize",
+        "size": 240,
+        "interpolation": "bicubic",
+    }
+    image, _ = datamodule.splits["val"][0]
+    assert image.shape == (3, 240, 240)

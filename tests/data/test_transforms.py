@@ -1,4 +1,4 @@
-"""Train/eval transforms (uint8 crops, the policy preset, crop ratio), timm's random erasing and
+"""Train/eval transforms (uint8 crops, crop ratio, the MAE eval rule), timm's random erasing and
 the batch step: normalisation, erasing and the MixUp/CutMix soft targets."""
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def test_the_deit_preset_is_the_papers_recipe():
     preset = OmegaConf.load(CONF / "augment" / "deit.yaml").train_transform
     assert preset.auto_augment == DEIT_AUTO_AUGMENT == "rand-m9-mstd0.5-inc1"
     assert (preset.erase_prob, preset.erase_mode) == (0.25, "pixel")
+    assert OmegaConf.load(CONF / "common" / "rgb.yaml").eval_crop_pct == 0.875
 
 
 def normalised_batch(size: int = 64) -> torch.Tensor:
@@ -113,9 +114,27 @@ def test_eval_resizes_by_the_crop_ratio_then_center_crops(fast: bool):
     assert whole.max() == 255
 
 
+def test_eval_crop_null_is_the_mae_releases_rule():
+    # int(size / crop_pct) with crop_pct 224/256 up to 224 px and 1.0 above (util/datasets.py)
+    assert [eval_resize_size(size, None) for size in (112, 224, 256, 384, 448)] == [
+        128,
+        256,
+        256,
+        384,
+        448,
+    ]
+    # DeiT's 0.875 at every size
+    assert eval_resize_size(384, 0.875) == 438
+    framed = np.full((256, 256, 3), 255, np.uint8)
+    framed[16:-16, 16:-16] = 0
+    whole = build_eval_transform(256, crop_pct=None)(Image.fromarray(framed))
+    assert whole.shape == (3, 256, 256) and torch.equal(whole[0], torch.from_numpy(framed[..., 0]))
+
+
 def test_decode_side_keeps_the_smallest_crop_at_full_resolution():
     assert min_decode_side(build_train_transform(224, scale=(0.25, 1.0))) == 448
     assert min_decode_side(build_eval_transform(224)) == 256
+    assert min_decode_side(build_eval_transform(384, None)) == 384
 
 
 def constant_batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,8 +42,9 @@ class ImageDataModule(SplitsDataModule):
     the batch step's random erasing (see ``build_erasing``), the rest the per-sample transform
     (see ``build_train_transform``). ``mix`` configures the batch-level MixUp/CutMix (see
     ``BatchMix``; null disables it), ``repeated_aug`` > 1 the repeated-augmentation sampler,
-    ``eval_crop_pct`` the evaluation resize + center crop. ``augment`` false trains on the
-    evaluation preprocessing, unerased and unmixed.
+    ``eval_crop_pct`` the evaluation resize + center crop (null: the MAE release's rule, see
+    ``eval_crop_ratio``). ``augment`` false trains on the evaluation preprocessing, unerased and
+    unmixed.
     """
 
     def __init__(
@@ -56,7 +57,7 @@ class ImageDataModule(SplitsDataModule):
         std: Sequence[float] = IMAGENET_STD,
         augment: bool = True,
         train_transform: Mapping[str, Any] | None = None,
-        eval_crop_pct: float = 0.875,
+        eval_crop_pct: float | None = 0.875,
         mix: Mapping[str, float] | None = None,
         repeated_aug: int = 1,
         fast_path: bool = True,

@@ -30,6 +30,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BICUBIC = v2.InterpolationMode.BICUBIC
 # DeiT's and MAE fine-tuning's policy (timm's config string)
 DEIT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
+# the MAE release's evaluation: crop ratio 224/256 up to this size, the whole image above
+MAE_FULL_CROP_ABOVE = 224
 
 
 def build_train_transform(
@@ -71,16 +73,28 @@ def augment_policies(
     return policy + jitter
 
 
-def build_eval_transform(img_size: int, crop_pct: float = 0.875, fast: bool = True) -> v2.Compose:
-    """Resize the shorter side to ``img_size / crop_pct`` (256 for 224), then center-crop."""
+def build_eval_transform(
+    img_size: int, crop_pct: float | None = 0.875, fast: bool = True
+) -> v2.Compose:
+    """Resize the shorter side to ``img_size / crop_pct`` (256 for 224 at 0.875), then
+    center-crop; ``crop_pct`` None: the MAE release's rule (``eval_crop_ratio``)."""
     resize = v2.Resize(eval_resize_size(img_size, crop_pct), interpolation=BICUBIC)
     if fast:
         return v2.Compose([v2.PILToTensor(), resize, v2.CenterCrop(img_size)])
     return v2.Compose([resize, v2.CenterCrop(img_size), v2.PILToTensor()])
 
 
-def eval_resize_size(img_size: int, crop_pct: float) -> int:
-    return math.floor(img_size / crop_pct)
+def eval_crop_ratio(img_size: int, crop_pct: float | None) -> float:
+    """``crop_pct``, or for None the MAE release's rule: 224/256 up to 224 px and 1.0 (the whole
+    resized image) above, where its 384/448 px fine-tuning evaluates. DeiT (and timm's default)
+    use 0.875 at every size."""
+    if crop_pct is not None:
+        return crop_pct
+    return 224 / 256 if img_size <= MAE_FULL_CROP_ABOVE else 1.0
+
+
+def eval_resize_size(img_size: int, crop_pct: float | None) -> int:
+    return math.floor(img_size / eval_crop_ratio(img_size, crop_pct))
 
 
 class Normalize:
