@@ -51,7 +51,7 @@ def test_mae_vs_supervised_prints_the_ratio():
     assert "MAE / supervised step time:" in out
 
 
-def test_data_pipeline_prints_a_ratio_per_pipeline():
+def test_data_pipeline_prints_a_ratio_per_pipeline_and_policy():
     out = run_benchmark(
         "data_pipeline.py",
         "--images",
@@ -66,9 +66,17 @@ def test_data_pipeline_prints_a_ratio_per_pipeline():
     rows = [line for line in out.splitlines() if "images/s" in line]
     assert [row.split("  ")[0].strip() for row in rows] == [
         "torchvision ImageFolder + PIL",
+        "timm create_transform + PIL",
         "vitlab",
         "vitlab + batch step",
         "vitlab, packed",
         "vitlab, packed + batch step",
     ]
     assert rows[0].endswith("1.00x")
+    policies = [line for line in out.splitlines() if line.startswith("policy ")]
+    assert [row.split("  ")[0] for row in policies] == [
+        "policy vitlab, uint8 tensors",
+        "policy vitlab, PIL",
+        "policy timm, PIL",
+    ]
+    assert policies[-1].endswith("1.00x")

@@ -162,3 +162,35 @@ def test_predict_transform_of_an_image_file_is_its_evaluation_input(tmp_path: Pa
         prepared = datamodule.predict_transform()(image)
     assert prepared.dtype == torch.float32
     torch.testing.assert_close(prepared, images[0])
+
+
+def test_erasing_keys_of_train_transform_configure_the_batch_step(tree: Path):
+    erase = {"erase_prob": 1.0, "erase_mode": "const"}
+    datamodule = ImageFolderDataModule(tree, train_transform=erase, **SMALL)
+    datamodule.setup()
+    assert (datamodule.batch_step.erase.prob, datamodule.batch_step.erase.mode) == (1.0, "const")
+    images = torch.full((2, 3, 32, 32), 255, dtype=torch.uint8)
+    erased, _ = datamodule.batch_step((images, torch.tensor([0, 1])), train=True)
+    assert erased.eq(0).flatten(1).any(dim=1).all()
+    # DeiT's by default; none without augmentation or at probability 0
+    default = ImageFolderDataModule(tree, **SMALL)
+    default.setup()
+    assert (default.batch_step.erase.prob, default.batch_step.erase.mode) == (0.25, "pixel")
+    for off in ({"augment": False}, {"train_transform": {"erase_prob": 0.0}}):
+        datamodule = ImageFolderDataModule(tree, **off, **SMALL)
+        datamodule.setup()
+        assert datamodule.batch_step.erase is None
+
+
+def test_eval_crop_null_resizes_by_the_mae_rule(tmp_path: Path):
+    write_image_tree(tmp_path, {"train": 1, "val": 1}, size=(300, 260))
+    datamodule = ImageFolderDataModule(tmp_path, **{**SMALL, "img_size": 240}, eval_crop_pct=None)
+    datamodule.setup()
+    # above 224 px the whole image is resized to img_size, not img_size / 0.875
+    assert datamodule.preprocessing()[2] == {
+        "op": "resize",
+        "size": 240,
+        "interpolation": "bicubic",
+    }
+    image, _ = datamodule.splits["val"][0]
+    assert image.shape == (3, 240, 240)

@@ -1,32 +1,38 @@
-"""Train/eval transforms (uint8 crops, crop ratio, erasing) and the batch step: normalisation
-and the MixUp/CutMix soft targets."""
+"""Train/eval transforms (uint8 crops, crop ratio, the MAE eval rule), timm's random erasing and
+the batch step: normalisation, erasing and the MixUp/CutMix soft targets."""
 
 from __future__ import annotations
+
+import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
-from torchvision import tv_tensors
+from timm.data.random_erasing import RandomErasing as TimmRandomErasing
 
 from vitlab.data.synthetic import synthetic_image
 from vitlab.data.transforms import (
+    DEIT_AUTO_AUGMENT,
     BatchMix,
     BatchStep,
-    RandAugment,
+    RandomErasing,
+    build_erasing,
     build_eval_transform,
     build_train_transform,
     collate_present,
     eval_resize_size,
     min_decode_side,
-    to_pil,
 )
 
 PHOTO = synthetic_image((50, 40), 0, np.random.default_rng(0))
+CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
 
 
 @pytest.mark.parametrize("fast", [True, False])
-@pytest.mark.parametrize("auto_augment", ["rand", "trivial", None])
+@pytest.mark.parametrize("auto_augment", [DEIT_AUTO_AUGMENT, "rand-m9-n4-p1.0", None])
 def test_train_transform_outputs_uint8_crops(fast: bool, auto_augment: str | None):
     transform = build_train_transform(32, auto_augment=auto_augment, color_jitter=0.4, fast=fast)
     image = transform(PHOTO)
@@ -40,52 +46,58 @@ def test_fast_train_transform_takes_decoded_tensors():
     assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
 
 
-def test_erased_boxes_normalise_to_zero():
-    mean, std = (0.2, 0.5, 0.7), (0.3, 0.3, 0.3)
-    erase = build_train_transform(32, mean, auto_augment=None, erase_prob=1.0).transforms[-1]
-    erased = erase(torch.zeros(3, 32, 32, dtype=torch.uint8))
-    box = erased.bool().any(dim=0)
-    assert 0 < box.sum() < 32 * 32
-    normalised = BatchStep(mean, std, num_classes=2)((erased[None], torch.tensor([0])), False)[0]
-    assert normalised[0][:, box].abs().max() < 1 / 255 / min(std)
-
-
-def test_to_pil_keeps_the_pixels():
-    image = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8)
-    assert np.array_equal(np.asarray(to_pil(image)), image.permute(1, 2, 0).numpy())
-
-
-@pytest.mark.parametrize("op", sorted(RandAugment.PIL_OPS))
-def test_policy_ops_routed_through_pil_match_pil_and_stay_tensors(op: str):
-    policy = RandAugment(num_ops=1, magnitude=9)
-    magnitude = float(policy._AUGMENTATION_SPACE[op][0](31, 32, 32)[9])
-    image = torch.from_numpy(np.array(PHOTO)).permute(2, 0, 1).contiguous()
-    args = (op, magnitude, policy.interpolation, policy._fill)
-    on_tensor = policy._apply_image_or_video_transform(image, *args)
-    on_pil = policy._apply_image_or_video_transform(to_pil(image), *args)
-    assert type(on_tensor) is torch.Tensor and on_tensor.dtype == torch.uint8
-    assert not torch.equal(on_tensor, image)
-    assert np.array_equal(on_tensor.permute(1, 2, 0).numpy(), np.asarray(on_pil))
-
-
-def test_policies_route_pil_ops_of_rgb_uint8_tensors_only(monkeypatch):
-    converted = []
-    monkeypatch.setattr(
-        "vitlab.data.transforms.to_pil", lambda image: converted.append(image) or to_pil(image)
-    )
-    sharpen = RandAugment(num_ops=1, magnitude=9)
-    sharpen._AUGMENTATION_SPACE = {"Sharpness": sharpen._AUGMENTATION_SPACE["Sharpness"]}
-    rgb = torch.from_numpy(np.array(PHOTO)).permute(2, 0, 1).contiguous()
-    assert sharpen(rgb).dtype == torch.uint8 and len(converted) == 1
-    for other in (rgb[:1], rgb.float() / 255, tv_tensors.Image(rgb)):
-        out = sharpen(other)
-        assert type(out) is type(other) and out.dtype == other.dtype
-    assert len(converted) == 1
-
-
-def test_unknown_auto_augment_is_an_error():
+@pytest.mark.parametrize("auto_augment", ["trivial", "augmix-m5", "rand-m9-w0"])
+def test_other_policies_and_unknown_fields_are_errors(auto_augment: str):
     with pytest.raises(ValueError, match="auto_augment"):
-        build_train_transform(32, auto_augment="auto")
+        build_train_transform(32, auto_augment=auto_augment)
+
+
+def test_the_deit_preset_is_the_papers_recipe():
+    preset = OmegaConf.load(CONF / "augment" / "deit.yaml").train_transform
+    assert preset.auto_augment == DEIT_AUTO_AUGMENT == "rand-m9-mstd0.5-inc1"
+    assert (preset.erase_prob, preset.erase_mode) == (0.25, "pixel")
+    assert OmegaConf.load(CONF / "common" / "rgb.yaml").eval_crop_pct == 0.875
+
+
+def normalised_batch(size: int = 64) -> torch.Tensor:
+    return torch.randn(size, 3, 24, 20)
+
+
+@pytest.mark.parametrize(
+    ("prob", "mode"), [(0.25, "pixel"), (1.0, "pixel"), (0.5, "rand"), (0.5, "const")]
+)
+def test_erasing_is_timms_random_erasing(prob: float, mode: str):
+    images = normalised_batch()
+    reference = TimmRandomErasing(prob, mode=mode, max_count=1, device="cpu")
+    random.seed(0)
+    torch.manual_seed(0)
+    expected = reference(images.clone())
+    after_timm = (random.random(), torch.rand(()).item())
+    random.seed(0)
+    torch.manual_seed(0)
+    erased = RandomErasing(prob, mode)(images.clone())
+    assert torch.equal(erased, expected)
+    assert (random.random(), torch.rand(()).item()) == after_timm
+    touched = (erased != images).flatten(1).any(dim=1)
+    assert 0 < touched.sum() <= len(images) and (touched.all() or prob < 1)
+
+
+def test_erased_boxes_cover_two_percent_to_a_third_and_hold_noise():
+    random.seed(1)
+    torch.manual_seed(1)
+    images = torch.full((200, 3, 32, 32), 7.0)
+    erased = RandomErasing(1.0, "pixel")(images).ne(7.0)
+    areas = erased[:, 0].flatten(1).float().mean(dim=1)
+    assert areas.min() >= 0.02 * 0.9 and areas.max() <= 1 / 3 * 1.1
+    noise = images[erased]
+    assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1) < 0.05
+
+
+def test_build_erasing_takes_the_config_keys_and_checks_the_mode():
+    assert build_erasing(erase_prob=0.0) is None
+    assert build_erasing().prob == 0.25 and build_erasing().mode == "pixel"
+    with pytest.raises(ValueError, match="erase_mode"):
+        build_erasing(erase_mode="noise")
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -102,9 +114,27 @@ def test_eval_resizes_by_the_crop_ratio_then_center_crops(fast: bool):
     assert whole.max() == 255
 
 
+def test_eval_crop_null_is_the_mae_releases_rule():
+    # int(size / crop_pct) with crop_pct 224/256 up to 224 px and 1.0 above (util/datasets.py)
+    assert [eval_resize_size(size, None) for size in (112, 224, 256, 384, 448)] == [
+        128,
+        256,
+        256,
+        384,
+        448,
+    ]
+    # DeiT's 0.875 at every size
+    assert eval_resize_size(384, 0.875) == 438
+    framed = np.full((256, 256, 3), 255, np.uint8)
+    framed[16:-16, 16:-16] = 0
+    whole = build_eval_transform(256, crop_pct=None)(Image.fromarray(framed))
+    assert whole.shape == (3, 256, 256) and torch.equal(whole[0], torch.from_numpy(framed[..., 0]))
+
+
 def test_decode_side_keeps_the_smallest_crop_at_full_resolution():
     assert min_decode_side(build_train_transform(224, scale=(0.25, 1.0))) == 448
     assert min_decode_side(build_eval_transform(224)) == 256
+    assert min_decode_side(build_eval_transform(384, None)) == 384
 
 
 def constant_batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,6 +187,17 @@ def test_batch_step_normalises_every_batch_and_mixes_training_batches_only():
     mixed, targets = step((images, torch.arange(4)), train=True)
     assert targets.shape == (4, 4) and not mixed.eq(evaluated).all()
     assert BatchStep((0.5,) * 3, (0.5,) * 3, 4)((images, torch.arange(4)), True)[1].ndim == 1
+
+
+def test_batch_step_erases_training_batches_only_after_normalising():
+    images = torch.full((8, 3, 16, 16), 255, dtype=torch.uint8)
+    step = BatchStep((0.5,) * 3, (0.5,) * 3, num_classes=8, erase=RandomErasing(1.0, "const"))
+    evaluated, _ = step((images, torch.arange(8)), train=False)
+    assert evaluated.eq(1).all()
+    trained, labels = step((images, torch.arange(8)), train=True)
+    # const erasing fills with 0 in the normalised space: the mean colour
+    assert trained.eq(0).flatten(1).any(dim=1).all() and labels.ndim == 1
+    assert set(trained.unique().tolist()) == {0.0, 1.0}
 
 
 def test_collate_drops_skipped_samples():

@@ -1,5 +1,5 @@
 """The base of the RGB classification DataModules: DeiT transforms, repeated augmentation, and
-normalisation + MixUp/CutMix once a uint8 batch is on its device.
+normalisation + random erasing + MixUp/CutMix once a uint8 batch is on its device.
 
 Subclasses (image folders, ImageNet, CIFAR) only say where the images come from, by
 implementing ``build_splits``.
@@ -21,23 +21,30 @@ from vitlab.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     BatchStep,
+    build_erasing,
     build_eval_transform,
     build_train_transform,
     collate_present,
     eval_resize_size,
 )
 
+# the train_transform keys that configure the batch step's random erasing
+ERASE_KEYS = ("erase_prob", "erase_mode")
+
 
 class ImageDataModule(SplitsDataModule):
     """Base for RGB classification data.
 
     Loaders yield uint8 images; ``on_after_batch_transfer`` normalises them on the device they
-    were moved to and mixes training batches (``BatchStep``).
+    were moved to, and erases and mixes training batches (``BatchStep``).
 
-    ``train_transform`` configures the train augmentation (see ``build_train_transform``),
-    ``mix`` the batch-level MixUp/CutMix (see ``BatchMix``; null disables it),
-    ``repeated_aug`` > 1 the repeated-augmentation sampler, ``eval_crop_pct`` the evaluation
-    resize + center crop. ``augment`` false trains on the evaluation preprocessing, unmixed.
+    ``train_transform`` configures the train augmentation: its ``erase_prob`` / ``erase_mode``
+    the batch step's random erasing (see ``build_erasing``), the rest the per-sample transform
+    (see ``build_train_transform``). ``mix`` configures the batch-level MixUp/CutMix (see
+    ``BatchMix``; null disables it), ``repeated_aug`` > 1 the repeated-augmentation sampler,
+    ``eval_crop_pct`` the evaluation resize + center crop (null: the MAE release's rule, see
+    ``eval_crop_ratio``). ``augment`` false trains on the evaluation preprocessing, unerased and
+    unmixed.
     """
 
     def __init__(
@@ -50,7 +57,7 @@ class ImageDataModule(SplitsDataModule):
         std: Sequence[float] = IMAGENET_STD,
         augment: bool = True,
         train_transform: Mapping[str, Any] | None = None,
-        eval_crop_pct: float = 0.875,
+        eval_crop_pct: float | None = 0.875,
         mix: Mapping[str, float] | None = None,
         repeated_aug: int = 1,
         fast_path: bool = True,
@@ -78,6 +85,11 @@ class ImageDataModule(SplitsDataModule):
             epoch_seed,
         )
         self.train_transform_cfg = dict(train_transform or {})
+        self.erase_cfg = {
+            key: self.train_transform_cfg.pop(key)
+            for key in ERASE_KEYS
+            if key in self.train_transform_cfg
+        }
         self.eval_crop_pct = eval_crop_pct
         self.mix = dict(mix) if mix is not None and augment else None
         self.repeated_aug = repeated_aug
@@ -94,7 +106,8 @@ class ImageDataModule(SplitsDataModule):
     def build_splits(self) -> dict[str, Dataset]:
         splits = self.build_rgb_splits(self.train_transform(), self.eval_transform())
         # the class count may come from the data (an image-folder tree)
-        self.batch_step = BatchStep(self.mean, self.std, self.num_classes, self.mix)
+        erase = build_erasing(**self.erase_cfg) if self.augment else None
+        self.batch_step = BatchStep(self.mean, self.std, self.num_classes, self.mix, erase)
         return splits
 
     def train_transform(self) -> Callable:

@@ -1,77 +1,37 @@
 """Per-sample train/eval transforms and the batch step that finishes them (DeiT recipe).
 
 The split keeps the loader workers' share small: per sample, on the CPU, only what differs per
-image (crop, flip, augmentation policy, erasing) and on uint8, so batches leave the workers at a
-quarter of float32's size. Per batch, wherever the batch lands (the GPU in training), the
-conversion to float, normalisation and MixUp/CutMix (``BatchStep``).
+image (crop, flip, augmentation policy) and on uint8, so batches leave the workers at a quarter
+of float32's size. Per batch, wherever the batch lands (the GPU in training), the conversion to
+float, normalisation, random erasing and MixUp/CutMix (``BatchStep``).
 
 Transforms accept PIL images (decoded files, CIFAR arrays) or uint8 CHW tensors (decoded JPEGs)
 and return uint8 CHW tensors. The fast path keeps tensors from decode to batch: torchvision's
-SIMD tensor kernels crop, resize and warp faster than PIL, and the two policy ops whose tensor
-kernels are slow go through PIL for that op alone (``PILWhereFaster``).
+SIMD tensor kernels crop and resize faster than PIL. The augmentation policy is timm's
+RandAugment with timm's draws and pixels (``vitlab.data.rand_augment``), and random erasing is
+timm's, on the normalised batch (``RandomErasing``): the DeiT and MAE fine-tuning recipes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+import random
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.transforms import v2
+
+from vitlab.data.rand_augment import RandAugment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BICUBIC = v2.InterpolationMode.BICUBIC
-# RandAugment/TrivialAugment's rotations and shears: tensor warps have no bicubic, and PIL's
-# (the slow path) costs twice its bilinear
-BILINEAR = v2.InterpolationMode.BILINEAR
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """uint8 CHW tensor to PIL image through one contiguous HWC copy (``v2.ToPILImage`` copies
-    the strided view byte by byte)."""
-    return Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
-
-
-class PILWhereFaster:
-    """Mixin for torchvision's auto-augment policies: on plain uint8 RGB tensors (the fast
-    path's), runs the ops whose PIL kernels beat the tensor ones even with both conversions
-    (Sharpness, Solarize) through PIL, and every other op on the tensor, where the warps are
-    faster than PIL's (``benchmarks/data_pipeline.py`` measures the pipeline). Other inputs run
-    as in torchvision. The PIL ops round like PIL: Sharpness may differ by 1, and Solarize
-    compares with the threshold in float64, not float32."""
-
-    PIL_OPS = frozenset({"Sharpness", "Solarize"})
-
-    def _apply_image_or_video_transform(
-        self, image: Any, transform_id: str, *args: Any, **kwargs: Any
-    ) -> Any:
-        apply = super()._apply_image_or_video_transform  # type: ignore[misc]
-        if transform_id in self.PIL_OPS and is_rgb_uint8(image):
-            return v2.functional.pil_to_tensor(apply(to_pil(image), transform_id, *args, **kwargs))
-        return apply(image, transform_id, *args, **kwargs)
-
-
-def is_rgb_uint8(image: Any) -> bool:
-    """A plain (not tv_tensors) uint8 CHW tensor with 3 channels."""
-    return (
-        type(image) is torch.Tensor
-        and image.dtype == torch.uint8
-        and image.ndim == 3
-        and image.shape[0] == 3
-    )
-
-
-class RandAugment(PILWhereFaster, v2.RandAugment):
-    pass
-
-
-class TrivialAugmentWide(PILWhereFaster, v2.TrivialAugmentWide):
-    pass
+# DeiT's and MAE fine-tuning's policy (timm's config string)
+DEIT_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
+# the MAE release's evaluation: crop ratio 224/256 up to this size, the whole image above
+MAE_FULL_CROP_ABOVE = 224
 
 
 def build_train_transform(
@@ -81,18 +41,15 @@ def build_train_transform(
     scale: Sequence[float] = (0.08, 1.0),
     ratio: Sequence[float] = (3 / 4, 4 / 3),
     hflip: float = 0.5,
-    auto_augment: str | None = "rand",
-    rand_n: int = 2,
-    rand_m: int = 9,
+    auto_augment: str | None = DEIT_AUTO_AUGMENT,
     color_jitter: float | None = None,
-    erase_prob: float = 0.25,
     fast: bool = True,
 ) -> v2.Compose:
-    """RandomResizedCrop (bicubic) + flip + ``auto_augment`` ("rand": RandAugment(n, m),
-    "trivial": TrivialAugmentWide, null: none) + optional colour jitter + RandomErasing.
+    """RandomResizedCrop (bicubic) + flip + ``auto_augment`` + optional colour jitter.
 
-    Erased boxes are filled with the ``mean`` colour, which normalises to 0 like torchvision's
-    RandomErasing on normalised images.
+    ``auto_augment`` is a timm RandAugment config string (``rand-m9-mstd0.5-inc1``: DeiT's; see
+    ``vitlab.data.rand_augment``) or null; its warps fill with ``mean`` in 0-255 ints, as timm
+    fills them. Random erasing runs on the normalised batch (``RandomErasing``).
     """
     crop = [
         v2.RandomResizedCrop(
@@ -100,39 +57,44 @@ def build_train_transform(
         ),
         v2.RandomHorizontalFlip(hflip),
     ]
-    policies = augment_policies(auto_augment, rand_n, rand_m, color_jitter)
+    policies = augment_policies(auto_augment, color_jitter, mean)
     # fast: plain tensors from the start (not tv_tensors.Image: v2 dispatches faster on them)
     to_tensor = [v2.PILToTensor()]
-    steps = to_tensor + crop + policies if fast else crop + policies + to_tensor
-    fill = [round(255 * channel) for channel in mean]
-    erase = [v2.RandomErasing(erase_prob, value=fill)] if erase_prob > 0 else []
-    return v2.Compose([*steps, *erase])
+    return v2.Compose(to_tensor + crop + policies if fast else crop + policies + to_tensor)
 
 
 def augment_policies(
-    auto_augment: str | None, rand_n: int, rand_m: int, color_jitter: float | None
-) -> list[v2.Transform]:
-    policies: dict[str | None, list[v2.Transform]] = {
-        "rand": [RandAugment(num_ops=rand_n, magnitude=rand_m, interpolation=BILINEAR)],
-        "trivial": [TrivialAugmentWide(interpolation=BILINEAR)],
-        None: [],
-    }
-    if auto_augment not in policies:
-        raise ValueError(f"auto_augment must be 'rand', 'trivial' or null, got {auto_augment!r}")
+    auto_augment: str | None, color_jitter: float | None, mean: Sequence[float]
+) -> list[Callable]:
+    # timm's img_mean: the fill of the policy's rotations, shears and translations
+    fill = tuple(min(255, round(255 * channel)) for channel in mean)
+    policy = [RandAugment(auto_augment, fill)] if auto_augment is not None else []
     jitter = [v2.ColorJitter(color_jitter, color_jitter, color_jitter)] if color_jitter else []
-    return policies[auto_augment] + jitter
+    return policy + jitter
 
 
-def build_eval_transform(img_size: int, crop_pct: float = 0.875, fast: bool = True) -> v2.Compose:
-    """Resize the shorter side to ``img_size / crop_pct`` (256 for 224), then center-crop."""
+def build_eval_transform(
+    img_size: int, crop_pct: float | None = 0.875, fast: bool = True
+) -> v2.Compose:
+    """Resize the shorter side to ``img_size / crop_pct`` (256 for 224 at 0.875), then
+    center-crop; ``crop_pct`` None: the MAE release's rule (``eval_crop_ratio``)."""
     resize = v2.Resize(eval_resize_size(img_size, crop_pct), interpolation=BICUBIC)
     if fast:
         return v2.Compose([v2.PILToTensor(), resize, v2.CenterCrop(img_size)])
     return v2.Compose([resize, v2.CenterCrop(img_size), v2.PILToTensor()])
 
 
-def eval_resize_size(img_size: int, crop_pct: float) -> int:
-    return math.floor(img_size / crop_pct)
+def eval_crop_ratio(img_size: int, crop_pct: float | None) -> float:
+    """``crop_pct``, or for None the MAE release's rule: 224/256 up to 224 px and 1.0 (the whole
+    resized image) above, where its 384/448 px fine-tuning evaluates. DeiT (and timm's default)
+    use 0.875 at every size."""
+    if crop_pct is not None:
+        return crop_pct
+    return 224 / 256 if img_size <= MAE_FULL_CROP_ABOVE else 1.0
+
+
+def eval_resize_size(img_size: int, crop_pct: float | None) -> int:
+    return math.floor(img_size / eval_crop_ratio(img_size, crop_pct))
 
 
 class Normalize:
@@ -197,9 +159,70 @@ class BatchMix:
         return images, F.one_hot(labels, self.num_classes).float()
 
 
+class RandomErasing:
+    """timm's ``RandomErasing(prob, mode=mode, max_count=1)`` on each image of a normalised
+    batch, on the batch's device (DeiT and MAE fine-tuning: 0.25, 'pixel').
+
+    With probability ``prob`` an image gets one box: area uniform in [2%, 1/3] of the image,
+    aspect ratio log-uniform in [0.3, 1/0.3], the first of 10 tries that fits inside. The box is
+    filled with N(0, 1) noise per pixel and channel ('pixel'), with one N(0, 1) colour per
+    channel ('rand') or with 0, the mean colour ('const'). It draws as timm does, image by
+    image: the box from python's ``random``, the noise from torch's generator on the device.
+    """
+
+    MODES = ("pixel", "rand", "const")
+    ATTEMPTS = 10
+
+    def __init__(
+        self,
+        prob: float = 0.25,
+        mode: str = "pixel",
+        area: tuple[float, float] = (0.02, 1 / 3),
+        min_aspect: float = 0.3,
+    ):
+        if mode not in self.MODES:
+            raise ValueError(f"erase_mode must be one of {self.MODES}, got {mode!r}")
+        self.prob, self.mode, self.area = prob, mode, area
+        self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Erases boxes of the (B, C, H, W) float ``images`` in place and returns them."""
+        for image in images:
+            if random.random() <= self.prob:
+                self.erase(image)
+        return images
+
+    def erase(self, image: torch.Tensor) -> None:
+        channels, height, width = image.shape
+        for _ in range(self.ATTEMPTS):
+            target_area = random.uniform(*self.area) * (height * width)
+            aspect = math.exp(random.uniform(*self.log_aspect))
+            box_h = round(math.sqrt(target_area * aspect))
+            box_w = round(math.sqrt(target_area / aspect))
+            if box_w < width and box_h < height:
+                top = random.randint(0, height - box_h)
+                left = random.randint(0, width - box_w)
+                box = image[:, top : top + box_h, left : left + box_w]
+                box.copy_(self.fill((channels, box_h, box_w), image))
+                return
+
+    def fill(self, shape: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
+        if self.mode == "pixel":
+            return torch.empty(shape, dtype=like.dtype, device=like.device).normal_()
+        colour = torch.empty((shape[0], 1, 1), dtype=like.dtype, device=like.device)
+        return colour.normal_() if self.mode == "rand" else colour.zero_()
+
+
+def build_erasing(erase_prob: float = 0.25, erase_mode: str = "pixel") -> RandomErasing | None:
+    """The batch step's random erasing for ``train_transform.erase_prob`` / ``erase_mode``
+    (timm's ``re_prob`` / ``re_mode``; the defaults are DeiT's); None when ``erase_prob`` is 0."""
+    return RandomErasing(erase_prob, erase_mode) if erase_prob > 0 else None
+
+
 class BatchStep:
     """What a uint8 batch still needs once it is on its device: normalisation, and for training
-    batches the MixUp/CutMix of ``mix`` (a ``BatchMix`` config; null: labels stay indices)."""
+    batches random erasing (``erase``; None: none) and then the MixUp/CutMix of ``mix`` (a
+    ``BatchMix`` config; null: labels stay indices), in timm's order."""
 
     def __init__(
         self,
@@ -207,15 +230,19 @@ class BatchStep:
         std: Sequence[float],
         num_classes: int,
         mix: Mapping[str, float] | None = None,
+        erase: RandomErasing | None = None,
     ):
         self.normalize = Normalize(mean, std)
         self.mix = None if mix is None else BatchMix(num_classes, **mix)
+        self.erase = erase
 
     def __call__(
         self, batch: tuple[torch.Tensor, torch.Tensor], train: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
         images = self.normalize(images)
+        if train and self.erase is not None:
+            images = self.erase(images)
         if train and self.mix is not None:
             return self.mix(images, labels)
         return images, labels
