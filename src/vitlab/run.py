@@ -41,7 +41,7 @@ from vitlab.checks import (
     checkpoint_bytes,
 )
 from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job
-from vitlab.errors import UserError, existing_file
+from vitlab.errors import UserError, existing_file, exit_on_user_error
 from vitlab.loggers import finish_loggers, instantiate_loggers
 from vitlab.tasks.base import RecipeTask, build_task
 
@@ -65,22 +65,22 @@ def main(job: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> floa
     and exit code 2. A failing job of a multirun is reported and scored NaN so the rest of the
     sweep goes on.
     """
-    try:
-        with distributed_job():
-            metrics = job(cfg)
-            return metrics.get(best_key(cfg.task.monitor)) if "task" in cfg else None
-    except Exception as error:
-        user_error = as_user_error(error)
-        if in_multirun():
+    with exit_on_user_error(log.error):
+        try:
+            with distributed_job():
+                metrics = job(cfg)
+        except Exception as error:
+            user_error = as_user_error(error)
+            if not in_multirun():
+                if user_error is not None:
+                    raise user_error from None
+                raise
             log.error(
                 "job failed, the sweep goes on: %s", user_error or error, exc_info=not user_error
             )
             finish_loggers()
             return float("nan")
-        if user_error is None:
-            raise
-        log.error("error: %s", user_error)
-        raise SystemExit(2) from None
+    return metrics.get(best_key(cfg.task.monitor)) if "task" in cfg else None
 
 
 def as_user_error(error: Exception) -> UserError | None:
