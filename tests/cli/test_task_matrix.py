@@ -99,4 +99,4 @@ def test_optional_callbacks_and_loggers_run_on_the_default_run(repo, option, wri
 def test_reconstruction_grids_run_with_mae_pretraining(repo):
     repo("train.py", "task=mae_pretrain", "callbacks=[default,reconstruction]", *ONE_STEP)
     assert "val/loss" in newest_metrics(repo)
-    assert list(repo.run_dirs()[-1].glob("wandb/offline-run-*/files/media/images/*.png"))
+    assert list(repo.run_dirs()[-1].glob("wandb/offline-run-*/files/media/images/val/reconstruction_*.png"))
