@@ -103,6 +103,29 @@ def test_train_accuracy_is_the_top1_of_the_epochs_batches(digits_task, quiet_tra
     assert torch.cat(record.hits[0]).float().mean() != pytest.approx(last_epoch.item())
 
 
+class HeadAtFitStart(L.Callback):
+    """The classifier's weights when fitting starts (after ``setup`` loaded the encoder)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        head = pl_module.model.head
+        self.weight, self.bias = head.weight.detach().clone(), head.bias.detach().clone()
+
+
+def test_fine_tuning_starts_the_classifier_as_the_mae_release_does(
+    tmp_path, tiny_mae, vit_config, optimizer_config, quiet_trainer
+):
+    """``main_finetune.py`` loads the encoder, then ``trunc_normal_(head.weight, std=2e-5)``."""
+    torch.save({"model": tiny_mae().state_dict()}, tmp_path / "mae.pth")
+    task = ClassificationTask(
+        vit_config(global_pool="avg"), optimizer_config(), pretrained=str(tmp_path / "mae.pth")
+    )
+    record = HeadAtFitStart()
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0, callbacks=[record])
+    trainer.fit(task, datamodule=DigitsDataModule(batch_size=16))
+    assert record.weight.std() == pytest.approx(2e-5, rel=0.2)  # timm's 0.02 from scratch
+    assert torch.count_nonzero(record.bias) == 0
+
+
 def test_soft_targets_use_soft_cross_entropy(digits_task):
     task = digits_task(label_smoothing=0.0)
     images = torch.randn(4, 1, 8, 8)

@@ -91,6 +91,18 @@ def test_head_is_batchnorm_without_affine_then_linear_and_alone_in_the_optimizer
     )
 
 
+class ProbeAtFitStart(L.Callback):
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.weight = pl_module.model.head[1].weight.detach().clone()
+
+
+def test_the_probe_starts_as_the_releases_after_the_encoder_is_loaded(probe_task, fit):
+    """``main_linprobe.py`` loads the encoder, then ``trunc_normal_(head.weight, std=0.01)``."""
+    record = ProbeAtFitStart()
+    fit(probe_task(), [record])
+    assert record.weight.std() == pytest.approx(0.01, rel=0.2)
+
+
 def test_probe_reports_classification_metrics(probe_task, fit):
     task = probe_task()
     trainer = fit(task, [])

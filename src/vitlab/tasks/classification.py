@@ -14,6 +14,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vitlab.tasks.base import Config, RecipeTask, load_pretrained_weights
 
+# the std of a fine-tuned classifier's fresh weights: the MAE release's fine-tuning
+# (main_finetune.py: "manually initialize fc layer", trunc_normal_(model.head.weight, std=2e-5))
+FINETUNE_HEAD_STD = 2e-5
+
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     """Top-1 (and top-5 when there are more than five classes) micro accuracy."""
@@ -27,9 +31,9 @@ class ClassificationTask(RecipeTask):
     """Cross-entropy with label smoothing; targets are class indices or soft (mixed) labels.
 
     ``model`` is the config of a ``VisionTransformer``. ``pretrained`` (a vitlab, MAE or timm
-    checkpoint) is loaded into it when fitting starts, so evaluating or resuming a fine-tuned
-    checkpoint never needs that file. ``compile`` compiles ``model`` in place (checkpoint keys
-    unchanged).
+    checkpoint) is loaded into it when fitting starts, and the classifier then initialised for
+    fine-tuning (``init_head``), so evaluating or resuming a fine-tuned checkpoint never needs
+    that file. ``compile`` compiles ``model`` in place (checkpoint keys unchanged).
     """
 
     def __init__(
@@ -63,6 +67,14 @@ class ClassificationTask(RecipeTask):
         # a resumed run restores its own weights: the pretrained file is not needed again
         if stage == "fit" and self.pretrained is not None and self.trainer.ckpt_path is None:
             load_pretrained_weights(self.model, self.pretrained)
+            self.init_head()
+
+    def init_head(self) -> None:
+        """The classifier on a loaded encoder: truncated-normal weights of std 2e-5 and zero
+        biases, as the MAE release sets them after loading; its logits start near zero, so
+        fine-tuning starts from a uniform prediction rather than a random one."""
+        nn.init.trunc_normal_(self.model.head.weight, std=FINETUNE_HEAD_STD)
+        nn.init.zeros_(self.model.head.bias)
 
     def trained_module(self) -> nn.Module:
         return self.model

@@ -52,6 +52,10 @@ class LinearProbeTask(ClassificationTask):
         self.model.head = ProbeHead(self.model.embed_dim, self.model.num_classes)
         self.train()  # Lightning keeps the modes modules are built with: freeze them here
 
+    def init_head(self) -> None:
+        """The probe keeps the initialisation ``ProbeHead`` gave it (std 0.01, what the MAE
+        release's ``main_linprobe.py`` sets after loading): loading never touches the head."""
+
     def trained_module(self) -> nn.Module:
         return self.model.head
 
