@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from vitlab.tasks.base import Config, RecipeTask, load_pretrained_weights
+from vitlab.tasks.base import Config, RecipeTask, ScheduleInterval, load_pretrained_weights
 
 # the std of a fine-tuned classifier's fresh weights: the MAE release's fine-tuning
 # (main_finetune.py: "manually initialize fc layer", trunc_normal_(model.head.weight, std=2e-5))
@@ -42,6 +42,8 @@ class ClassificationTask(RecipeTask):
         optimizer: Config,
         warmup_epochs: float = 5.0,
         min_lr: float = 1e-6,
+        warmup_lr: float = 0.0,
+        schedule_interval: ScheduleInterval = "step",
         layer_decay: float | None = None,
         label_smoothing: float = 0.1,
         pretrained: str | None = None,
@@ -51,7 +53,16 @@ class ClassificationTask(RecipeTask):
         mode: Literal["min", "max"] = "max",
     ):
         super().__init__(
-            optimizer, warmup_epochs, min_lr, layer_decay, compile, skip_nonfinite, monitor, mode
+            optimizer,
+            warmup_epochs,
+            min_lr,
+            warmup_lr,
+            schedule_interval,
+            layer_decay,
+            compile,
+            skip_nonfinite,
+            monitor,
+            mode,
         )
         self.model: nn.Module = instantiate(model, _convert_="all")
         self.pretrained = pretrained

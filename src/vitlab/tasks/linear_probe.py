@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from vitlab.models.probe import ProbeHead
-from vitlab.tasks.base import Config
+from vitlab.tasks.base import Config, ScheduleInterval
 from vitlab.tasks.classification import ClassificationTask
 
 
@@ -27,6 +27,8 @@ class LinearProbeTask(ClassificationTask):
         optimizer: Config,
         warmup_epochs: float = 10.0,
         min_lr: float = 0.0,
+        warmup_lr: float = 0.0,
+        schedule_interval: ScheduleInterval = "step",
         layer_decay: float | None = None,
         label_smoothing: float = 0.0,
         pretrained: str | None = None,
@@ -40,6 +42,8 @@ class LinearProbeTask(ClassificationTask):
             optimizer,
             warmup_epochs,
             min_lr,
+            warmup_lr,
+            schedule_interval,
             layer_decay,
             label_smoothing,
             pretrained,
