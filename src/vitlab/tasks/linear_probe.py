@@ -36,6 +36,7 @@ class LinearProbeTask(ClassificationTask):
         skip_nonfinite: bool = False,
         monitor: str = "val/acc1",
         mode: Literal["min", "max"] = "max",
+        ema_decay: float | None = None,
     ):
         super().__init__(
             model,
@@ -51,10 +52,15 @@ class LinearProbeTask(ClassificationTask):
             skip_nonfinite,
             monitor,
             mode,
+            ema_decay,
         )
-        self.model.requires_grad_(False)
-        self.model.head = ProbeHead(self.model.embed_dim, self.model.num_classes)
         self.train()  # Lightning keeps the modes modules are built with: freeze them here
+
+    def build_model(self, config: Config) -> nn.Module:
+        """The frozen ViT with a ``ProbeHead`` in place of its classifier."""
+        model = super().build_model(config).requires_grad_(False)
+        model.head = ProbeHead(model.embed_dim, model.num_classes)
+        return model
 
     def init_head(self) -> None:
         """The probe keeps the initialisation ``ProbeHead`` gave it (std 0.01, what the MAE
