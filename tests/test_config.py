@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from vitlab.models.mae import MaskedAutoencoderViT
@@ -165,3 +166,11 @@ def test_the_digits_mae_recipes_mask_ratio_reaches_the_model_and_the_encoder(com
     _, _, mask = task(batch[0])
     assert tokens_seen == [1 + 8] * 3
     assert (mask.sum(dim=1) == 8).all()
+
+
+def test_mae_pretraining_on_imagenet_keeps_the_final_checkpoint_only(compose_config):
+    """What the release fine-tunes is the final epoch: last.ckpt, tested after training."""
+    cfg = compose_config("experiment=mae_pretrain")
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    assert [(c.filename, c.monitor) for c in checkpoints] == [("last", None)]
