@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from vitlab.models.mae import MaskedAutoencoderViT
@@ -145,3 +146,31 @@ def test_each_mae_recipe_composes_for_each_model_size(experiment, model, compose
     assert OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     encoder = cfg.task.model.get("encoder", cfg.task.model)
     assert encoder == cfg.model
+
+
+def test_the_digits_mae_recipes_mask_ratio_reaches_the_model_and_the_encoder(compose_config):
+    """experiment=digits_mae_pretrain masks half of the 16 patches (not the default 0.75): the
+    encoder sees the class token and 8 patches in training, evaluation and the task's forward."""
+    cfg = compose_config("experiment=digits_mae_pretrain")
+    assert cfg.task.model.mask_ratio == 0.5
+    task = build_task(cfg.task)
+    assert task.model.mask_ratio == 0.5
+    tokens_seen = []
+    task.model.blocks.register_forward_pre_hook(
+        lambda module, inputs: tokens_seen.append(inputs[0].shape[1])
+    )
+    task.log = task.log_dict = lambda *args, **kwargs: None
+    batch = (torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))
+    task.training_step(batch, 0)
+    task.validation_step(batch, 0)
+    _, _, mask = task(batch[0])
+    assert tokens_seen == [1 + 8] * 3
+    assert (mask.sum(dim=1) == 8).all()
+
+
+def test_mae_pretraining_on_imagenet_keeps_the_final_checkpoint_only(compose_config):
+    """What the release fine-tunes is the final epoch: last.ckpt, tested after training."""
+    cfg = compose_config("experiment=mae_pretrain")
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
+    assert [(c.filename, c.monitor) for c in checkpoints] == [("last", None)]

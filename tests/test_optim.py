@@ -1,7 +1,9 @@
 import math
 
+import mae_release
 import pytest
 import torch
+from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from vitlab.models.segmenter import ViTSegmenter
@@ -58,8 +60,8 @@ def test_effective_batch_and_linear_lr_scaling():
 
 def test_warmup_cosine_values():
     schedule = WarmupCosine(warmup_steps=10, total_steps=110, min_ratio=0.1)
-    assert schedule(0) == pytest.approx(0.1)
-    assert schedule(9) == pytest.approx(1.0)
+    assert schedule(0) == 0.0
+    assert schedule(5) == pytest.approx(0.5)
     assert schedule(10) == pytest.approx(1.0)
     assert schedule(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert schedule(110) == pytest.approx(0.1)
@@ -68,15 +70,62 @@ def test_warmup_cosine_values():
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 
+def test_per_step_schedule_is_the_mae_releases_per_iteration_lr():
+    """``util/lr_sched.py`` ``adjust_learning_rate`` at the fractional epoch of every iteration:
+    7 iterations an epoch, 2 warmup epochs of 10."""
+    lr, min_lr, per_epoch = 1.5e-3, 1e-5, 7
+    schedule = WarmupCosine(2 * per_epoch, 10 * per_epoch, min_ratio=min_lr / lr)
+    for step in range(10 * per_epoch + 1):  # the release never goes past its last epoch
+        expected = mae_release.adjust_learning_rate(step / per_epoch, lr, min_lr, 2, 10)
+        assert lr * schedule(step) == pytest.approx(expected, rel=1e-12, abs=1e-15), step
+
+
+def timm_lrs(epochs: int, **scheduler_kwargs) -> list[float]:
+    """The lr that timm's ``CosineLRScheduler`` gives each epoch (``step(epoch)`` at its start,
+    as timm's train.py steps it) to an optimizer whose lr is 1."""
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = CosineLRScheduler(optimizer, **scheduler_kwargs)
+    lrs = []
+    for epoch in range(epochs):
+        scheduler.step(epoch)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+def test_per_epoch_schedule_is_timms_cosine_scheduler_as_deit_builds_it():
+    """DeiT's main.py: ``create_scheduler`` makes a ``CosineLRScheduler`` with t_initial =
+    epochs, lr_min = min_lr (1e-5), warmup_t = warmup_epochs (5), warmup_lr_init = warmup_lr
+    (1e-6), cycle_decay = decay_rate (0.1) and its defaults otherwise (warmup_prefix False).
+    Here at lr 1e-3 over 300 epochs and 10 past them."""
+    lr = 1e-3
+    deit = dict(t_initial=300, lr_min=1e-5 / lr, warmup_t=5, warmup_lr_init=1e-6 / lr)
+    expected = timm_lrs(310, **deit, cycle_decay=0.1)
+    schedule = WarmupCosine(5, 300, 1e-5 / lr, 1e-6 / lr, warmup_prefix=False)
+    assert [schedule(epoch) for epoch in range(310)] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_warmup_prefix_is_timms_warmup_prefix():
+    expected = timm_lrs(40, t_initial=30, lr_min=0.1, warmup_t=5, warmup_prefix=True)
+    schedule = WarmupCosine(5, 35, min_ratio=0.1, warmup_prefix=True)
+    assert [schedule(epoch) for epoch in range(40)] == pytest.approx(expected, rel=1e-12)
+
+
 def test_schedule_drives_lambda_lr_per_group_scale():
     model = nn.Linear(2, 2)
     optimizer = torch.optim.SGD(
         [{"params": [model.weight], "lr": 1.0}, {"params": [model.bias], "lr": 0.5}], lr=1.0
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(2, 10))
+    scheduler.step()
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.5, 0.25])
     state = scheduler.state_dict()
-    assert state["lr_lambdas"][0] == {"warmup_steps": 2, "total_steps": 10, "min_ratio": 0.0}
+    assert state["lr_lambdas"][0] == {
+        "warmup_steps": 2,
+        "total_steps": 10,
+        "min_ratio": 0.0,
+        "start_ratio": 0.0,
+        "warmup_prefix": True,
+    }
 
 
 def test_layer_decay_follows_the_backbone_of_a_segmenter(tiny_vit):

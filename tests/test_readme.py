@@ -123,6 +123,11 @@ def memorised_one_batch(cli, result: subprocess.CompletedProcess) -> None:
     assert metrics["train/acc1"] == 1.0 and metrics["train/loss"] < 0.05
 
 
+def evaluated_beside_its_average(cli, result: subprocess.CompletedProcess) -> None:
+    metrics = metrics_of(cli.run_dirs()[-1])
+    assert {"val_ema/acc1", "test_ema/acc1", "test/acc1"} <= metrics.keys()
+
+
 def offline_wandb_run(cli, result: subprocess.CompletedProcess) -> None:
     (run_file,) = cli.run_dirs()[-1].glob("wandb/offline-run-*/run-*.wandb")
     assert run_file.stat().st_size > 1000
@@ -172,7 +177,9 @@ PLAN: dict[str, Plan] = {
     "python train.py -m model=vit_ti,vit_s task.optimizer.lr=1e-3,5e-4 data=imagenet": cannot_run(
         "needs ImageNet"
     ),
-    "python train.py 'callbacks=[default,ema,early_stopping]'": Plan(),
+    "python train.py task.ema_decay=0.999 'callbacks=[default,early_stopping]'": Plan(
+        check=evaluated_beside_its_average
+    ),
     "python train.py debug=fdr": Plan(cap=()),
     "python train.py debug=overfit": Plan(cap=(), check=memorised_one_batch),
     "python train.py --help": Plan(cap=()),

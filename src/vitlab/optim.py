@@ -83,20 +83,33 @@ def param_groups(
 
 @dataclass
 class WarmupCosine:
-    """Per-step lr multiplier: linear warmup from 0, then cosine down to ``min_ratio``.
+    """lr multiplier at scheduler step ``step`` (an optimizer step or an epoch): a linear warmup
+    from ``start_ratio`` over ``warmup_steps``, then a half-cycle cosine down to ``min_ratio``,
+    reached at ``total_steps`` and kept after.
 
-    A plain picklable callable for ``LambdaLR`` so scheduler state resumes exactly.
+    ``warmup_prefix`` places the cosine as the parameter of that name of timm's
+    ``CosineLRScheduler`` does:
+
+    - ``True``: the cosine starts where the warmup ends and spans the rest: the MAE release's
+      per-iteration ``util/lr_sched.py`` ``adjust_learning_rate`` (warmup from 0 at step 0);
+    - ``False``: the cosine spans ``[0, total_steps)`` and the warmup takes the place of its
+      start, so the peak is never quite reached: timm's default, with which DeiT's ``main.py``
+      builds its per-epoch schedule (``create_scheduler``).
+
+    A plain picklable callable for ``LambdaLR``, so scheduler state resumes exactly.
     """
 
-    warmup_steps: int
+    warmup_steps: float
     total_steps: int
     min_ratio: float = 0.0
+    start_ratio: float = 0.0
+    warmup_prefix: bool = True
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        decay_steps = max(1, self.total_steps - self.warmup_steps)
-        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+            return self.start_ratio + (1 - self.start_ratio) * step / self.warmup_steps
+        start = self.warmup_steps if self.warmup_prefix else 0
+        progress = min(1.0, (step - start) / max(1, self.total_steps - start))
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

@@ -1,26 +1,51 @@
-"""MAE model: masking, loss on masked patches only, patchify round trip, release names, and an
-encoder whose position embeddings and drop path the MAE keeps."""
+"""MAE model: masking, initialisation and weight decay as the release's, loss on masked patches
+only, patchify round trip, the release's state dict, and an encoder whose position embeddings
+and drop path the MAE keeps."""
 
 from __future__ import annotations
 
+import copy
+import math
+
+import mae_release
 import pytest
 import torch
+from timm.optim import param_groups_weight_decay
+from torch import nn
 
-from vitlab.models.mae import random_masking
+from vitlab.models.mae import MaskedAutoencoderViT, random_masking
 from vitlab.models.pos_embed import sincos_2d
+from vitlab.models.vit import VisionTransformer
+from vitlab.optim import param_groups
 
 
 def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.mark.parametrize("mask_ratio", [0.25, 0.5, 0.75, 0.9])
-def test_encoder_sees_only_the_visible_patches(tiny_mae, mask_ratio: float):
+# (mask ratio, patches the release's int(16 * (1 - r)) keeps of 16): 0.7 and 0.9 keep one fewer
+# than rounding would
+VISIBLE_OF_16 = [(0.25, 12), (0.5, 8), (0.7, 4), (0.75, 4), (0.9, 1)]
+
+
+@pytest.mark.parametrize(("mask_ratio", "num_visible"), VISIBLE_OF_16)
+def test_encoder_sees_only_the_visible_patches(tiny_mae, mask_ratio: float, num_visible: int):
     model = tiny_mae(mask_ratio=mask_ratio)
     latent, mask, _ = model.forward_encoder(torch.randn(3, 1, 8, 8), mask_ratio)
-    num_visible = round(16 * (1 - mask_ratio))
     assert latent.shape == (3, 1 + num_visible, 32)
     assert (mask.sum(dim=1) == 16 - num_visible).all()
+
+
+@pytest.mark.parametrize(("length", "mask_ratio"), [(16, 0.9), (16, 0.7), (196, 0.75), (10, 0.6)])
+def test_random_masking_draws_and_keeps_what_the_releases_does(length: int, mask_ratio: float):
+    tokens = torch.randn(3, length, 4)
+    torch.manual_seed(0)
+    expected = mae_release.random_masking(tokens, mask_ratio)
+    torch.manual_seed(0)
+    actual = random_masking(tokens, mask_ratio)
+    names = ("visible", "mask", "ids_restore")
+    for name, value, reference in zip(names, actual, expected, strict=True):
+        torch.testing.assert_close(value, reference, rtol=0, atol=0, msg=name)
 
 
 def test_random_masking_returns_the_visible_tokens_and_how_to_restore_the_order():
@@ -138,23 +163,61 @@ def test_an_average_pooling_encoder_gets_a_final_norm(tiny_mae, tiny_vit):
     assert {"norm.weight", "norm.bias"} <= set(model.state_dict())
 
 
-def test_parameter_names_follow_the_mae_release(tiny_mae):
-    names = set(tiny_mae().state_dict())
-    expected = {
-        "cls_token",
-        "pos_embed",
-        "patch_embed.proj.weight",
-        "blocks.1.attn.qkv.weight",
-        "norm.weight",
-        "mask_token",
-        "decoder_embed.weight",
-        "decoder_pos_embed",
-        "decoder_blocks.0.norm1.weight",
-        "decoder_norm.weight",
-        "decoder_pred.weight",
+def test_the_state_dict_is_the_releases_mae_vit_base_patch16_dec512d8b():
+    with torch.device("meta"):
+        model = MaskedAutoencoderViT(VisionTransformer(pos_embed="sincos"))
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    assert shapes == mae_release.mae_state_shapes()
+
+
+def test_initialisation_is_the_releases_in_its_order(tiny_mae):
+    model = tiny_mae()
+    reference = copy.deepcopy(model)
+    torch.manual_seed(0)
+    model.initialize_weights()
+    torch.manual_seed(0)
+    mae_release.initialize_weights(reference)
+    expected = reference.state_dict()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("pos_embed", ["sincos", "learned"])
+def test_a_new_mae_is_initialised_as_the_release_encoder_included(tiny_mae, tiny_vit, pos_embed):
+    """Every Linear xavier-uniform (not the supervised ViT's truncated normal, std 0.02, whose
+    spread is several times smaller at these widths), norms 1 / 0, biases 0, tokens normal."""
+    torch.manual_seed(0)
+    model = tiny_mae(encoder=tiny_vit(pos_embed=pos_embed, embed_dim=64), decoder_embed_dim=64)
+    weights = {"patch_embed.proj": model.patch_embed.proj.weight.detach().flatten(1)}
+    weights |= {
+        name: m.weight.detach() for name, m in model.named_modules() if isinstance(m, nn.Linear)
     }
-    assert expected <= names
-    assert not any(name.startswith(("head", "fc_norm", "encoder")) for name in names)
+    assert any(name.startswith("blocks.") for name in weights)
+    for name, weight in weights.items():
+        bound = math.sqrt(6 / sum(weight.shape))  # xavier-uniform: U(-bound, bound)
+        assert weight.abs().max() <= bound, name
+        assert weight.std() == pytest.approx(bound / math.sqrt(3), rel=0.2), name
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear | nn.LayerNorm):
+            assert torch.count_nonzero(module.bias) == 0, name
+        if isinstance(module, nn.LayerNorm):
+            assert torch.equal(module.weight, torch.ones_like(module.weight)), name
+    tokens = torch.cat([model.cls_token.detach().flatten(), model.mask_token.detach().flatten()])
+    assert tokens.std() == pytest.approx(0.02, rel=0.3)
+
+
+def test_pretraining_decays_every_weight_the_release_decays(tiny_mae):
+    """``main_pretrain.py``: ``optim_factory.add_weight_decay(model, args.weight_decay)``, timm's
+    ``param_groups_weight_decay`` today, with no skip list: class and mask tokens decay."""
+    model = tiny_mae()
+    expected = {
+        id(p): group["weight_decay"]
+        for group in param_groups_weight_decay(model, 0.05)
+        for p in group["params"]
+    }
+    groups = param_groups(model, 0.05)
+    assert {id(p): group["weight_decay"] for group in groups for p in group["params"]} == expected
+    assert expected[id(model.cls_token)] == expected[id(model.mask_token)] == 0.05
 
 
 def test_mask_ratio_out_of_range_is_rejected(tiny_mae):

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from timm.layers import resample_abs_pos_embed
 
 from vitlab.models.pos_embed import resample, sincos_1d, sincos_2d
 
@@ -51,3 +52,17 @@ def test_resampling_a_smooth_table_stays_close_to_recomputing_it():
     fine = resample(coarse, (16, 16))
     # a bicubic resampling of a smooth table is bounded like the table itself
     assert fine.abs().max() <= 1.1
+
+
+@pytest.mark.parametrize("num_prefix_tokens", [0, 1])
+@pytest.mark.parametrize(
+    ("side", "new_grid"), [(4, (8, 8)), (14, (16, 16)), (16, (14, 14)), (7, (5, 9))]
+)
+def test_resampling_is_timms_bicubic_resampling(side, new_grid, num_prefix_tokens):
+    """timm's ``resample_abs_pos_embed`` without antialiasing: bicubic, corners not aligned, as
+    the MAE release's ``interpolate_pos_embed`` and DeiT's fine-tuning resample."""
+    table = torch.randn(1, num_prefix_tokens + side * side, 24)
+    expected = resample_abs_pos_embed(
+        table, list(new_grid), num_prefix_tokens=num_prefix_tokens, antialias=False
+    )
+    torch.testing.assert_close(resample(table, new_grid, num_prefix_tokens), expected)

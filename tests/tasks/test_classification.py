@@ -3,9 +3,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import lightning as L
+import mae_release
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, TensorDataset
 
 from vitlab.data.digits import DigitsDataModule
@@ -54,16 +56,42 @@ def test_optimizer_groups_scaled_lr_and_per_step_schedule(digits_task, fit):
     )
     optimizer = trainer.optimizers[0]
     peak = 1e-3 * 32 * 2 / 256  # batch 32 x 2 accumulation steps
-    total, warmup = 4, 2  # 4 batches per epoch / 2 accumulation = 2 optimizer steps per epoch
-    schedule = WarmupCosine(warmup, total, min_ratio=1e-5 / peak)
+    # 4 batches an epoch / 2 accumulation = 2 optimizer steps an epoch: the release's lr at each
+    # step's fractional epoch, times each group's layer-decay scale (util/lr_sched.py)
+    lrs = [mae_release.adjust_learning_rate(step / 2, peak, 1e-5, 1, 2) for step in range(4)]
     scales = [group["lr_scale"] for group in optimizer.param_groups]
-    expected = [[peak * scale * schedule(step // 2) for scale in scales] for step in range(8)]
+    expected = [[lrs[batch // 2] * scale for scale in scales] for batch in range(8)]
     assert record.lrs == [pytest.approx(row) for row in expected]
     decays = {
         name: group["weight_decay"] for group in optimizer.param_groups for name in group["names"]
     }
     assert decays["blocks.0.attn.qkv.weight"] == 0.05
     assert decays["cls_token"] == decays["blocks.0.norm1.bias"] == 0.0
+
+
+def test_a_per_epoch_schedule_follows_timms_cosine_scheduler_from_the_warmup_lr(digits_task, fit):
+    task = digits_task(
+        warmup_epochs=2, warmup_lr=1e-6, min_lr=1e-5, schedule_interval="epoch", layer_decay=0.5
+    )
+    trainer, record = fit(task, max_epochs=6, limit_train_batches=3)
+    peak = 1e-3 * 32 / 256
+    # as DeiT's main.py builds it (create_scheduler); each epoch at its own value, as timm's
+    # train.py steps it (DeiT's main.py lags one epoch: RecipeTask.lr_schedule)
+    reference = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    timm_schedule = CosineLRScheduler(
+        reference, t_initial=6, lr_min=1e-5, warmup_t=2, warmup_lr_init=1e-6
+    )
+    scales = [group["lr_scale"] for group in trainer.optimizers[0].param_groups]
+    for epoch in range(6):
+        timm_schedule.step(epoch)
+        lr = reference.param_groups[0]["lr"]
+        for batch in range(3):
+            assert record.lrs[3 * epoch + batch] == pytest.approx([lr * s for s in scales])
+
+
+def test_an_unknown_schedule_interval_is_refused(digits_task):
+    with pytest.raises(ValueError, match="schedule_interval must be 'step' or 'epoch'"):
+        digits_task(schedule_interval="iteration")
 
 
 @pytest.mark.parametrize("max_epochs", [100, -1])
@@ -101,6 +129,29 @@ def test_train_accuracy_is_the_top1_of_the_epochs_batches(digits_task, quiet_tra
     last_epoch = torch.cat(record.hits[-1]).float().mean()
     assert trainer.callback_metrics["train/acc1"].item() == pytest.approx(last_epoch.item())
     assert torch.cat(record.hits[0]).float().mean() != pytest.approx(last_epoch.item())
+
+
+class HeadAtFitStart(L.Callback):
+    """The classifier's weights when fitting starts (after ``setup`` loaded the encoder)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        head = pl_module.model.head
+        self.weight, self.bias = head.weight.detach().clone(), head.bias.detach().clone()
+
+
+def test_fine_tuning_starts_the_classifier_as_the_mae_release_does(
+    tmp_path, tiny_mae, vit_config, optimizer_config, quiet_trainer
+):
+    """``main_finetune.py`` loads the encoder, then ``trunc_normal_(head.weight, std=2e-5)``."""
+    torch.save({"model": tiny_mae().state_dict()}, tmp_path / "mae.pth")
+    task = ClassificationTask(
+        vit_config(global_pool="avg"), optimizer_config(), pretrained=str(tmp_path / "mae.pth")
+    )
+    record = HeadAtFitStart()
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0, callbacks=[record])
+    trainer.fit(task, datamodule=DigitsDataModule(batch_size=16))
+    assert record.weight.std() == pytest.approx(2e-5, rel=0.2)  # timm's 0.02 from scratch
+    assert torch.count_nonzero(record.bias) == 0
 
 
 def test_soft_targets_use_soft_cross_entropy(digits_task):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from vitlab.data.digits import DigitsDataModule
+from vitlab.models.probe import ProbeHead
 from vitlab.tasks.linear_probe import LinearProbeTask
 
 
@@ -91,9 +92,31 @@ def test_head_is_batchnorm_without_affine_then_linear_and_alone_in_the_optimizer
     )
 
 
+class ProbeAtFitStart(L.Callback):
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.weight = pl_module.model.head[1].weight.detach().clone()
+
+
+def test_the_probe_starts_as_the_releases_after_the_encoder_is_loaded(probe_task, fit):
+    """``main_linprobe.py`` loads the encoder, then ``trunc_normal_(head.weight, std=0.01)``."""
+    record = ProbeAtFitStart()
+    fit(probe_task(), [record])
+    assert record.weight.std() == pytest.approx(0.01, rel=0.2)
+
+
 def test_probe_reports_classification_metrics(probe_task, fit):
     task = probe_task()
     trainer = fit(task, [])
     assert {"train/loss", "train/acc1", "val/acc1", "val/loss"} <= trainer.callback_metrics.keys()
     trainer.test(task, datamodule=DigitsDataModule(batch_size=32))
     assert {"test/acc1", "test/acc5", "test/loss"} <= trainer.callback_metrics.keys()
+
+
+def test_a_probe_keeps_an_ema_of_the_probed_model_when_asked(
+    vit_config, optimizer_config, quiet_trainer
+):
+    task = LinearProbeTask(vit_config(), optimizer_config("SGD"), ema_decay=0.5)
+    assert isinstance(task.model_ema.module.head, ProbeHead)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(task, datamodule=DigitsDataModule(batch_size=16))
+    assert {"val/acc1", "val_ema/acc1"} <= trainer.callback_metrics.keys()

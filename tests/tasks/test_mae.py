@@ -62,8 +62,10 @@ def test_optimizer_holds_encoder_decoder_and_probe_with_mae_betas(mae_task, trai
     assert names == trainable
     assert {"model.mask_token", "model.decoder_pred.weight", "probe.1.weight"} <= names
     decay = {n: g["weight_decay"] for g in optimizer.param_groups for n in g["names"]}
-    assert decay["model.mask_token"] == decay["model.cls_token"] == 0.0
+    # the release decays the tokens too (tests/models/test_mae.py compares with its groups)
+    assert decay["model.mask_token"] == decay["model.cls_token"] == 0.05
     assert decay["model.blocks.0.attn.qkv.weight"] == 0.05
+    assert decay["model.blocks.0.attn.qkv.bias"] == decay["model.norm.weight"] == 0.0
     assert optimizer.defaults["betas"] == (0.9, 0.95)
 
 

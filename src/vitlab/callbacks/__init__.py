@@ -1,1 +1,1 @@
-"""Lightning callbacks: reconstruction grids, attention maps, weight EMA."""
+"""Lightning callbacks: reconstruction grids, attention maps, epoch seeding, throughput."""

@@ -14,7 +14,13 @@ import torch
 from torch import nn
 
 from vitlab.models.pos_embed import sincos_2d
-from vitlab.models.vit import Block, LayerNorm, VisionTransformer, init_linear_and_norm
+from vitlab.models.vit import Block, LayerNorm, VisionTransformer
+
+
+def num_visible(num_patches: int, mask_ratio: float) -> int:
+    """How many patches the encoder sees: ``int(N * (1 - r))``, rounded down as the release's
+    ``random_masking`` does (``models_mae.py``: ``len_keep = int(L * (1 - mask_ratio))``)."""
+    return int(num_patches * (1 - mask_ratio))
 
 
 def random_masking(
@@ -22,12 +28,13 @@ def random_masking(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep a random ``1 - mask_ratio`` of each sample's tokens (the ones with the least noise).
 
-    Returns the visible tokens (B, round(N * (1 - r)), D), the mask (B, N; 1 = removed) and
+    Returns the visible tokens (B, ``num_visible(N, r)``, D), the mask (B, N; 1 = removed) and
     the indices that restore the original token order from [visible, removed]. ``generator``
-    draws the noise (seeded evaluation masks); the global RNG otherwise.
+    draws the noise (seeded evaluation masks); the global RNG otherwise, in the same draw as the
+    release's ``random_masking``.
     """
     batch, length, dim = tokens.shape
-    num_keep = round(length * (1 - mask_ratio))
+    num_keep = num_visible(length, mask_ratio)
     noise = torch.rand(batch, length, device=tokens.device, generator=generator)
     ids_shuffle = noise.argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
@@ -44,6 +51,9 @@ class MaskedAutoencoderViT(nn.Module):
     is the identity, gets a fresh one). ``norm_pix_loss`` regresses each patch normalised by its
     own mean and variance (computed in fp32), which the paper found to give better
     representations.
+
+    The whole autoencoder, the encoder's blocks included, is initialised as the release's
+    (``initialize_weights``), not as the supervised ViT.
     """
 
     def __init__(
@@ -85,17 +95,25 @@ class MaskedAutoencoderViT(nn.Module):
         )
         self.decoder_norm = LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_h * patch_w * self.in_chans)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """The release's ``initialize_weights`` and ``_init_weights`` (``models_mae.py``), in its
+        order: the patch projection like a Linear (xavier-uniform on its flattened weight), the
+        class and mask tokens normal (std 0.02), then every Linear xavier-uniform with zero bias
+        and every LayerNorm 1 / 0. Position embeddings are left as they are: fixed sin-cos
+        tables, or an encoder's learned ones at their own initialisation."""
+        weight = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
-        for module in (
-            self.decoder_embed,
-            self.decoder_blocks,
-            self.decoder_norm,
-            self.decoder_pred,
-        ):
-            module.apply(init_linear_and_norm)
+        self.apply(init_xavier_linear_and_norm)
 
     def no_weight_decay(self) -> set[str]:
-        return {"cls_token", "pos_embed", "mask_token", "decoder_pos_embed"}
+        """None besides biases and norms: the release's pretraining decays every other weight,
+        ``cls_token`` and ``mask_token`` included (``main_pretrain.py`` builds its groups with
+        timm's ``add_weight_decay``, which skips one-dimensional parameters and an empty list)."""
+        return set()
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, patch_h * patch_w * C), pixels in (row, column, channel) order."""
@@ -158,3 +176,15 @@ class MaskedAutoencoderViT(nn.Module):
         latent, mask, ids_restore = self.forward_encoder(images, ratio)
         pred = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(images, pred, mask), pred, mask
+
+
+def init_xavier_linear_and_norm(module: nn.Module) -> None:
+    """The release's ``_init_weights``: xavier-uniform Linear weights ("following official JAX
+    ViT"), zero biases, unit norms."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,5 +1,5 @@
 """What every vitlab task shares: built from configs, the optimizer recipe, scaled lr, the
-per-step schedule, the monitored metric and the FLOPs of a training step."""
+warmup + cosine schedule, the monitored metric and the FLOPs of a training step."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # device types with torch's fused Adam(W) kernels that vitlab trains on
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 Config = Mapping[str, Any]
+ScheduleInterval = Literal["step", "epoch"]
 
 
 def build_task(task_config: Config) -> RecipeTask:
@@ -43,8 +44,12 @@ class RecipeTask(L.LightningModule):
     only.
 
     The peak lr is scaled by the effective batch (per-device batch x devices x nodes x
-    accumulation), warmed up linearly for ``warmup_epochs`` and decayed by a cosine to
-    ``min_lr``, every optimizer step.
+    accumulation), warmed up linearly from ``warmup_lr`` for ``warmup_epochs`` and decayed by a
+    cosine to ``min_lr`` (both absolute lrs). ``schedule_interval`` says how: ``step`` updates it
+    every optimizer step, the cosine starting after the warmup (the MAE release's schedule);
+    ``epoch`` once per epoch, the cosine spanning every epoch with the warmup in place of its
+    start (timm's ``CosineLRScheduler`` as DeiT uses it). Each parameter group's lr is its layer
+    decay scale times that schedule, warmup and floor included, as in the MAE release.
 
     ``monitor`` is the validation metric that picks the best checkpoint (and stops early, and
     scores sweeps) and ``mode`` says whether higher (``max``) or lower (``min``) is better.
@@ -63,6 +68,8 @@ class RecipeTask(L.LightningModule):
         optimizer: Config,
         warmup_epochs: float = 0.0,
         min_lr: float = 0.0,
+        warmup_lr: float = 0.0,
+        schedule_interval: ScheduleInterval = "step",
         layer_decay: float | None = None,
         compile: bool = False,
         skip_nonfinite: bool = False,
@@ -72,10 +79,16 @@ class RecipeTask(L.LightningModule):
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if schedule_interval not in ("step", "epoch"):
+            raise ValueError(
+                f"schedule_interval must be 'step' or 'epoch', got {schedule_interval!r}"
+            )
         self.save_hyperparameters(logger=False)
         self.optimizer_factory: Callable[..., Optimizer] = instantiate(optimizer, _convert_="all")
         self.warmup_epochs = warmup_epochs
         self.min_lr = min_lr
+        self.warmup_lr = warmup_lr
+        self.schedule_interval = schedule_interval
         self.layer_decay = layer_decay
         self.compile_model = compile
         self.skip_nonfinite = skip_nonfinite
@@ -188,20 +201,38 @@ class RecipeTask(L.LightningModule):
         # loader must be set up to count them, which Lightning skips when max_epochs is -1
         trainer.fit_loop.setup_data()
         steps_per_epoch = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)
-        warmup_steps = min(total_steps, round(self.warmup_epochs * steps_per_epoch))
+        schedule = self.lr_schedule(lr, total_steps, steps_per_epoch)
+        interval = self.schedule_interval
         rank_zero_info(
             f"effective batch {batch} = {self.per_device_batch_size()} per device x "
             f"{trainer.num_devices} device(s) x {trainer.num_nodes} node(s) x "
             f"{trainer.accumulate_grad_batches} accumulation; lr {lr:.3g} = base {base_lr:.3g} "
-            f"x {batch}/256; {total_steps} steps, {warmup_steps} warmup"
+            f"x {batch}/256; {schedule.total_steps} {interval}s, {schedule.warmup_steps:g} "
+            f"warmup from {self.warmup_lr:.3g}, cosine to {self.min_lr:.3g}"
         )
-        min_ratio = min(1.0, self.min_lr / lr) if lr > 0 else 0.0
-        schedule = WarmupCosine(warmup_steps, total_steps, min_ratio=min_ratio)
         scheduler = LambdaLR(optimizer, schedule)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval, "frequency": 1},
         }
+
+    def lr_schedule(self, lr: float, total_steps: int, steps_per_epoch: int) -> WarmupCosine:
+        """The multiplier of the peak ``lr`` at each scheduler step: every optimizer step of
+        ``total_steps`` (warmup rounded to whole steps), or every epoch of the
+        ``ceil(total_steps / steps_per_epoch)`` the run has.
+
+        Epoch ``e`` trains at the schedule's value for ``e``, as timm's train.py steps its
+        scheduler. DeiT's main.py lags one epoch behind it: it steps with the epoch just trained
+        (``lr_scheduler.step(epoch)``), so its epochs 0 and 1 both train at the warmup lr, and a
+        resumed run of it steps with its first epoch instead (no lag)."""
+        min_ratio = min(1.0, self.min_lr / lr) if lr > 0 else 0.0
+        start_ratio = min(1.0, self.warmup_lr / lr) if lr > 0 else 0.0
+        if self.schedule_interval == "epoch":
+            epochs = math.ceil(total_steps / steps_per_epoch)
+            warmup = min(epochs, self.warmup_epochs)
+            return WarmupCosine(warmup, epochs, min_ratio, start_ratio, warmup_prefix=False)
+        warmup = min(total_steps, round(self.warmup_epochs * steps_per_epoch))
+        return WarmupCosine(warmup, total_steps, min_ratio, start_ratio, warmup_prefix=True)
 
 
 def fused_adam(factory: Callable[..., Optimizer], groups: Iterable[dict]) -> dict:

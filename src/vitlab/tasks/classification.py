@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,12 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from vitlab.tasks.base import Config, RecipeTask, load_pretrained_weights
+from vitlab.models.ema import ModelEma
+from vitlab.tasks.base import Config, RecipeTask, ScheduleInterval, load_pretrained_weights
+
+# the std of a fine-tuned classifier's fresh weights: the MAE release's fine-tuning
+# (main_finetune.py: "manually initialize fc layer", trunc_normal_(model.head.weight, std=2e-5))
+FINETUNE_HEAD_STD = 2e-5
 
 
 def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -27,9 +33,17 @@ class ClassificationTask(RecipeTask):
     """Cross-entropy with label smoothing; targets are class indices or soft (mixed) labels.
 
     ``model`` is the config of a ``VisionTransformer``. ``pretrained`` (a vitlab, MAE or timm
-    checkpoint) is loaded into it when fitting starts, so evaluating or resuming a fine-tuned
-    checkpoint never needs that file. ``compile`` compiles ``model`` in place (checkpoint keys
-    unchanged).
+    checkpoint) is loaded into it when fitting starts, and the classifier then initialised for
+    fine-tuning (``init_head``), so evaluating or resuming a fine-tuned checkpoint never needs
+    that file. ``compile`` compiles ``model`` in place (checkpoint keys unchanged).
+
+    ``ema_decay`` keeps an exponential moving average of the model's weights beside it
+    (``model_ema``, updated after every optimizer step), as DeiT does: the model is what trains,
+    is saved as the model (``model.*``), exported and evaluated under ``val/`` and ``test/``;
+    the average is saved beside it (``model_ema.*``, so a resumed run continues both) and
+    evaluated on the same batches under ``val_ema/`` and ``test_ema/``. ``monitor`` picks the
+    best checkpoint by the model's ``val/acc1``, as DeiT's ``best_checkpoint.pth``, unless it
+    names an ``val_ema/`` metric.
     """
 
     def __init__(
@@ -38,6 +52,8 @@ class ClassificationTask(RecipeTask):
         optimizer: Config,
         warmup_epochs: float = 5.0,
         min_lr: float = 1e-6,
+        warmup_lr: float = 0.0,
+        schedule_interval: ScheduleInterval = "step",
         layer_decay: float | None = None,
         label_smoothing: float = 0.1,
         pretrained: str | None = None,
@@ -45,11 +61,21 @@ class ClassificationTask(RecipeTask):
         skip_nonfinite: bool = False,
         monitor: str = "val/acc1",
         mode: Literal["min", "max"] = "max",
+        ema_decay: float | None = None,
     ):
         super().__init__(
-            optimizer, warmup_epochs, min_lr, layer_decay, compile, skip_nonfinite, monitor, mode
+            optimizer,
+            warmup_epochs,
+            min_lr,
+            warmup_lr,
+            schedule_interval,
+            layer_decay,
+            compile,
+            skip_nonfinite,
+            monitor,
+            mode,
         )
-        self.model: nn.Module = instantiate(model, _convert_="all")
+        self.model = self.build_model(model)
         self.pretrained = pretrained
         self.label_smoothing = label_smoothing
         num_classes = self.model.num_classes
@@ -58,17 +84,38 @@ class ClassificationTask(RecipeTask):
         self.train_acc1 = MeanMetric(nan_strategy="disable")
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
+        self.model_ema = None if ema_decay is None else ModelEma(self.model, ema_decay)
+        if self.model_ema is not None:
+            self.val_ema_metrics = accuracy_metrics(num_classes, "val_ema/")
+            self.test_ema_metrics = accuracy_metrics(num_classes, "test_ema/")
+
+    def build_model(self, config: Config) -> nn.Module:
+        """The classifier that trains, from its config."""
+        return instantiate(config, _convert_="all")
 
     def setup(self, stage: str) -> None:
         # a resumed run restores its own weights: the pretrained file is not needed again
         if stage == "fit" and self.pretrained is not None and self.trainer.ckpt_path is None:
             load_pretrained_weights(self.model, self.pretrained)
+            self.init_head()
+            if self.model_ema is not None:
+                self.model_ema.set(self.model)
+
+    def init_head(self) -> None:
+        """The classifier on a loaded encoder: truncated-normal weights of std 2e-5 and zero
+        biases, as the MAE release sets them after loading; its logits start near zero, so
+        fine-tuning starts from a uniform prediction rather than a random one."""
+        nn.init.trunc_normal_(self.model.head.weight, std=FINETUNE_HEAD_STD)
+        nn.init.zeros_(self.model.head.bias)
 
     def trained_module(self) -> nn.Module:
         return self.model
 
     def val_metric_names(self) -> list[str]:
-        return ["val/loss", *self.val_metrics.keys()]
+        names = ["val/loss", *self.val_metrics.keys()]
+        if self.model_ema is not None:
+            names += ["val_ema/loss", *self.val_ema_metrics.keys()]
+        return names
 
     def classifier(self) -> nn.Module:
         """A copy of the trained classifier as a plain model in eval mode: what export and
@@ -102,13 +149,34 @@ class ClassificationTask(RecipeTask):
         else:
             self.train_acc1.reset()
 
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer's step, then the EMA's update (as DeiT's ``train_one_epoch``)."""
+        super().optimizer_step(*args, **kwargs)
+        if self.model_ema is not None:
+            self.model_ema.update(self.model)
+
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         images, targets = batch
-        logits = self(images)
-        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        self._log_evaluation(self, images, targets, stage, prog_bar=True)
+        if self.model_ema is not None:
+            self._log_evaluation(self.model_ema, images, targets, f"{stage}_ema", prog_bar=False)
+
+    def _log_evaluation(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        prefix: str,
+        prog_bar: bool,
+    ) -> None:
+        """Loss (without smoothing) and accuracies of ``model`` (this task, or its EMA) under
+        ``prefix``: val, test, val_ema or test_ema."""
+        logits = model(images)
+        metrics = getattr(self, f"{prefix}_metrics")
         metrics(logits, targets)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, targets), prog_bar=True, sync_dist=True)
-        self.log_dict(metrics, prog_bar=True)
+        loss = F.cross_entropy(logits, targets)
+        self.log(f"{prefix}/loss", loss, prog_bar=prog_bar, sync_dist=True)
+        self.log_dict(metrics, prog_bar=prog_bar)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")

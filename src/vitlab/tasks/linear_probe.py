@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from vitlab.models.probe import ProbeHead
-from vitlab.tasks.base import Config
+from vitlab.tasks.base import Config, ScheduleInterval
 from vitlab.tasks.classification import ClassificationTask
 
 
@@ -27,6 +27,8 @@ class LinearProbeTask(ClassificationTask):
         optimizer: Config,
         warmup_epochs: float = 10.0,
         min_lr: float = 0.0,
+        warmup_lr: float = 0.0,
+        schedule_interval: ScheduleInterval = "step",
         layer_decay: float | None = None,
         label_smoothing: float = 0.0,
         pretrained: str | None = None,
@@ -34,12 +36,15 @@ class LinearProbeTask(ClassificationTask):
         skip_nonfinite: bool = False,
         monitor: str = "val/acc1",
         mode: Literal["min", "max"] = "max",
+        ema_decay: float | None = None,
     ):
         super().__init__(
             model,
             optimizer,
             warmup_epochs,
             min_lr,
+            warmup_lr,
+            schedule_interval,
             layer_decay,
             label_smoothing,
             pretrained,
@@ -47,10 +52,19 @@ class LinearProbeTask(ClassificationTask):
             skip_nonfinite,
             monitor,
             mode,
+            ema_decay,
         )
-        self.model.requires_grad_(False)
-        self.model.head = ProbeHead(self.model.embed_dim, self.model.num_classes)
         self.train()  # Lightning keeps the modes modules are built with: freeze them here
+
+    def build_model(self, config: Config) -> nn.Module:
+        """The frozen ViT with a ``ProbeHead`` in place of its classifier."""
+        model = super().build_model(config).requires_grad_(False)
+        model.head = ProbeHead(model.embed_dim, model.num_classes)
+        return model
+
+    def init_head(self) -> None:
+        """The probe keeps the initialisation ``ProbeHead`` gave it (std 0.01, what the MAE
+        release's ``main_linprobe.py`` sets after loading): loading never touches the head."""
 
     def trained_module(self) -> nn.Module:
         return self.model.head

@@ -11,7 +11,7 @@ from torch import nn
 
 from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.models.probe import ProbeHead
-from vitlab.tasks.base import Config, RecipeTask
+from vitlab.tasks.base import Config, RecipeTask, ScheduleInterval
 from vitlab.tasks.classification import accuracy_metrics
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -35,6 +35,8 @@ class MAEPretrainTask(RecipeTask):
         optimizer: Config,
         warmup_epochs: float = 40.0,
         min_lr: float = 0.0,
+        warmup_lr: float = 0.0,
+        schedule_interval: ScheduleInterval = "step",
         layer_decay: float | None = None,
         probe_num_classes: int | None = None,
         compile: bool = False,
@@ -43,7 +45,16 @@ class MAEPretrainTask(RecipeTask):
         mode: Literal["min", "max"] = "min",
     ):
         super().__init__(
-            optimizer, warmup_epochs, min_lr, layer_decay, compile, skip_nonfinite, monitor, mode
+            optimizer,
+            warmup_epochs,
+            min_lr,
+            warmup_lr,
+            schedule_interval,
+            layer_decay,
+            compile,
+            skip_nonfinite,
+            monitor,
+            mode,
         )
         self.model: MaskedAutoencoderViT = instantiate(model, _convert_="all")
         self.probe = (

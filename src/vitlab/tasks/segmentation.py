@@ -12,7 +12,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from vitlab.models.segmenter import ViTSegmenter
-from vitlab.tasks.base import Config, RecipeTask, load_pretrained_weights
+from vitlab.tasks.base import Config, RecipeTask, ScheduleInterval, load_pretrained_weights
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -43,6 +43,8 @@ class SegmentationTask(RecipeTask):
         optimizer: Config,
         warmup_epochs: float = 5.0,
         min_lr: float = 1e-6,
+        warmup_lr: float = 0.0,
+        schedule_interval: ScheduleInterval = "step",
         pretrained: str | None = None,
         layer_decay: float | None = None,
         compile: bool = False,
@@ -51,7 +53,16 @@ class SegmentationTask(RecipeTask):
         mode: Literal["min", "max"] = "max",
     ):
         super().__init__(
-            optimizer, warmup_epochs, min_lr, layer_decay, compile, skip_nonfinite, monitor, mode
+            optimizer,
+            warmup_epochs,
+            min_lr,
+            warmup_lr,
+            schedule_interval,
+            layer_decay,
+            compile,
+            skip_nonfinite,
+            monitor,
+            mode,
         )
         self.model: ViTSegmenter = instantiate(model, _convert_="all")
         self.pretrained = pretrained
