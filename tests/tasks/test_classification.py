@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import lightning as L
@@ -194,12 +195,24 @@ def test_under_ddp_a_nonfinite_batch_is_skipped_and_the_ranks_step_on(
     assert all(torch.isfinite(parameter).all() for parameter in trained)
 
 
-def test_training_reduces_the_loss_on_digits(digits_task, fit):
+def attention_below_uniform(task: ClassificationTask, images: torch.Tensor) -> float:
+    """How far the class token's attention is from uniform over the tokens: log(tokens) minus
+    its mean entropy over every block and head (0 for uniform attention)."""
+    with torch.no_grad():
+        rows = torch.stack([maps[:, :, 0] for maps in task.model.attention_maps(images)])
+    return math.log(rows.shape[-1]) + float((rows * rows.log()).sum(-1).mean())
+
+
+def test_training_reduces_the_loss_on_digits_and_learns_where_to_attend(digits_task, fit):
     torch.manual_seed(0)
     task = digits_task(lr=2e-2, warmup_epochs=0, label_smoothing=0.0)
     trainer, _ = fit(task, max_epochs=3)
     assert trainer.callback_metrics["val/acc1"] > 0.3
     assert trainer.callback_metrics["val/loss"] < 2.30  # below chance, ln(10)
+    # the freshly initialised attention is uniform to 1e-4, and stays so if queries and keys
+    # get no gradient (as with attention broken to a plain mean, which still fits the digits)
+    images, _ = next(iter(trainer.datamodule.val_dataloader()))
+    assert attention_below_uniform(task.eval(), images) > 0.02  # measured: 0.05
 
 
 def test_non_finite_loss_stops_naming_step_and_batch_or_skips_the_step(digits_task):
