@@ -2,11 +2,15 @@
 
 Both steps are forward + backward + AdamW (fused, as vitlab trains) on the same encoder,
 measured in the same process on the same inputs; MAE's encoder runs on the visible 25% of the
-patches and its decoder (512 wide, 8 deep by default) on all of them. Defaults finish in under 2
-minutes on a CPU:
+patches and its decoder (512 wide, 8 deep by default) on all of them. On CUDA both run under
+bf16 autocast, and the script also prints each step's peak memory: what its warm-up steps, run
+alone, allocated at most beyond what was allocated before them (activations, gradients and
+optimizer state). ``--compile`` compiles both models (``nn.Module.compile()``; the warm-up
+steps then include the compilation). Defaults finish in under 2 minutes on a CPU:
 
     python benchmarks/mae_vs_supervised.py                      # ViT-B/16, batch 4, 3 steps
-    python benchmarks/mae_vs_supervised.py --batch-size 64 --steps 20 --device cuda
+    python benchmarks/mae_vs_supervised.py --model vit_l --batch-size 64 --steps 20 \\
+        --warmup 2 --device cuda [--decoder-depth 1] [--compile]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.models.vit import VisionTransformer
@@ -29,27 +34,48 @@ ENCODERS = {
 }
 
 
+GIB = 2**30
+
+
+def is_cuda(device: str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
 def timed(step: Callable[[], None], device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
+    if is_cuda(device):
+        torch.cuda.synchronize(device)
     started = time.perf_counter()
     step()
-    if device == "cuda":
-        torch.cuda.synchronize()
+    if is_cuda(device):
+        torch.cuda.synchronize(device)
     return time.perf_counter() - started
 
 
+def warm_up(step: Callable[[], None], steps: int, device: str) -> float | None:
+    """Runs ``steps`` warm-up steps; on CUDA returns the most memory they allocated beyond what
+    was allocated before them, in GiB."""
+    if not is_cuda(device):
+        for _ in range(steps):
+            step()
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    baseline = torch.cuda.memory_allocated(device)
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - baseline) / GIB
+
+
 def median_step_seconds(
-    steps: dict[str, Callable[[], None]], repeats: int, warmup: int, device: str
+    steps: dict[str, Callable[[], None]], repeats: int, device: str
 ) -> dict[str, float]:
     """Median wall time of each step, run in alternation so that load from other processes
     on a shared machine weighs on every step alike."""
     times: dict[str, list[float]] = {name: [] for name in steps}
-    for index in range(warmup + repeats):
+    for _ in range(repeats):
         for name, step in steps.items():
-            seconds = timed(step, device)
-            if index >= warmup:
-                times[name].append(seconds)
+            times[name].append(timed(step, device))
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -64,7 +90,7 @@ def train_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> C
     return step
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(ENCODERS), default="vit_b")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -73,20 +99,39 @@ def main() -> None:
     parser.add_argument("--mask-ratio", type=float, default=0.75)
     parser.add_argument("--decoder-depth", type=int, default=8)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="nn.Module.compile() both models")
     args = parser.parse_args()
+    if args.warmup < 1:
+        parser.error("--warmup must be at least 1 (the warm-up steps measure peak memory)")
+    return args
 
-    torch.manual_seed(0)
+
+def build_models(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
+    """The supervised ViT and the MAE over the same encoder architecture, on ``args.device``
+    (built there: no slow CPU initialisation of a large model first)."""
     encoder = ENCODERS[args.model]
+    with torch.device(args.device):
+        supervised = VisionTransformer(img_size=224, num_classes=1000, **encoder)
+        mae = MaskedAutoencoderViT(
+            VisionTransformer(img_size=224, pos_embed="sincos", **encoder),
+            mask_ratio=args.mask_ratio,
+            decoder_depth=args.decoder_depth,
+        )
+    if args.compile:
+        supervised.compile()
+        mae.compile()
+    return supervised, mae
+
+
+def main() -> None:
+    args = parse_args()
+    torch.manual_seed(0)
     images = torch.randn(args.batch_size, 3, 224, 224, device=args.device)
     labels = torch.randint(0, 1000, (args.batch_size,), device=args.device)
-    autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.device == "cuda")
-
-    supervised = VisionTransformer(img_size=224, num_classes=1000, **encoder).to(args.device)
-    mae = MaskedAutoencoderViT(
-        VisionTransformer(img_size=224, pos_embed="sincos", **encoder),
-        mask_ratio=args.mask_ratio,
-        decoder_depth=args.decoder_depth,
-    ).to(args.device)
+    autocast = torch.autocast(
+        torch.device(args.device).type, dtype=torch.bfloat16, enabled=is_cuda(args.device)
+    )
+    supervised, mae = build_models(args)
 
     def supervised_loss() -> torch.Tensor:
         with autocast:
@@ -96,18 +141,23 @@ def main() -> None:
         with autocast:
             return mae(images)[0]
 
-    seconds = median_step_seconds(
-        {"supervised": train_step(supervised, supervised_loss), "mae": train_step(mae, mae_loss)},
-        args.steps,
-        args.warmup,
-        args.device,
-    )
+    steps = {
+        "supervised": train_step(supervised, supervised_loss),
+        "mae": train_step(mae, mae_loss),
+    }
+    peaks = {name: warm_up(step, args.warmup, args.device) for name, step in steps.items()}
+    seconds = median_step_seconds(steps, args.steps, args.device)
     supervised_s, mae_s = seconds["supervised"], seconds["mae"]
     print(
         f"{args.model}, batch {args.batch_size}, {args.device}, mask ratio {args.mask_ratio}, "
-        f"decoder depth {args.decoder_depth}: supervised step {supervised_s * 1e3:.0f} ms, "
-        f"MAE step {mae_s * 1e3:.0f} ms"
+        f"decoder depth {args.decoder_depth}, compile {args.compile}: "
+        f"supervised step {supervised_s * 1e3:.0f} ms, MAE step {mae_s * 1e3:.0f} ms"
     )
+    if peaks["supervised"] is not None and peaks["mae"] is not None:
+        print(
+            f"peak step memory: supervised {peaks['supervised']:.2f} GiB, "
+            f"MAE {peaks['mae']:.2f} GiB"
+        )
     print(f"MAE / supervised step time: {mae_s / supervised_s:.3f}  (goal <= 0.35)")
 
 
