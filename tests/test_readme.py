@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -28,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
 from sklearn.datasets import load_digits
+from wandb_records import run_contents
 
 from vitlab.checks import check_arguments, check_model
 from vitlab.data.synthetic import write_image_tree
@@ -108,14 +110,55 @@ def metrics_of(run_dir: Path) -> dict[str, float]:
 
 def sweep_jobs(cli, jobs: int) -> list[Path]:
     """The newest sweep's job directories: ``jobs`` of them, each tested and logged to its own
-    offline W&B run."""
+    offline W&B run, with its own settings."""
     sweep = cli.sweep_dirs()[-1]
     job_dirs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert len(job_dirs) == jobs
+    runs = []
     for job_dir in job_dirs:
         assert "test/acc1" in metrics_of(job_dir)
-        assert len(list(job_dir.glob("wandb/offline-run-*/run-*.wandb"))) == 1
+        (run_file,) = job_dir.glob("wandb/offline-run-*/run-*.wandb")
+        runs.append(run_contents(run_file))
+    assert len({run["id"] for run in runs}) == jobs
+    settings = {
+        (r["config"]["model"]["depth"], r["config"]["task"]["optimizer"]["lr"]) for r in runs
+    }
+    assert settings == {(2, 1e-2), (2, 5e-3), (4, 1e-2), (4, 5e-3)}
     return job_dirs
+
+
+def optuna_scored_each_trial_by_its_best(cli, result: subprocess.CompletedProcess) -> None:
+    sweep = cli.sweep_dirs()[-1]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == {
+        "task.optimizer.lr",
+        "task.optimizer.weight_decay",
+        "model.drop_path_rate",
+    }
+    # each trial scored by its best validation top-1, not its last
+    scores = [metrics_of(sweep / str(n))["val/acc1_best"] for n in range(2)]
+    assert results["best_value"] == pytest.approx(max(scores))
+
+
+def one_run_of_two_processes(cli, result: subprocess.CompletedProcess) -> None:
+    output = result.stdout + result.stderr
+    assert output.count("DigitsDataModule") == 1  # the config tree, printed by rank 0 only
+    assert "Seed set" not in output  # rank 1 prints nothing
+    run_dir = cli.run_dirs()[-1]
+    assert "per device x 2 device(s) x 1 node(s)" in (run_dir / "train.log").read_text()
+    best, last = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert best.startswith("epoch_") and last == "last.ckpt"
+    assert len(list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))) == 1
+
+
+def attention_maps_in_wandb(cli, result: subprocess.CompletedProcess) -> None:
+    run_dir = cli.run_dirs()[-1]
+    assert list(run_dir.glob("wandb/offline-run-*/files/media/images/val/attention_*.png"))
+
+
+def best_checkpoint_by_miou(cli, result: subprocess.CompletedProcess) -> None:
+    """The segmentation task's own metric picks the best checkpoint."""
+    assert "val/miou_best" in metrics_of(cli.run_dirs()[-1])
 
 
 def memorised_one_batch(cli, result: subprocess.CompletedProcess) -> None:
@@ -199,18 +242,18 @@ PLAN: dict[str, Plan] = {
         cap=(), prepare=write_imagenet_tree
     ),
     "python train.py trainer=ddp trainer.devices=8": cannot_run("needs 8 GPUs"),
-    "python train.py trainer=ddp_cpu trainer.devices=2": Plan(),
+    "python train.py trainer=ddp_cpu trainer.devices=2": Plan(check=one_run_of_two_processes),
     "python train.py -m hydra/launcher=slurm trainer=multinode trainer.num_nodes=4 hydra.launcher.partition=gpu": cannot_run(  # noqa: E501
         "needs a SLURM cluster"
     ),
     "python train.py hparams_search=vit_optuna hydra.sweeper.n_trials=50": Plan(
-        cap=(*CAP, "hydra.sweeper.n_trials=2")
+        cap=(*CAP, "hydra.sweeper.n_trials=2"), check=optuna_scored_each_trial_by_its_best
     ),
     "python train.py ckpt_path=auto hydra.run.dir=logs/train/runs/<timestamp>": Plan(),
     "python predict.py ckpt_path=<ckpt> inputs=<image or folder> top_k=5": Plan(cap=()),
     "python -m vitlab.export <ckpt> exported/ --onnx": Plan(cap=()),
-    "python train.py 'callbacks=[default,attention_maps]'": Plan(),
-    "python train.py experiment=digits_segmentation": Plan(),
+    "python train.py 'callbacks=[default,attention_maps]'": Plan(check=attention_maps_in_wandb),
+    "python train.py experiment=digits_segmentation": Plan(check=best_checkpoint_by_miou),
 }
 COMMANDS = readme_commands()
 

@@ -190,7 +190,8 @@ def logged_metric_names(wandb_dir: Path, run_id: str) -> dict[int, set[str]]:
     """Per ``trainer/global_step``, the names of the metrics the segments of W&B run ``run_id``
     in ``wandb_dir`` hold (online and offline run folders alike)."""
     names: dict[int, set[str]] = defaultdict(set)
-    for path in wandb_dir.glob(f"*run-*-{run_id}/run-{run_id}.wandb"):
+    # a segment started in the same second as an earlier one gets a "-N" suffix on its folder
+    for path in wandb_dir.glob(f"*run-*-{run_id}*/run-{run_id}.wandb"):
         for row in history_rows(path):
             if STEP_KEY in row:
                 names[int(row[STEP_KEY])] |= row.keys()

@@ -27,16 +27,3 @@ def test_segmentation_experiment_trains_and_tests_end_to_end(cli, tmp_path):
     assert {k: evaluated[k] for k in ("test/miou", "test/pixel_acc")} == {
         k: metrics[k] for k in ("test/miou", "test/pixel_acc")
     }
-
-
-def test_segmentation_on_the_canvases_as_typed(cli):
-    """task=segmentation data=digit_canvas: the task's own metric picks the best checkpoint."""
-    cli(
-        "train.py",
-        "task=segmentation",
-        "data=digit_canvas",
-        "debug=fdr",
-        "data.split_sizes={train:64,val:16,test:16}",
-    )
-    (run_dir,) = cli.run_dirs()
-    assert "val/miou_best" in json.loads((run_dir / "metrics.json").read_text())

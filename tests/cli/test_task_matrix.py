@@ -81,8 +81,6 @@ def test_every_task_trains_validates_and_tests_on_the_data_it_supports(repo, tas
 @pytest.mark.parametrize(
     ("option", "writes"),
     [
-        ("callbacks=[default,early_stopping]", "checkpoints/last.ckpt"),
-        ("callbacks=[default,attention_maps]", "wandb"),
         ("logger=many", "csv/metrics.csv"),
         ("logger=csv", "csv/metrics.csv"),
         ("logger=none", "checkpoints/last.ckpt"),
