@@ -94,6 +94,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(ENCODERS), default="vit_b")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--mask-ratio", type=float, default=0.75)
@@ -111,9 +112,9 @@ def build_models(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
     (built there: no slow CPU initialisation of a large model first)."""
     encoder = ENCODERS[args.model]
     with torch.device(args.device):
-        supervised = VisionTransformer(img_size=224, num_classes=1000, **encoder)
+        supervised = VisionTransformer(img_size=args.img_size, num_classes=1000, **encoder)
         mae = MaskedAutoencoderViT(
-            VisionTransformer(img_size=224, pos_embed="sincos", **encoder),
+            VisionTransformer(img_size=args.img_size, pos_embed="sincos", **encoder),
             mask_ratio=args.mask_ratio,
             decoder_depth=args.decoder_depth,
         )
@@ -126,7 +127,7 @@ def build_models(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
 def main() -> None:
     args = parse_args()
     torch.manual_seed(0)
-    images = torch.randn(args.batch_size, 3, 224, 224, device=args.device)
+    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=args.device)
     labels = torch.randint(0, 1000, (args.batch_size,), device=args.device)
     autocast = torch.autocast(
         torch.device(args.device).type, dtype=torch.bfloat16, enabled=is_cuda(args.device)

@@ -5,8 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -43,10 +41,10 @@ def test_lightning_overhead_prints_the_ratio():
     assert "overhead" in out
 
 
-@pytest.mark.slow
 def test_mae_vs_supervised_prints_the_ratio():
     out = run_benchmark(
-        "mae_vs_supervised.py", "--batch-size", "1", "--steps", "1", "--decoder-depth", "1"
+        "mae_vs_supervised.py",
+        *("--img-size", "32", "--batch-size", "1", "--steps", "1", "--decoder-depth", "1"),
     )
     assert "MAE / supervised step time:" in out
 
