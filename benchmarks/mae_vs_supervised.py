@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from device_timing import is_cuda, seconds_per_step, warm_up
 from torch import nn
 
 from vitlab.models.mae import MaskedAutoencoderViT
@@ -34,39 +34,6 @@ ENCODERS = {
 }
 
 
-GIB = 2**30
-
-
-def is_cuda(device: str) -> bool:
-    return torch.device(device).type == "cuda"
-
-
-def timed(step: Callable[[], None], device: str) -> float:
-    if is_cuda(device):
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    step()
-    if is_cuda(device):
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - started
-
-
-def warm_up(step: Callable[[], None], steps: int, device: str) -> float | None:
-    """Runs ``steps`` warm-up steps; on CUDA returns the most memory they allocated beyond what
-    was allocated before them, in GiB."""
-    if not is_cuda(device):
-        for _ in range(steps):
-            step()
-        return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    baseline = torch.cuda.memory_allocated(device)
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - baseline) / GIB
-
-
 def median_step_seconds(
     steps: dict[str, Callable[[], None]], repeats: int, device: str
 ) -> dict[str, float]:
@@ -75,7 +42,7 @@ def median_step_seconds(
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            times[name].append(timed(step, device))
+            times[name].append(seconds_per_step(step, 1, device))
     return {name: statistics.median(values) for name, values in times.items()}
 
 

@@ -30,13 +30,13 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from device_timing import is_cuda, seconds_per_step, warm_up
 from lightning.fabric.utilities.throughput import get_available_flops, measure_flops
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torch import nn
@@ -51,7 +51,6 @@ CONFIGS = {
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 NUM_CLASSES = 1000
-GIB = 2**30
 
 
 @dataclass
@@ -109,11 +108,6 @@ def peak_flops(
     return float(available), source
 
 
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
 def make_step(
     model: nn.Module,
     mode: str,
@@ -141,31 +135,6 @@ def make_step(
         optimizer.step()
 
     return train
-
-
-def seconds_per_step(step: Callable[[], None], steps: int, device: str) -> float:
-    synchronize(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    return (time.perf_counter() - started) / steps
-
-
-def warm_up(step: Callable[[], None], steps: int, device: str) -> float | None:
-    """Runs ``steps`` warm-up steps (allocator, kernels, compilation); on CUDA returns the most
-    memory they allocated beyond what was allocated before them, in GiB."""
-    if not device.startswith("cuda"):
-        for _ in range(steps):
-            step()
-        return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    baseline = torch.cuda.memory_allocated(device)
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - baseline) / GIB
 
 
 def compare(
@@ -259,7 +228,7 @@ def main() -> None:
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda"):
+    if is_cuda(args.device):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     dtype = DTYPES[args.dtype]
@@ -276,7 +245,7 @@ def main() -> None:
         for mode in args.mode:
             measure(name, mode, args, autocast, peak)
             gc.collect()  # the pair's weights, gradients and optimizer state
-            if args.device.startswith("cuda"):
+            if is_cuda(args.device):
                 torch.cuda.empty_cache()
 
 
