@@ -7,8 +7,12 @@ Accepted files (all read with ``torch.load(weights_only=True)``):
 - a plain state dict, e.g. a timm ViT's ``model.state_dict()``.
 
 The MAE decoder (``mask_token``, ``decoder_*``) is dropped, ``torch.compile``'s ``_orig_mod.``
-is stripped, position embeddings are resampled (bicubic) to the model's patch grid, and the
-classifier (``head``, ``fc_norm``) is never loaded: it keeps the model's fresh initialisation.
+is stripped, and the classifier (``head``, ``fc_norm``) is never loaded: it keeps the model's
+fresh initialisation. Position encodings follow the model's patch grid, by variant
+(``vitlab.models.pos_embed``): a ``pos_embed`` table is resampled bicubic, and so is each block's
+relative position bias table over its offsets; ``conditional`` and ``rope`` have nothing that
+depends on the grid. BEiT/EVA-style separate ``q_bias`` and ``v_bias`` (timm's ``Beit`` and
+``Eva``) become the fused ``qkv.bias`` with a zero key bias, which is what they compute.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import torch
 
 from vitlab.models.pos_embed import resample
+from vitlab.models.relative_position import resample_table
 from vitlab.models.vit import VisionTransformer
 
 log = logging.getLogger(__name__)
@@ -56,10 +61,12 @@ def load_pretrained(model: VisionTransformer, path: str | os.PathLike) -> None:
         for name, tensor in read_state_dict(path).items()
         if not name.startswith(CLASSIFIER_PREFIXES)
     }
-    if "pos_embed" in state:
-        state["pos_embed"] = resample(
-            state["pos_embed"], model.patch_embed.grid_size, model.num_prefix_tokens
-        )
+    state = fuse_qkv_bias(state)
+    grid = model.patch_embed.grid_size
+    if "pos_embed" in state and model.pos_embed is not None:
+        state["pos_embed"] = resample(state["pos_embed"], grid, model.num_prefix_tokens)
+    for name in [name for name in state if name.endswith("relative_position_bias_table")]:
+        state[name] = resample_table(state[name], grid)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [name for name in missing if not name.startswith(CLASSIFIER_PREFIXES)]
     if model.global_pool == "avg":
@@ -70,6 +77,22 @@ def load_pretrained(model: VisionTransformer, path: str | os.PathLike) -> None:
             f"unexpected {preview(unexpected)}"
         )
     log.debug("loaded %d tensors from %s; classifier left at its initialisation", len(state), path)
+
+
+def fuse_qkv_bias(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``<attn>.q_bias`` and ``<attn>.v_bias`` -> ``<attn>.qkv.bias`` = [q_bias, 0, v_bias]; stored
+    relative position indices (older BEiT files) are dropped, the model builds its own."""
+    fused = {}
+    for name, tensor in state.items():
+        if name.endswith("relative_position_index"):
+            continue
+        if name.endswith(".q_bias"):
+            attn = name.removesuffix(".q_bias")
+            v_bias = state[f"{attn}.v_bias"]
+            fused[f"{attn}.qkv.bias"] = torch.cat([tensor, torch.zeros_like(tensor), v_bias])
+        elif not name.endswith(".v_bias"):
+            fused[name] = tensor
+    return fused
 
 
 def preview(names: list[str], shown: int = 5) -> str:

@@ -68,6 +68,11 @@ class MaskedAutoencoderViT(nn.Module):
         super().__init__()
         if not 0 < mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        if encoder.pos_embed is None:
+            raise ValueError(
+                f"the MAE encoder sees only the visible patches, which needs a position table: "
+                f"model.pos_embed must be learned or sincos, got {encoder.pos_embed_type!r}"
+            )
         self.embed_dim = encoder.embed_dim
         self.patch_embed = encoder.patch_embed
         self.cls_token = encoder.cls_token
