@@ -254,6 +254,7 @@ PLAN: dict[str, Plan] = {
     "python -m vitlab.export <ckpt> exported/ --onnx": Plan(cap=()),
     "python train.py 'callbacks=[default,attention_maps]'": Plan(check=attention_maps_in_wandb),
     "python train.py experiment=digits_segmentation": Plan(check=best_checkpoint_by_miou),
+    "python train.py model.pos_embed=rope": Plan(),
 }
 COMMANDS = readme_commands()
 
