@@ -125,6 +125,16 @@ def test_unexpected_keys_are_named(tmp_path: Path, tiny_mae, tiny_vit):
         load_pretrained(tiny_vit(global_pool="avg"), tmp_path / "deeper.pth")
 
 
+def test_a_checkpoint_of_another_position_encoding_is_named_as_such(tmp_path: Path, tiny_vit):
+    torch.save(tiny_vit().state_dict(), tmp_path / "learned.pth")
+    with pytest.raises(
+        ValueError,
+        match=r"unexpected 1 keys \(pos_embed\); was it trained with "
+        r"another model.pos_embed than 'rope'\?",
+    ):
+        load_pretrained(tiny_vit(pos_embed="rope"), tmp_path / "learned.pth")
+
+
 def test_token_pooling_needs_the_final_norm(tmp_path: Path, tiny_vit):
     """An avg-pooled fine-tuned model has no ``norm``: a cls-token classifier cannot use it."""
     torch.save(tiny_vit(global_pool="avg").state_dict(), tmp_path / "finetuned.pth")

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 DECODER_PREFIXES = ("mask_token", "decoder_")
 CLASSIFIER_PREFIXES = ("head.", "fc_norm.")
 LIGHTNING_MODEL_PREFIX = "model."
+# the keys that exist for some pos_embed choices only
+POSITION_KEYS = ("pos_embed", "relative_position_bias_table", ".peg.proj.weight", ".peg.proj.bias")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -72,9 +74,12 @@ def load_pretrained(model: VisionTransformer, path: str | os.PathLike) -> None:
     if model.global_pool == "avg":
         unexpected = [name for name in unexpected if not name.startswith("norm.")]
     if missing or unexpected:
+        hint = ""
+        if any(name.endswith(POSITION_KEYS) for name in missing + unexpected):
+            hint = f"; was it trained with another model.pos_embed than {model.pos_embed_type!r}?"
         raise ValueError(
             f"{path} does not fit the model: missing {preview(missing)}, "
-            f"unexpected {preview(unexpected)}"
+            f"unexpected {preview(unexpected)}{hint}"
         )
     log.debug("loaded %d tensors from %s; classifier left at its initialisation", len(state), path)
 
