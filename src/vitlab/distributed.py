@@ -15,10 +15,30 @@ from contextlib import contextmanager
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import open_dict, read_write
 
 # what Lightning's process launcher sets in the environment of rank 0
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def take_launcher_rank(devices_per_node: object) -> None:
+    """Make ``rank_zero_only`` know this process's rank from the moment the job starts, when a
+    cluster launcher started it (``RANK``, or ``NODE_RANK``/``GROUP_RANK`` and ``LOCAL_RANK``).
+
+    Lightning reads ``RANK`` and ``LOCAL_RANK`` when imported, and the rest only once the
+    Trainer is built; a process on another node started with ``NODE_RANK`` alone would until
+    then act as rank 0: print the config, check the run directory, create the logger's run.
+    Lightning sets the exact rank again when the Trainer is built; before that, any rank other
+    than 0 is what matters (``devices_per_node`` other than an int counts as one).
+    """
+    if "RANK" in os.environ:
+        rank = int(os.environ["RANK"])
+    else:
+        node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
+        per_node = devices_per_node if isinstance(devices_per_node, int) else 1
+        rank = node * per_node + int(os.environ.get("LOCAL_RANK", 0))
+    rank_zero_only.rank = rank
 
 
 def pin_child_ranks_to_this_job() -> None:
