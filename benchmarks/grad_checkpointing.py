@@ -28,6 +28,7 @@ from torch.utils._pytree import tree_leaves
 from vitlab.models.vit import VisionTransformer
 
 MODELS = {
+    "vit_ti": dict(embed_dim=192, depth=12, num_heads=3),
     "vit_s": dict(embed_dim=384, depth=12, num_heads=6),
     "vit_b": dict(embed_dim=768, depth=12, num_heads=12),
     "vit_l": dict(embed_dim=1024, depth=24, num_heads=16),

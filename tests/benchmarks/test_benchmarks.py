@@ -83,6 +83,6 @@ def test_data_pipeline_prints_a_ratio_per_pipeline_and_policy():
 def test_grad_checkpointing_prints_the_memory_ratio():
     out = run_benchmark(
         "grad_checkpointing.py",
-        *("--model", "vit_s", "--img-size", "32", "--batch-size", "2", "--threads", "1"),
+        *("--model", "vit_ti", "--img-size", "32", "--batch-size", "2", "--threads", "1"),
     )
     assert "ratio checkpointed/plain peak memory:" in out
