@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.utilities import rank_zero_only
 
 
 def images_in(batch: tuple[torch.Tensor, ...]) -> int:
@@ -33,11 +34,10 @@ class LoggingStepThroughputMonitor(ThroughputMonitor):
         super().on_train_start(trainer, *args)
         self._batches_timed = 0
 
+    @rank_zero_only  # as Lightning's
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
-        if trainer.global_rank != 0:  # as Lightning's (rank_zero_only)
-            return
         stage = trainer.state.stage
         self._samples[stage] += self.batch_size_fn(batch)
         self._batches[stage] += 1

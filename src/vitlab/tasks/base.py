@@ -164,10 +164,8 @@ class RecipeTask(L.LightningModule):
         vitlab's progress bar shows until the next logging step: a value given to Lightning's
         progress bar instead stays a device tensor that it reads on every later step.
         """
-        if self._trainer is None:
+        if self.should_log_step():
             self.log(name, value)  # warns, as it should, when called by hand
-        elif self.should_log_step():
-            self.log(name, value)
             if prog_bar:
                 self.progress_bar_values[name] = float(value.detach())
 
