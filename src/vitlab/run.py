@@ -40,7 +40,7 @@ from vitlab.checks import (
     check_split_sizes,
     checkpoint_bytes,
 )
-from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job
+from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job, take_launcher_rank
 from vitlab.errors import UserError, existing_file, exit_on_user_error
 from vitlab.loggers import finish_loggers, instantiate_loggers
 from vitlab.tasks.base import RecipeTask, build_task
@@ -278,7 +278,8 @@ def resume_command() -> str:
 
 
 def prepare_process(cfg: DictConfig) -> None:
-    """Threads, matmul precision and seeds for this process, before anything is built."""
+    """Rank, threads, matmul precision and seeds for this process, before anything is built."""
+    take_launcher_rank(cfg.trainer.get("devices"))
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg.num_threads)
     use_tf32_matmuls()

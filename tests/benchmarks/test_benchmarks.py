@@ -92,3 +92,11 @@ def test_data_pipeline_prints_a_ratio_per_pipeline_and_policy():
         "policy timm, PIL",
     ]
     assert policies[-1].endswith("1.00x")
+
+
+def test_grad_checkpointing_prints_the_memory_ratio():
+    out = run_benchmark(
+        "grad_checkpointing.py",
+        *("--model", "vit_ti", "--img-size", "32", "--batch-size", "2", "--threads", "1"),
+    )
+    assert "ratio checkpointed/plain peak memory:" in out

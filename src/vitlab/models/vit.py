@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from vitlab.models.pos_embed import (
@@ -205,6 +206,29 @@ class Block(nn.Module):
         return x if self.peg is None or num_queries is not None else self.peg(x)
 
 
+class Blocks(nn.Sequential):
+    """Transformer blocks applied in turn. With ``grad_checkpointing`` (while gradients are
+    recorded), each block keeps only its input for the backward pass and recomputes its
+    activations there (``torch.utils.checkpoint``, non-reentrant, random state replayed so
+    dropout and stochastic depth draw the same): memory per block falls from every intermediate
+    activation to one token tensor, for about one more forward of compute (timm's
+    ``set_grad_checkpointing``). ``benchmarks/grad_checkpointing.py`` measures the memory.
+    """
+
+    grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor, last_queries: int | None = None) -> torch.Tensor:
+        """``last_queries``: the last block updates only the first that many tokens."""
+        checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
+        for index, block in enumerate(self):
+            queries = last_queries if index == len(self) - 1 else None
+            if checkpointed:
+                x = checkpoint(block, x, queries, use_reentrant=False)
+            else:
+                x = block(x, queries)
+        return x
+
+
 class VisionTransformer(nn.Module):
     """ViT classifier. ``num_classes=0`` gives a feature extractor (``head`` is the identity).
 
@@ -233,6 +257,7 @@ class VisionTransformer(nn.Module):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
         if global_pool not in ("token", "avg"):
@@ -264,7 +289,7 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
         # stochastic depth grows linearly with depth, from 0 to drop_path_rate
         drop_paths = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.Sequential(
+        self.blocks = Blocks(
             *(
                 Block(
                     embed_dim,
@@ -283,6 +308,7 @@ class VisionTransformer(nn.Module):
                 for i, dp in enumerate(drop_paths)
             )
         )
+        self.blocks.grad_checkpointing = grad_checkpointing
         use_fc_norm = global_pool == "avg"
         self.norm = nn.Identity() if use_fc_norm else LayerNorm(embed_dim)
         self.fc_norm = LayerNorm(embed_dim) if use_fc_norm else nn.Identity()
@@ -315,6 +341,10 @@ class VisionTransformer(nn.Module):
         }
         return {"cls_token", "pos_embed"} | position
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per block (``Blocks``), as timm's models switch it."""
+        self.blocks.grad_checkpointing = enable
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens with their position embeddings (if a table): (B, N, D), no class token."""
         tokens = self.patch_embed(images)
@@ -333,12 +363,7 @@ class VisionTransformer(nn.Module):
         (B, 1, D): the last block then updates that token alone, which saves most of that block's
         compute and gives the same class token (``benchmarks/vit_vs_timm.py`` measures it)."""
         tokens = self.pos_drop(self.prepend_cls(self.embed(images)))
-        if not cls_only:
-            return self.norm(self.blocks(tokens))
-        *blocks, last = self.blocks
-        for block in blocks:
-            tokens = block(tokens)
-        return self.norm(last(tokens, num_queries=self.num_prefix_tokens))
+        return self.norm(self.blocks(tokens, self.num_prefix_tokens if cls_only else None))
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
