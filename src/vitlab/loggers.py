@@ -42,6 +42,8 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
+from vitlab.extras import require
+
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_id"
@@ -60,6 +62,14 @@ def instantiate_loggers(logger_cfg: Mapping[str, Any], run_dir: Path) -> list[Lo
             keep_earlier_csv(conf)
         loggers.append(instantiate(conf))
     return loggers
+
+
+def check_logger_packages(logger_cfg: Mapping[str, Any]) -> None:
+    """A ``UserError`` naming the extra to install when a configured logger's package is
+    missing (TensorBoard's), before any work."""
+    for key, conf in logger_cfg.items():
+        if isinstance(conf, Mapping) and str(conf.get("_target_")).endswith("TensorBoardLogger"):
+            require("tensorboard", f"logger.{key}")
 
 
 def keep_earlier_csv(conf: DictConfig) -> None:

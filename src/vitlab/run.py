@@ -42,7 +42,7 @@ from vitlab.checks import (
 )
 from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job
 from vitlab.errors import UserError, existing_file, exit_on_user_error
-from vitlab.loggers import finish_loggers, instantiate_loggers
+from vitlab.loggers import check_logger_packages, finish_loggers, instantiate_loggers
 from vitlab.tasks.base import RecipeTask, build_task
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,7 @@ def check_config(cfg: DictConfig) -> str | None:
     """What can be checked before anything is built; returns the checkpoint to resume from."""
     check_arguments(cfg)
     check_model(cfg.model)
+    check_logger_packages(cfg.get("logger") or {})
     ckpt_path = resume_checkpoint(cfg)
     if cfg.task.get("pretrained") and not ckpt_path:
         # loaded when fitting starts; a resumed run restores its own weights instead
