@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -13,6 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# what a checkout holds besides its sources
+OUTPUTS = (".git", ".venv", "build", "dist", "*.egg-info", "logs", "data", "wandb", "outputs",
+           "multirun", "exported", "__pycache__", ".pytest_cache", ".ruff_cache")  # fmt: skip
 
 
 def run(*command: str | Path, **kwargs) -> subprocess.CompletedProcess:
@@ -23,8 +27,11 @@ def run(*command: str | Path, **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_the_wheel_installs_a_vitlab_train_that_runs_outside_the_checkout(tmp_path: Path):
+    # built from a copy: an in-tree build leaves build/ behind, whose stale files a later
+    # wheel would carry
+    source = shutil.copytree(ROOT, tmp_path / "source", ignore=shutil.ignore_patterns(*OUTPUTS))
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-        "--wheel-dir", tmp_path / "wheels", ROOT)  # fmt: skip
+        "--wheel-dir", tmp_path / "wheels", source)  # fmt: skip
     (wheel,) = (tmp_path / "wheels").glob("vitlab-*.whl")
 
     # a fresh environment whose dependencies are this one's (a .pth file: no downloads); its
