@@ -69,7 +69,7 @@ def test_every_model_instantiates(option, compose_config):
 def test_callbacks_instantiate(option, compose_config):
     cfg = compose_config(f"callbacks={option}")
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    assert len(callbacks) == (7 if option == "default" else 0)
+    assert len(callbacks) == (8 if option == "default" else 0)
 
 
 def test_a_task_takes_its_backbone_from_the_model_group(compose_config):

@@ -16,7 +16,11 @@ W&B (``vitlab.loggers.WandbLogger``, Lightning's logger with these changes):
 - a run resumed in place starts a new segment (a new ``offline-run-*`` folder) and replays the
   steps between its checkpoint and the interruption: rows whose metrics the run's earlier
   segments already hold at that ``trainer/global_step`` are not logged again;
-- ``log_model`` needs an online run: offline it is turned off with a warning.
+- ``log_model`` needs an online run: offline it is turned off with a warning;
+- the task's monitored metric (``monitor``) summarises the run by its best value (``mode``: max
+  or min), not its last (W&B's ``define_metric``);
+- ``watch`` (opt-in): histograms of the model's gradients and/or weights every
+  ``watch_log_freq`` steps (``wandb.watch``).
 """
 
 from __future__ import annotations
@@ -154,6 +158,10 @@ class WandbLogger(lightning_loggers.WandbLogger):
         offline: bool = False,
         log_model: bool | Literal["all"] = False,
         settings: Mapping[str, Any] | None = None,
+        monitor: str | None = None,
+        mode: Literal["max", "min"] | None = None,
+        watch: Literal["gradients", "parameters", "all"] | None = None,
+        watch_log_freq: int = 100,
         **kwargs: Any,
     ):
         import wandb
@@ -174,6 +182,8 @@ class WandbLogger(lightning_loggers.WandbLogger):
         if settings.get("silent") is None:
             settings["silent"] = offline
         self._wandb_init["settings"] = wandb.Settings(**settings)
+        self._monitor, self._mode = monitor, mode
+        self._watch, self._watch_log_freq = watch, watch_log_freq
         self._earlier_rows: dict[int, set[str]] = {}
         if self._id and self.save_dir and rank_zero_only.rank == 0:
             self._earlier_rows = logged_metric_names(Path(self.save_dir) / "wandb", self._id)
@@ -185,9 +195,19 @@ class WandbLogger(lightning_loggers.WandbLogger):
         upload it."""
         starting = self._experiment is None
         run = super().experiment
+        if starting and self._monitor and self._mode:
+            # on trainer/global_step like every metric (Lightning's "*"), summarised by its best
+            run.define_metric(
+                self._monitor, step_metric=STEP_KEY, step_sync=True, summary=self._mode
+            )
         if starting and self._wandb_init.get("mode") == "offline":
             log.info("W&B logs offline; upload the run with `wandb sync %s`", run.sync_dir)
         return run
+
+    def watch_model(self, model: Any) -> None:
+        """``wandb.watch`` of ``model`` when ``watch`` asks for it (hooks on its parameters)."""
+        if self._watch:
+            self.watch(model, log=self._watch, log_freq=self._watch_log_freq, log_graph=False)
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:

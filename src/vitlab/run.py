@@ -42,7 +42,12 @@ from vitlab.checks import (
 )
 from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job
 from vitlab.errors import UserError, existing_file, exit_on_user_error
-from vitlab.loggers import check_logger_packages, finish_loggers, instantiate_loggers
+from vitlab.loggers import (
+    WandbLogger,
+    check_logger_packages,
+    finish_loggers,
+    instantiate_loggers,
+)
 from vitlab.tasks.base import RecipeTask, build_task
 
 log = logging.getLogger(__name__)
@@ -109,6 +114,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     task.run_config = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(task.run_config)
+        if isinstance(logger, WandbLogger):
+            logger.watch_model(task.model)
     pin_child_ranks_to_this_job()
 
     if cfg.get("train", True):
