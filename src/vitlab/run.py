@@ -48,6 +48,7 @@ from vitlab.loggers import (
     finish_loggers,
     instantiate_loggers,
 )
+from vitlab.models.checkpoint import check_source
 from vitlab.tasks.base import RecipeTask, build_task
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def check_config(cfg: DictConfig) -> str | None:
     ckpt_path = resume_checkpoint(cfg)
     if cfg.task.get("pretrained") and not ckpt_path:
         # loaded when fitting starts; a resumed run restores its own weights instead
-        existing_file(cfg.task.pretrained, "task.pretrained")
+        check_source(cfg.task.pretrained, "task.pretrained")
     return ckpt_path
 
 
