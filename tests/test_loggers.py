@@ -16,7 +16,15 @@ from wandb_records import run_contents
 
 from vitlab.callbacks.misclassified import MisclassifiedImages
 from vitlab.data.digits import DigitsDataModule
-from vitlab.loggers import WandbLogger, finish_loggers, history_rows, logged_metric_names
+from vitlab.errors import UserError
+from vitlab.loggers import (
+    WandbLogger,
+    check_wandb_source,
+    finish_loggers,
+    history_rows,
+    logged_metric_names,
+)
+from vitlab.run import check_config
 from vitlab.tasks.classification import ClassificationTask
 
 CHECK_CREDENTIALS = "from vitlab.loggers import wandb_credentials_found as f; print(f())"
@@ -195,3 +203,27 @@ def test_the_monitored_metric_is_summarised_by_its_best_with_gradients_and_mista
     images = [Path(local) for path, local in files.items() if path.startswith("media/images/")]
     assert len(images) == len(table["data"])
     assert all(image.read_bytes().startswith(b"\x89PNG") for image in images)
+
+
+@pytest.mark.parametrize(
+    "source", ["wandb:model-1a2b3c4d:best", "wandb:me/vitlab/model-1a2b3c4d", "wandb:me//model:v3"]
+)
+def test_a_malformed_wandb_artifact_name_shows_the_form(source: str):
+    with pytest.raises(UserError) as error:
+        check_wandb_source(source, "task.pretrained")
+    assert str(error.value) == (
+        f"task.pretrained: {source}: expected wandb:<entity>/<project>/<artifact>:<alias or "
+        "version>, e.g. wandb:me/vitlab/model-1a2b3c4d:best"
+    )
+
+
+def test_a_wandb_artifact_offline_says_why_it_cannot_be_downloaded(monkeypatch, compose_config):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    source = "wandb:me/vitlab/model-1a2b3c4d:best"
+    cfg = compose_config("experiment=digits_mae_finetune", f"task.pretrained={source}")
+    with pytest.raises(UserError) as error:
+        check_config(cfg)
+    assert str(error.value) == (
+        f"task.pretrained: {source}: downloading a W&B artifact needs W&B online: no "
+        "credentials found (wandb login, or WANDB_API_KEY), or WANDB_MODE is offline"
+    )

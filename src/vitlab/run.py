@@ -43,8 +43,10 @@ from vitlab.checks import (
 from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job
 from vitlab.errors import UserError, existing_file, exit_on_user_error
 from vitlab.loggers import (
+    WANDB_SOURCE,
     WandbLogger,
     check_logger_packages,
+    check_wandb_source,
     finish_loggers,
     instantiate_loggers,
 )
@@ -142,9 +144,13 @@ def check_config(cfg: DictConfig) -> str | None:
     check_model(cfg.model)
     check_logger_packages(cfg.get("logger") or {})
     ckpt_path = resume_checkpoint(cfg)
-    if cfg.task.get("pretrained") and not ckpt_path:
+    pretrained = cfg.task.get("pretrained")
+    if pretrained and not ckpt_path:
         # loaded when fitting starts; a resumed run restores its own weights instead
-        check_source(cfg.task.pretrained, "task.pretrained")
+        if str(pretrained).startswith(WANDB_SOURCE):
+            check_wandb_source(pretrained, "task.pretrained")
+        else:
+            check_source(pretrained, "task.pretrained")
     return ckpt_path
 
 
