@@ -14,9 +14,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# what a checkout holds besides its sources
-OUTPUTS = (".git", ".venv", "build", "dist", "*.egg-info", "logs", "data", "wandb", "outputs",
-           "multirun", "exported", "__pycache__", ".pytest_cache", ".ruff_cache")  # fmt: skip
+# what a checkout holds at its top besides its sources
+OUTPUTS = {".git", ".venv", "build", "dist", "logs", "data", "wandb", "outputs", "multirun",
+           "exported", ".pytest_cache", ".ruff_cache"}  # fmt: skip
+
+
+def outputs(folder: str, names: list[str]) -> set[str]:
+    """``shutil.copytree``'s ``ignore``: the checkout's outputs and caches, not its sources."""
+    top = Path(folder) == ROOT
+    return {
+        name
+        for name in names
+        if (top and name in OUTPUTS) or name == "__pycache__" or name.endswith(".egg-info")
+    }
 
 
 def run(*command: str | Path, **kwargs) -> subprocess.CompletedProcess:
@@ -29,7 +39,7 @@ def run(*command: str | Path, **kwargs) -> subprocess.CompletedProcess:
 def test_the_wheel_installs_a_vitlab_train_that_runs_outside_the_checkout(tmp_path: Path):
     # built from a copy: an in-tree build leaves build/ behind, whose stale files a later
     # wheel would carry
-    source = shutil.copytree(ROOT, tmp_path / "source", ignore=shutil.ignore_patterns(*OUTPUTS))
+    source = shutil.copytree(ROOT, tmp_path / "source", ignore=outputs)
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
         "--wheel-dir", tmp_path / "wheels", source)  # fmt: skip
     (wheel,) = (tmp_path / "wheels").glob("vitlab-*.whl")
