@@ -4,7 +4,12 @@ Accepted files (all read with ``torch.load(weights_only=True)``):
 
 - a vitlab Lightning checkpoint: ``{"state_dict": {"model.<name>": ...}, ...}``;
 - an MAE release checkpoint: ``{"model": {<name>: ...}}``;
-- a plain state dict, e.g. a timm ViT's ``model.state_dict()``.
+- a plain state dict, e.g. a timm ViT's ``model.state_dict()``;
+
+or a name (with the ``timm`` extra installed): ``timm:<model name>[.<tag>]`` is the weights timm
+publishes for it (``timm:vit_base_patch16_224.augreg_in21k``), ``hf-hub:<repo>`` a timm model
+on the Hugging Face Hub; both are downloaded once into the Hugging Face cache
+(``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads only the cache).
 
 The MAE decoder (``mask_token``, ``decoder_*``) is dropped, ``torch.compile``'s ``_orig_mod.``
 is stripped, and the classifier (``head``, ``fc_norm``) is never loaded: it keeps the model's
@@ -22,6 +27,8 @@ import os
 
 import torch
 
+from vitlab.errors import existing_file
+from vitlab.extras import require
 from vitlab.models.pos_embed import resample
 from vitlab.models.relative_position import resample_table
 from vitlab.models.vit import VisionTransformer
@@ -33,11 +40,37 @@ CLASSIFIER_PREFIXES = ("head.", "fc_norm.")
 LIGHTNING_MODEL_PREFIX = "model."
 # the keys that exist for some pos_embed choices only
 POSITION_KEYS = ("pos_embed", "relative_position_bias_table", ".peg.proj.weight", ".peg.proj.bias")
+# pretrained weights by name, through timm
+NAMED = ("timm:", "hf-hub:")
+
+
+def check_source(source: str | os.PathLike, key: str) -> None:
+    """A ``UserError`` naming ``key`` when ``source`` can be no checkpoint: a missing file, or a
+    name without timm installed."""
+    if str(source).startswith(NAMED):
+        require("timm", key)
+    else:
+        existing_file(source, key)
+
+
+def named_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The weights timm loads for ``timm:<model name>`` or ``hf-hub:<repo>``."""
+    import timm
+
+    try:
+        model = timm.create_model(name.removeprefix("timm:"), pretrained=True)
+    except (RuntimeError, OSError) as error:  # an unknown name; no such repository or file
+        raise ValueError(f"{name}: {str(error).splitlines()[0]}") from None
+    return model.state_dict()
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The encoder weights of a checkpoint file under timm names, without the MAE decoder."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    """The encoder weights of a checkpoint file (or named weights) under timm names, without
+    the MAE decoder."""
+    if str(path).startswith(NAMED):
+        checkpoint = named_state_dict(str(path))
+    else:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" in checkpoint:
         state = {
             name.removeprefix(LIGHTNING_MODEL_PREFIX): tensor

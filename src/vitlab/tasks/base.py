@@ -20,6 +20,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from vitlab.checkpoint_file import RUN_CONFIG_KEY
 from vitlab.errors import UserError
+from vitlab.loggers import WANDB_SOURCE, wandb_checkpoint
 from vitlab.models.checkpoint import load_pretrained
 from vitlab.optim import WarmupCosine, effective_batch_size, param_groups, scaled_lr
 from vitlab.tasks.nonfinite import NonFiniteWatch, Place
@@ -293,7 +294,10 @@ def fused_adam(factory: Callable[..., Optimizer], groups: Iterable[dict]) -> dic
 
 
 def load_pretrained_weights(module: nn.Module, path: str) -> None:
-    """``load_pretrained``, with a checkpoint that does not fit reported as a one-line error."""
+    """``load_pretrained`` (a W&B artifact downloaded first), with a checkpoint that does not
+    fit reported as a one-line error."""
+    if path.startswith(WANDB_SOURCE):
+        path = wandb_checkpoint(path)
     try:
         load_pretrained(module, path)
     except ValueError as error:
