@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -163,6 +164,8 @@ class IBOTHead(nn.Module):
     weight-normalised Linear without bias onto ``out_dim`` prototypes, its norm fixed at 1 with
     ``norm_last_layer``. The class token goes through ``last_layer``, the patch tokens through
     the same layer (``shared``) or their own ``last_layer2`` (``patch_out_dim`` prototypes).
+    ``norm="bn"`` puts a BatchNorm after each hidden Linear (the release's ``--norm_in_head
+    bn``; statistics over every token of the batch; ``trainer.sync_batchnorm`` under DDP).
 
     Checkpoint names follow the release's (``mlp.N``, ``last_layer``); the weight norm is torch's
     parametrization (``last_layer.parametrizations.weight.original0`` is the release's
@@ -179,12 +182,16 @@ class IBOTHead(nn.Module):
         num_layers: int = 3,
         norm_last_layer: bool = True,
         shared: bool = True,
+        norm: Literal["bn"] | None = None,
     ):
         super().__init__()
+        if norm not in ("bn", None):
+            raise ValueError(f"head norm must be 'bn' or null, got {norm!r}")
         dims = [in_dim] + [hidden_dim] * (num_layers - 1)
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(dims[:-1], dims[1:], strict=True):
-            layers += [nn.Linear(fan_in, fan_out), nn.GELU()]
+            batch_norm = [nn.BatchNorm1d(fan_out)] if norm == "bn" else []
+            layers += [nn.Linear(fan_in, fan_out), *batch_norm, nn.GELU()]
         self.mlp = nn.Sequential(*layers, nn.Linear(dims[-1], bottleneck_dim))
         self.mlp.apply(init_linear_and_norm)
         self.last_layer = prototypes(bottleneck_dim, out_dim, norm_last_layer)
@@ -200,13 +207,17 @@ class IBOTHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1 + N, D) tokens -> class logits (B, out_dim), patch logits (B, N, patch_out_dim)."""
-        projected = F.normalize(self.mlp(tokens), dim=-1, p=2)
+        projected = F.normalize(self.project(tokens), dim=-1, p=2)
         patch_layer = self.last_layer if self.last_layer2 is None else self.last_layer2
         return self.last_layer(projected[:, 0]), patch_layer(projected[:, 1:])
 
     def forward_cls(self, cls: torch.Tensor) -> torch.Tensor:
         """(B, D) class tokens -> (B, out_dim): the head of the local crops (no patch output)."""
-        return self.last_layer(F.normalize(self.mlp(cls), dim=-1, p=2))
+        return self.last_layer(F.normalize(self.project(cls), dim=-1, p=2))
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The MLP on the last dimension (BatchNorm over every leading position)."""
+        return self.mlp(tokens.flatten(0, -2)).unflatten(0, tokens.shape[:-1])
 
 
 def prototypes(in_dim: int, out_dim: int, norm_last_layer: bool) -> nn.Linear:
