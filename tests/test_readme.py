@@ -89,6 +89,7 @@ def relative(path: Path, cli) -> str:
 PLACEHOLDERS: dict[str, Callable] = {
     "<timestamp>": lambda cli: run_with(cli).name,
     "<pretrain>": lambda cli: run_with(cli, "experiment=digits_mae_pretrain").name,
+    "<ibot>": lambda cli: run_with(cli, "experiment=digits_ibot").name,
     "<ckpt>": lambda cli: relative(run_with(cli) / "checkpoints" / "last.ckpt", cli),
     "<image or folder>": lambda cli: relative(digit_pngs(cli), cli),
 }
@@ -149,6 +150,10 @@ def one_run_of_two_processes(cli, result: subprocess.CompletedProcess) -> None:
     best, last = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert best.startswith("epoch_") and last == "last.ckpt"
     assert len(list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))) == 1
+
+
+def knn_logged(cli, result: subprocess.CompletedProcess) -> None:
+    assert 0 < metrics_of(cli.run_dirs()[-1])["val/knn_acc1"] <= 1
 
 
 def attention_maps_in_wandb(cli, result: subprocess.CompletedProcess) -> None:
@@ -231,6 +236,12 @@ PLAN: dict[str, Plan] = {
     "python train.py experiment=digits_mae_finetune task.pretrained=logs/train/runs/<pretrain>/checkpoints/last.ckpt": Plan(),  # noqa: E501
     "python train.py experiment=digits_linear_probe task.pretrained=logs/train/runs/<pretrain>/checkpoints/last.ckpt": Plan(),  # noqa: E501
     "python train.py experiment=digits_scratch": Plan(),
+    "python train.py experiment=digits_ibot": Plan(),
+    'python train.py experiment=digits_linear_probe task.pretrained=logs/train/runs/<ibot>/checkpoints/last.ckpt "callbacks=[default,knn]"': Plan(  # noqa: E501
+        check=knn_logged
+    ),
+    "python train.py experiment=ibot_vit_s": cannot_run("needs ImageNet and 16 GPUs"),
+    "python train.py experiment=ibot_vit_b": cannot_run("needs ImageNet and 16 GPUs"),
     "python train.py experiment=mae_pretrain model=vit_l": cannot_run("needs ImageNet and GPUs"),
     "python train.py experiment=mae_finetune model=vit_l task.pretrained=mae_pretrain_vit_large.pth": cannot_run(  # noqa: E501
         "needs ImageNet, GPUs and the MAE release's weights (a download)"

@@ -14,16 +14,18 @@ image, exactly as evaluation prepares it.
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
 from vitlab.data.epoch_seed import SeededShuffle, keep_workers, seed_epoch
+from vitlab.data.multicrop import multi_crop_config
 from vitlab.data.named_classes import NamedClasses
 
 SPLITS = ("train", "val", "test")
@@ -50,7 +52,8 @@ class SplitsDataModule(NamedClasses, L.LightningDataModule):
 
     ``img_size``, ``in_chans`` and ``num_classes`` describe what the model sees; ``mean`` and
     ``std`` standardise it. ``augment`` false trains on the evaluation preprocessing (no
-    augmentation, no mixing). ``num_workers`` null picks one from the CPU count, ``pin_memory``
+    augmentation, no mixing). ``multi_crop`` (a ``MultiCropConfig``) makes each training sample
+    a list of views (``vitlab.data.multicrop``; the self-distillation tasks train on them). ``num_workers`` null picks one from the CPU count, ``pin_memory``
     null pins when CUDA is available.
     """
 
@@ -67,6 +70,7 @@ class SplitsDataModule(NamedClasses, L.LightningDataModule):
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
         epoch_seed: int | None = None,
+        multi_crop: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -87,6 +91,7 @@ class SplitsDataModule(NamedClasses, L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers
         self.epoch_seed = epoch_seed
+        self.multi_crop = multi_crop_config(multi_crop)
         self.splits: dict[str, Dataset] = {}
 
     def build_splits(self) -> dict[str, Dataset]:
@@ -159,6 +164,24 @@ class SplitsDataModule(NamedClasses, L.LightningDataModule):
         # of an epoch's draws in a fresh and in a resumed run alike (see vitlab.data.epoch_seed)
         shuffle_seed = seed_epoch(self.epoch_seed, self.trainer)
         return self.loader("train", self.train_sampler(shuffle_seed), train=True)
+
+    def train_eval_dataloader(self) -> DataLoader:
+        """The train split in order, with the evaluation preprocessing: e.g. the feature bank of
+        a k-NN monitor. Datasets keep their per-sample ``transform`` as an attribute (that of
+        the dataset a ``Subset`` holds out of), replaced here in a shallow copy."""
+        dataset = copy.copy(self.splits["train"])
+        if isinstance(dataset, Subset):
+            dataset.dataset = copy.copy(dataset.dataset)
+            dataset.dataset.transform = self.eval_transform()
+        else:
+            dataset.transform = self.eval_transform()
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            collate_fn=self.collate,
+            num_workers=self.loader_workers(),
+            pin_memory=self.pin_memory,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self.loader("val")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from vitlab.data.base import SplitsDataModule
+from vitlab.data.multicrop import crop_views
 
 NATIVE_SIZE = 8
 # pixel statistics of the train split (seed 0), in [0, 1]
@@ -38,7 +39,7 @@ class DigitsDataModule(SplitsDataModule):
 
     ``img_size`` resizes the 8x8 digits (bilinear, antialiased) for models that expect other
     inputs; with ``augment`` the train split gets a light random affine (small shifts, rotations
-    and scalings). ``epoch_seed`` reseeds every RNG at each epoch's train loader (see
+    and scalings), with ``multi_crop`` random resized crops instead (``crop_views``). ``epoch_seed`` reseeds every RNG at each epoch's train loader (see
     ``vitlab.data.epoch_seed``).
     """
 
@@ -58,6 +59,7 @@ class DigitsDataModule(SplitsDataModule):
         split_seed: int = 0,
         num_workers: int = 0,
         epoch_seed: int | None = None,
+        multi_crop: Mapping[str, Any] | None = None,
     ):
         if (in_chans, num_classes) != (1, 10):
             raise ValueError(
@@ -74,6 +76,7 @@ class DigitsDataModule(SplitsDataModule):
             augment,
             num_workers,
             epoch_seed=epoch_seed,
+            multi_crop=multi_crop,
         )
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
@@ -88,7 +91,11 @@ class DigitsDataModule(SplitsDataModule):
             ]
         )
 
-    def train_transform(self) -> v2.Compose:
+    def train_transform(self) -> Callable:
+        if self.multi_crop is not None:
+            # crops resized to their size, standardised: colour jitter means nothing here
+            normalize = v2.Normalize(list(self.mean), list(self.std))
+            return crop_views(self.img_size, self.multi_crop, [normalize])
         if not self.augment:
             return self.eval_transform()
         augment = v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))

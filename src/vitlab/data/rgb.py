@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
 from vitlab.data.base import Batch, SplitsDataModule
+from vitlab.data.multicrop import ibot_rgb_views
 from vitlab.data.sampler import RepeatedAugSampler
 from vitlab.data.transforms import (
     IMAGENET_MEAN,
@@ -44,7 +45,8 @@ class ImageDataModule(SplitsDataModule):
     ``BatchMix``; null disables it), ``repeated_aug`` > 1 the repeated-augmentation sampler,
     ``eval_crop_pct`` the evaluation resize + center crop (null: the MAE release's rule, see
     ``eval_crop_ratio``). ``augment`` false trains on the evaluation preprocessing, unerased and
-    unmixed.
+    unmixed. ``multi_crop`` trains on iBOT's views instead (``ibot_rgb_views``; set erasing and
+    mixing off with it: ``data/augment=ibot``).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class ImageDataModule(SplitsDataModule):
         persistent_workers: bool = True,
         seed: int = 0,
         epoch_seed: int | None = None,
+        multi_crop: Mapping[str, Any] | None = None,
     ):
         if in_chans != 3:
             raise ValueError(
@@ -83,6 +86,7 @@ class ImageDataModule(SplitsDataModule):
             pin_memory,
             persistent_workers,
             epoch_seed,
+            multi_crop,
         )
         self.train_transform_cfg = dict(train_transform or {})
         self.erase_cfg = {
@@ -111,6 +115,8 @@ class ImageDataModule(SplitsDataModule):
         return splits
 
     def train_transform(self) -> Callable:
+        if self.multi_crop is not None:
+            return ibot_rgb_views(self.img_size, self.multi_crop)
         if not self.augment:
             return self.eval_transform()
         return build_train_transform(

@@ -222,7 +222,8 @@ def build_erasing(erase_prob: float = 0.25, erase_mode: str = "pixel") -> Random
 class BatchStep:
     """What a uint8 batch still needs once it is on its device: normalisation, and for training
     batches random erasing (``erase``; None: none) and then the MixUp/CutMix of ``mix`` (a
-    ``BatchMix`` config; null: labels stay indices), in timm's order."""
+    ``BatchMix`` config; null: labels stay indices), in timm's order. A list of multi-crop
+    views is normalised view by view, nothing else."""
 
     def __init__(
         self,
@@ -240,6 +241,9 @@ class BatchStep:
         self, batch: tuple[torch.Tensor, torch.Tensor], train: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = batch
+        if isinstance(images, list):
+            # multi-crop views (vitlab.data.multicrop): normalised only
+            return [self.normalize(view) for view in images], labels
         images = self.normalize(images)
         if train and self.erase is not None:
             images = self.erase(images)

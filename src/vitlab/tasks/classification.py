@@ -122,6 +122,12 @@ class ClassificationTask(RecipeTask):
         predict.py deploy."""
         return copy.deepcopy(self.model).eval()
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled features the classifier reads (k-NN: callbacks/knn)."""
+        cls_only = self.model.global_pool == "token"
+        tokens = self.model.forward_features(images, cls_only=cls_only)
+        return self.model.forward_head(tokens, pre_logits=True)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 

@@ -82,6 +82,13 @@ class MAEPretrainTask(RecipeTask):
     def flops_forward(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         return model(images)[0]
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder's class token over every patch, no masking (k-NN: callbacks/knn)."""
+        model = self.model
+        patches = model.patch_embed(images) + model.pos_embed[:, 1:]
+        cls = (model.cls_token + model.pos_embed[:, :1]).expand(len(images), -1, -1)
+        return model.norm(model.blocks(torch.cat([cls, patches], dim=1)))[:, 0]
+
     def _losses(
         self, batch: Batch, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:

@@ -1,0 +1,72 @@
+"""The k-NN monitor against scikit-learn's KNeighborsClassifier on the same features: DINO's
+temperature-weighted vote (a distance-weight function of sklearn's cosine distance) and the
+plain vote; under a real Trainer, the logged accuracy is sklearn's on the model's features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import KNeighborsClassifier
+
+from vitlab.callbacks.knn import KNNMonitor, knn_predict
+from vitlab.data.digits import DigitsDataModule
+from vitlab.errors import UserError
+from vitlab.tasks.classification import ClassificationTask
+
+
+def sklearn_knn(k: int, temperature: float | None) -> KNeighborsClassifier:
+    """exp(similarity / T) votes: sklearn's cosine distance is 1 - similarity."""
+    weights = "uniform" if temperature is None else (lambda d: np.exp((1 - d) / temperature))
+    return KNeighborsClassifier(k, weights=weights, metric="cosine", algorithm="brute")
+
+
+@pytest.mark.parametrize("temperature", [0.07, None])
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_knn_predictions_are_sklearns(k, temperature):
+    generator = torch.Generator().manual_seed(k)
+    bank, queries = (
+        torch.randn(300, 12, generator=generator),
+        torch.randn(80, 12, generator=generator),
+    )
+    labels = torch.randint(0, 7, (300,), generator=generator)
+    ours = knn_predict(bank, labels, queries, 7, k, temperature, chunk=32)
+    reference = sklearn_knn(k, temperature).fit(bank.numpy(), labels.numpy())
+    np.testing.assert_array_equal(ours.numpy(), reference.predict(queries.numpy()))
+
+
+def test_the_logged_accuracy_is_sklearns_on_the_models_features(
+    vit_config, optimizer_config, quiet_trainer, tmp_path
+):
+    torch.manual_seed(0)
+    task = ClassificationTask(vit_config(), optimizer_config())
+    data = DigitsDataModule(batch_size=128)
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=1, callbacks=[KNNMonitor(k=10, every_n_epochs=1)]
+    )
+    trainer.fit(task, datamodule=data)
+    logged = trainer.callback_metrics["val/knn_acc1"].item()
+    task.eval()
+    with torch.no_grad():
+
+        def features(loader):
+            pairs = [(task.features(images), labels) for images, labels in loader]
+            return torch.cat([f for f, _ in pairs]).numpy(), torch.cat(
+                [y for _, y in pairs]
+            ).numpy()
+
+        bank, bank_labels = features(data.train_eval_dataloader())
+        queries, labels = features(data.val_dataloader())
+    reference = sklearn_knn(10, 0.07).fit(bank, bank_labels).score(queries, labels)
+    assert logged == pytest.approx(reference)
+    # the bank is the train split with the evaluation preprocessing (no augmentation)
+    assert len(bank) == len(data.splits["train"])
+    torch.testing.assert_close(
+        data.train_eval_dataloader().dataset[0][0],
+        data.eval_transform()(data.splits["train"].images[0]),
+    )
+
+
+def test_a_task_without_features_is_refused_with_the_callback_named():
+    with pytest.raises(UserError, match="callbacks.knn: Linear has no features"):
+        KNNMonitor().setup(None, torch.nn.Linear(1, 1), "fit")
