@@ -3,9 +3,8 @@ names."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch

@@ -86,7 +86,8 @@ class SimpleFeaturePyramid(nn.Module):
     def forward(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         (last,) = self.vit.forward_intermediates(images, 1, norm=True)
         return OrderedDict(
-            (str(stride), stage(last)) for stride, stage in zip(self.strides, self.stages)
+            (str(stride), stage(last))
+            for stride, stage in zip(self.strides, self.stages, strict=True)
         )
 
 
