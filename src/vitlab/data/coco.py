@@ -161,9 +161,9 @@ class CocoDetectionDataModule(SplitsDataModule):
             split: (self.root / "annotations" / f"instances_{name}.json", self.root / name)
             for split, name in names.items()
         }
-        for annotations, images_dir in files.values():
-            if not annotations.is_file() or not images_dir.is_dir():
-                raise FileNotFoundError(f"no {annotations}: {layout_message(self.root, names)}")
+        for instances, images_dir in files.values():
+            if not instances.is_file() or not images_dir.is_dir():
+                raise FileNotFoundError(f"no {instances}: {layout_message(self.root, names)}")
         categories = COCO(str(files["train"][0])).cats
         if len(categories) + 1 != self.num_classes:
             raise ValueError(
@@ -174,6 +174,6 @@ class CocoDetectionDataModule(SplitsDataModule):
         self.class_names = ["background", *(categories[c]["name"] for c in sorted(categories))]
         transform = self.eval_transform()
         return {
-            split: CocoDetectionFiles(annotations, images_dir, labels, self.mode, transform)
-            for split, (annotations, images_dir) in files.items()
+            split: CocoDetectionFiles(instances, images_dir, labels, self.mode, transform)
+            for split, (instances, images_dir) in files.items()
         }
