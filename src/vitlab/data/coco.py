@@ -128,23 +128,26 @@ class CocoDetectionDataModule(SplitsDataModule):
         self.canvas = canvas
         self.generate_seed = generate_seed
 
-    def eval_transform(self) -> v2.Compose:
-        """Letterbox: longer side to ``img_size`` (boxes scaled with it), zero padding around it
-        to a square (``CenterCrop`` pads), [0, 1], standardised; boxes as xyxy, empty ones
-        dropped."""
+    def letterbox(self) -> v2.Compose:
+        """Longer side to ``img_size`` (boxes scaled with it), zero padding around it to a
+        square (``CenterCrop`` pads), [0, 1], standardised."""
         return v2.Compose(
             [
                 v2.Resize(None, max_size=self.img_size, antialias=True),
                 v2.CenterCrop(self.img_size),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(list(self.mean), list(self.std)),
-                v2.ConvertBoundingBoxFormat("XYXY"),
-                v2.SanitizeBoundingBoxes(),
             ]
         )
 
+    def eval_transform(self) -> v2.Compose:
+        """``letterbox``, then boxes as xyxy, empty ones dropped."""
+        return v2.Compose(
+            [self.letterbox(), v2.ConvertBoundingBoxFormat("XYXY"), v2.SanitizeBoundingBoxes()]
+        )
+
     def predict_transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        transform = self.eval_transform()
+        transform = self.letterbox()
         return lambda image: transform(v2.functional.pil_to_tensor(image.convert(self.mode)))
 
     def prepare_data(self) -> None:
