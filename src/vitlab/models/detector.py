@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torchvision.models.detection import FCOS
+from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from vitlab.models.vit import VisionTransformer
@@ -99,6 +100,7 @@ class ViTDetFCOS(FCOS):
     resizes (``min_size = max_size`` = that size) nor normalises again (mean 0, std 1). Each
     level's anchor is one box of its stride, which is how FCOS sizes its center sampling and
     its per-level regression ranges (4 to 8 strides; the first level from 0, the last to any).
+    ``head_convs``: the 3x3 conv + GroupNorm(32) + ReLU layers of each head branch (FCOS: 4).
     """
 
     def __init__(
@@ -107,6 +109,7 @@ class ViTDetFCOS(FCOS):
         num_classes: int,
         out_channels: int = 256,
         strides: Sequence[int] = (4, 8, 16, 32),
+        head_convs: int = 4,
         score_thresh: float = 0.05,
         nms_thresh: float = 0.6,
         detections_per_img: int = 100,
@@ -125,6 +128,7 @@ class ViTDetFCOS(FCOS):
             anchor_generator=AnchorGenerator(
                 tuple((stride,) for stride in strides), ((1.0,),) * len(strides)
             ),
+            head=FCOSHead(out_channels, 1, num_classes, num_convs=head_convs),
             score_thresh=score_thresh,
             nms_thresh=nms_thresh,
             detections_per_img=detections_per_img,
