@@ -261,6 +261,9 @@ PLAN: dict[str, Plan] = {
     "python train.py 'callbacks=[default,attention_maps]'": Plan(check=attention_maps_in_wandb),
     "python train.py experiment=digits_segmentation": Plan(check=best_checkpoint_by_miou),
     "python train.py experiment=digits_detection": Plan(check=best_checkpoint_by_map),
+    "python train.py experiment=vitdet_b_coco task.pretrained=mae_pretrain_vit_base.pth": cannot_run(
+        "needs COCO, 8 GPUs and the MAE release's weights (a download)"
+    ),
 }
 COMMANDS = readme_commands()
 
