@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torchvision.models.detection import FCOS
-from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.fcos import FCOSHead
 
 from vitlab.models.vit import VisionTransformer
 
