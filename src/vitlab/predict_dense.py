@@ -127,8 +127,8 @@ def detect(
 def predict_dense(
     task: DenseTask,
     datamodule: Any,
-    paths: list[Path],
     names: list[str],
+    paths: list[Path],
     out_dir: Path,
     device: torch.device,
     score_thresh: float,
