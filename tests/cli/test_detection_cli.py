@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 
 
+@pytest.mark.slow
 def test_detection_experiment_trains_tests_and_predicts(cli, tmp_path):
     root = tmp_path / "digit_canvas"
     cli(
