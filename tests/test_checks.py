@@ -90,6 +90,15 @@ def test_patch_check_names_the_group():
         check_model(OmegaConf.create({"img_size": 8, "patch_size": 5}))
 
 
+def test_an_unknown_position_encoding_is_refused_with_the_choices():
+    with pytest.raises(
+        UserError,
+        match=r"^model.pos_embed: expected one of learned, sincos, relative, conditional, rope; "
+        r"got 'alibi'$",
+    ):
+        check_model(OmegaConf.create({"img_size": 8, "patch_size": 2, "pos_embed": "alibi"}))
+
+
 def test_output_dir_without_room_for_checkpoints_is_refused(tmp_path: Path):
     checkpoints = tmp_path / "run" / "checkpoints"
     check_output_dir(tmp_path / "run", [checkpoints], needed_bytes=1)

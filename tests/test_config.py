@@ -69,7 +69,7 @@ def test_every_model_instantiates(option, compose_config):
 def test_callbacks_instantiate(option, compose_config):
     cfg = compose_config(f"callbacks={option}")
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    assert len(callbacks) == (7 if option == "default" else 0)
+    assert len(callbacks) == (8 if option == "default" else 0)
 
 
 def test_a_task_takes_its_backbone_from_the_model_group(compose_config):
@@ -174,3 +174,16 @@ def test_mae_pretraining_on_imagenet_keeps_the_final_checkpoint_only(compose_con
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]
     checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]
     assert [(c.filename, c.monitor) for c in checkpoints] == [("last", None)]
+
+
+def test_a_users_config_folder_adds_experiments_and_local_settings(compose_config, tmp_path):
+    """hydra.searchpath=[file://<folder>]: its experiments and its local/default.yaml join the
+    packaged configs, nothing copied."""
+    mine = tmp_path / "my_conf"
+    (mine / "experiment").mkdir(parents=True)
+    (mine / "local").mkdir()
+    (mine / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: 7\n")
+    (mine / "local" / "default.yaml").write_text("# @package _global_\ntags: [mine]\n")
+    cfg = compose_config(f"hydra.searchpath=[file://{mine}]", "experiment=mine")
+    assert cfg.seed == 7 and list(cfg.tags) == ["mine"]
+    assert compose_config().tags == ["dev"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -13,8 +14,17 @@ import pytest
 import wandb
 from wandb_records import run_contents
 
+from vitlab.callbacks.misclassified import MisclassifiedImages
 from vitlab.data.digits import DigitsDataModule
-from vitlab.loggers import WandbLogger, finish_loggers, history_rows, logged_metric_names
+from vitlab.errors import UserError
+from vitlab.loggers import (
+    WandbLogger,
+    check_wandb_source,
+    finish_loggers,
+    history_rows,
+    logged_metric_names,
+)
+from vitlab.run import check_config
 from vitlab.tasks.classification import ClassificationTask
 
 CHECK_CREDENTIALS = "from vitlab.loggers import wandb_credentials_found as f; print(f())"
@@ -151,3 +161,69 @@ def test_a_run_file_cut_anywhere_reads_as_the_rows_before_the_cut(offline_wandb,
         assert rows == full[: len(rows)]
         read.append(len(rows))
     assert read == sorted(read) and 0 < read[len(read) // 2] < len(full)
+
+
+def test_the_monitored_metric_is_summarised_by_its_best_with_gradients_and_mistakes_logged(
+    offline_wandb, tmp_path, vit_config, optimizer_config, quiet_trainer
+):
+    logger = WandbLogger(
+        offline=True,
+        save_dir=tmp_path,
+        project="vitlab",
+        monitor="val/acc1",
+        mode="max",
+        watch="gradients",
+        watch_log_freq=1,
+    )
+    trainer = quiet_trainer(
+        logger=logger,
+        callbacks=[MisclassifiedImages(max_images=4)],
+        max_epochs=3,
+        limit_train_batches=2,
+        limit_val_batches=2,
+        log_every_n_steps=1,
+    )
+    task = ClassificationTask(vit_config(), optimizer_config(lr=1e-2))
+    logger.watch_model(task.model)
+    trainer.fit(task, datamodule=DigitsDataModule(batch_size=8))
+    finish_wandb()
+    (run_file,) = run_files(tmp_path)
+    run = run_contents(run_file)
+    accuracies = [row["val/acc1"] for row in run["history"] if "val/acc1" in row]
+    assert len(accuracies) == 3
+    assert run["summary"]["val/acc1"] == {"max": max(accuracies)}
+    assert any(name.startswith("gradients/blocks.0.attn.qkv") for r in run["history"] for name in r)
+    (table_file,) = run_file.parent.glob("files/media/table/val/misclassified_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["image", "target", "predicted", "confidence"]
+    assert 0 < len(table["data"]) <= 4
+    assert all(target != predicted for _, target, predicted, _ in table["data"])
+    # the images travel in the table's artifact (staged for upload while offline)
+    (files,) = run["artifacts"]
+    images = [Path(local) for path, local in files.items() if path.startswith("media/images/")]
+    assert len(images) == len(table["data"])
+    assert all(image.read_bytes().startswith(b"\x89PNG") for image in images)
+
+
+@pytest.mark.parametrize(
+    "source", ["wandb:model-1a2b3c4d:best", "wandb:me/vitlab/model-1a2b3c4d", "wandb:me//model:v3"]
+)
+def test_a_malformed_wandb_artifact_name_shows_the_form(source: str):
+    with pytest.raises(UserError) as error:
+        check_wandb_source(source, "task.pretrained")
+    assert str(error.value) == (
+        f"task.pretrained: {source}: expected wandb:<entity>/<project>/<artifact>:<alias or "
+        "version>, e.g. wandb:me/vitlab/model-1a2b3c4d:best"
+    )
+
+
+def test_a_wandb_artifact_offline_says_why_it_cannot_be_downloaded(monkeypatch, compose_config):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    source = "wandb:me/vitlab/model-1a2b3c4d:best"
+    cfg = compose_config("experiment=digits_mae_finetune", f"task.pretrained={source}")
+    with pytest.raises(UserError) as error:
+        check_config(cfg)
+    assert str(error.value) == (
+        f"task.pretrained: {source}: downloading a W&B artifact needs W&B online: no "
+        "credentials found (wandb login, or WANDB_API_KEY), or WANDB_MODE is offline"
+    )

@@ -252,6 +252,9 @@ PLAN: dict[str, Plan] = {
     "python train.py -m hydra/launcher=slurm trainer=multinode trainer.num_nodes=4 hydra.launcher.partition=gpu": cannot_run(  # noqa: E501
         "needs a SLURM cluster"
     ),
+    "python train.py trainer=fsdp model=vit_l model.grad_checkpointing=true data=imagenet": (
+        cannot_run("needs ImageNet and GPUs")
+    ),
     "python train.py hparams_search=vit_optuna hydra.sweeper.n_trials=50": Plan(
         cap=(*CAP, "hydra.sweeper.n_trials=2"), check=optuna_scored_each_trial_by_its_best
     ),
@@ -264,6 +267,7 @@ PLAN: dict[str, Plan] = {
     "python train.py experiment=vitdet_b_coco task.pretrained=mae_pretrain_vit_base.pth": cannot_run(
         "needs COCO, 8 GPUs and the MAE release's weights (a download)"
     ),
+    "python train.py model.pos_embed=rope": Plan(),
 }
 COMMANDS = readme_commands()
 

@@ -10,8 +10,10 @@ from vitlab.loggers import item_key, records
 
 
 def run_contents(path: Path) -> dict:
-    """The run's id, group, name, config and history rows, as W&B recorded them."""
-    contents: dict = {"config": {}, "history": []}
+    """The run's id, group, name, config, history rows, summary (its latest values) and
+    artifacts (per artifact, its files: path in the artifact -> the local file staged for
+    upload), as W&B recorded them."""
+    contents: dict = {"config": {}, "history": [], "summary": {}, "artifacts": []}
     for record in records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
@@ -26,6 +28,14 @@ def run_contents(path: Path) -> dict:
         elif kind == "config":
             contents["config"] |= {
                 item_key(i): json.loads(i.value_json) for i in record.config.update
+            }
+        elif kind == "artifact":
+            contents["artifacts"].append(
+                {entry.path: entry.local_path for entry in record.artifact.manifest.contents}
+            )
+        elif kind == "summary":
+            contents["summary"] |= {
+                item_key(i): json.loads(i.value_json) for i in record.summary.update
             }
         elif kind == "history":
             contents["history"].append(

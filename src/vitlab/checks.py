@@ -18,6 +18,7 @@ from torch import nn
 
 from vitlab.checkpoint_file import RUN_CONFIG_KEY, read_checkpoint
 from vitlab.errors import UserError
+from vitlab.models.pos_embed import POS_EMBEDS
 from vitlab.models.vit import patch_grid
 
 NUMBER = re.compile(r"\b(float|int)\b")
@@ -31,6 +32,11 @@ def check_model(model_cfg: DictConfig) -> None:
         patch_grid(model_cfg.img_size, model_cfg.patch_size)
     except ValueError as error:
         raise UserError(f"model: {error}") from None
+    pos_embed = model_cfg.get("pos_embed", "learned")
+    if pos_embed not in POS_EMBEDS:
+        raise UserError(
+            f"model.pos_embed: expected one of {', '.join(POS_EMBEDS)}; got {pos_embed!r}"
+        )
 
 
 def check_arguments(cfg: DictConfig) -> None:

@@ -15,10 +15,28 @@ from contextlib import contextmanager
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import open_dict, read_write
 
 # what Lightning's process launcher sets in the environment of rank 0
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def take_launcher_rank(devices_per_node: object) -> None:
+    """Make ``rank_zero_only`` know this process's rank from the moment the job starts, when a
+    cluster launcher gave it a node rank (``NODE_RANK`` or ``GROUP_RANK``) but no ``RANK``.
+
+    Lightning reads ``RANK``, ``LOCAL_RANK`` or ``SLURM_PROCID`` when imported, and the node rank
+    only once the Trainer is built; a process on another node would until then act as rank 0:
+    check the run directory, create the logger's run id. Lightning sets the exact rank again
+    when the Trainer is built; before that, any rank other than 0 is what matters
+    (``devices_per_node`` other than an int counts as one).
+    """
+    node = os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK"))
+    if node is None or "RANK" in os.environ:
+        return
+    per_node = devices_per_node if isinstance(devices_per_node, int) else 1
+    rank_zero_only.rank = int(node) * per_node + int(os.environ.get("LOCAL_RANK", 0))
 
 
 def pin_child_ranks_to_this_job() -> None:

@@ -65,6 +65,7 @@ from safetensors.torch import save_file
 from vitlab.checkpoint_file import load_task, read_checkpoint, stored_class_names, stored_config
 from vitlab.data.base import SplitsDataModule
 from vitlab.errors import UserError, existing_file, exit_on_user_error
+from vitlab.extras import require
 from vitlab.models.vit import VisionTransformer
 from vitlab.tasks.classification import ClassificationTask
 
@@ -171,6 +172,8 @@ def export_onnx(model: VisionTransformer, out_dir: Path) -> float:
 
 def export(ckpt_path: Path, out_dir: Path, onnx: bool = False) -> dict[str, Path]:
     """Writes the files the module docstring lists; returns them by kind."""
+    if onnx:
+        require("onnx", "--onnx")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"out_dir: {out_dir} is a file; give a folder to write into")
     trained = trained_classifier(existing_file(ckpt_path, "ckpt_path"))

@@ -16,7 +16,15 @@ W&B (``vitlab.loggers.WandbLogger``, Lightning's logger with these changes):
 - a run resumed in place starts a new segment (a new ``offline-run-*`` folder) and replays the
   steps between its checkpoint and the interruption: rows whose metrics the run's earlier
   segments already hold at that ``trainer/global_step`` are not logged again;
-- ``log_model`` needs an online run: offline it is turned off with a warning.
+- ``log_model`` needs an online run: offline it is turned off with a warning;
+- the task's monitored metric (``monitor``) summarises the run by its best value (``mode``: max
+  or min), not its last (W&B's ``define_metric``);
+- ``watch`` (opt-in): histograms of the model's gradients and/or weights every
+  ``watch_log_freq`` steps (``wandb.watch``).
+
+Checkpoints logged as artifacts (``log_model``) are pretrained weights for another run:
+``task.pretrained=wandb:<entity>/<project>/<artifact>:<alias>`` downloads one, recorded as the
+run's input (``use_artifact``), so a fine-tuning run links to the run it starts from.
 """
 
 from __future__ import annotations
@@ -42,11 +50,16 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
+from vitlab.errors import UserError
+from vitlab.extras import require
+
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_id"
 # the step Lightning's W&B logger adds to every row
 STEP_KEY = "trainer/global_step"
+# task.pretrained naming a W&B artifact
+WANDB_SOURCE = "wandb:"
 
 
 def instantiate_loggers(logger_cfg: Mapping[str, Any], run_dir: Path) -> list[Logger]:
@@ -60,6 +73,14 @@ def instantiate_loggers(logger_cfg: Mapping[str, Any], run_dir: Path) -> list[Lo
             keep_earlier_csv(conf)
         loggers.append(instantiate(conf))
     return loggers
+
+
+def check_logger_packages(logger_cfg: Mapping[str, Any]) -> None:
+    """A ``UserError`` naming the extra to install when a configured logger's package is
+    missing (TensorBoard's), before any work."""
+    for key, conf in logger_cfg.items():
+        if isinstance(conf, Mapping) and str(conf.get("_target_")).endswith("TensorBoardLogger"):
+            require("tensorboard", f"logger.{key}")
 
 
 def keep_earlier_csv(conf: DictConfig) -> None:
@@ -93,6 +114,34 @@ def complete_wandb_config(conf: DictConfig, run_dir: Path) -> None:
                 conf.group = Path(hydra_cfg.sweep.dir).name
             if conf.get("name") is None and hydra_cfg.job.override_dirname:
                 conf.name = hydra_cfg.job.override_dirname
+
+
+def check_wandb_source(source: str, key: str) -> str:
+    """The artifact name of ``wandb:<entity>/<project>/<artifact>:<alias>``; a ``UserError``
+    naming ``key`` when it is malformed or W&B has no credentials to download it with."""
+    name = source.removeprefix(WANDB_SOURCE)
+    entity_project, _, artifact = name.rpartition("/")
+    if entity_project.count("/") != 1 or ":" not in artifact or "" in entity_project.split("/"):
+        raise UserError(
+            f"{key}: {source}: expected wandb:<entity>/<project>/<artifact>:<alias or version>, "
+            "e.g. wandb:me/vitlab/model-1a2b3c4d:best"
+        )
+    if not wandb_credentials_found():
+        raise UserError(
+            f"{key}: {source}: downloading a W&B artifact needs W&B online: no credentials "
+            "found (wandb login, or WANDB_API_KEY), or WANDB_MODE is offline"
+        )
+    return name
+
+
+def wandb_checkpoint(source: str, key: str = "task.pretrained") -> str:
+    """The checkpoint file of a W&B model artifact (``wandb:...``), downloaded; the W&B run of
+    this process, if any, records the artifact as its input."""
+    folder = Path(WandbLogger.download_artifact(check_wandb_source(source, key)))
+    checkpoints = sorted(folder.rglob("*.ckpt"))
+    if len(checkpoints) != 1:
+        raise UserError(f"{key}: {source} holds {len(checkpoints)} .ckpt files, not one")
+    return str(checkpoints[0])
 
 
 def wandb_run_id(run_dir: Path) -> str:
@@ -144,6 +193,10 @@ class WandbLogger(lightning_loggers.WandbLogger):
         offline: bool = False,
         log_model: bool | Literal["all"] = False,
         settings: Mapping[str, Any] | None = None,
+        monitor: str | None = None,
+        mode: Literal["max", "min"] | None = None,
+        watch: Literal["gradients", "parameters", "all"] | None = None,
+        watch_log_freq: int = 100,
         **kwargs: Any,
     ):
         import wandb
@@ -164,6 +217,8 @@ class WandbLogger(lightning_loggers.WandbLogger):
         if settings.get("silent") is None:
             settings["silent"] = offline
         self._wandb_init["settings"] = wandb.Settings(**settings)
+        self._monitor, self._mode = monitor, mode
+        self._watch, self._watch_log_freq = watch, watch_log_freq
         self._earlier_rows: dict[int, set[str]] = {}
         if self._id and self.save_dir and rank_zero_only.rank == 0:
             self._earlier_rows = logged_metric_names(Path(self.save_dir) / "wandb", self._id)
@@ -175,9 +230,19 @@ class WandbLogger(lightning_loggers.WandbLogger):
         upload it."""
         starting = self._experiment is None
         run = super().experiment
+        if starting and self._monitor and self._mode:
+            # on trainer/global_step like every metric (Lightning's "*"), summarised by its best
+            run.define_metric(
+                self._monitor, step_metric=STEP_KEY, step_sync=True, summary=self._mode
+            )
         if starting and self._wandb_init.get("mode") == "offline":
             log.info("W&B logs offline; upload the run with `wandb sync %s`", run.sync_dir)
         return run
+
+    def watch_model(self, model: Any) -> None:
+        """``wandb.watch`` of ``model`` when ``watch`` asks for it (hooks on its parameters)."""
+        if self._watch:
+            self.watch(model, log=self._watch, log_freq=self._watch_log_freq, log_graph=False)
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:

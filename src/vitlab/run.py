@@ -40,9 +40,17 @@ from vitlab.checks import (
     check_split_sizes,
     checkpoint_bytes,
 )
-from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job
+from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job, take_launcher_rank
 from vitlab.errors import UserError, existing_file, exit_on_user_error
-from vitlab.loggers import finish_loggers, instantiate_loggers
+from vitlab.loggers import (
+    WANDB_SOURCE,
+    WandbLogger,
+    check_logger_packages,
+    check_wandb_source,
+    finish_loggers,
+    instantiate_loggers,
+)
+from vitlab.models.checkpoint import check_source
 from vitlab.tasks.base import RecipeTask, build_task
 
 log = logging.getLogger(__name__)
@@ -109,6 +117,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     task.run_config = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
         logger.log_hyperparams(task.run_config)
+        if isinstance(logger, WandbLogger):
+            logger.watch_model(task.model)
     pin_child_ranks_to_this_job()
 
     if cfg.get("train", True):
@@ -132,10 +142,15 @@ def check_config(cfg: DictConfig) -> str | None:
     """What can be checked before anything is built; returns the checkpoint to resume from."""
     check_arguments(cfg)
     check_model(cfg.model)
+    check_logger_packages(cfg.get("logger") or {})
     ckpt_path = resume_checkpoint(cfg)
-    if cfg.task.get("pretrained") and not ckpt_path:
+    pretrained = cfg.task.get("pretrained")
+    if pretrained and not ckpt_path:
         # loaded when fitting starts; a resumed run restores its own weights instead
-        existing_file(cfg.task.pretrained, "task.pretrained")
+        if str(pretrained).startswith(WANDB_SOURCE):
+            check_wandb_source(pretrained, "task.pretrained")
+        else:
+            check_source(pretrained, "task.pretrained")
     return ckpt_path
 
 
@@ -278,7 +293,8 @@ def resume_command() -> str:
 
 
 def prepare_process(cfg: DictConfig) -> None:
-    """Threads, matmul precision and seeds for this process, before anything is built."""
+    """Rank, threads, matmul precision and seeds for this process, before anything is built."""
+    take_launcher_rank(cfg.trainer.get("devices"))
     if cfg.get("num_threads"):
         torch.set_num_threads(cfg.num_threads)
     use_tf32_matmuls()

@@ -49,6 +49,20 @@ def test_mae_vs_supervised_prints_the_ratio():
     assert "MAE / supervised step time:" in out
 
 
+def test_pos_embed_variants_prints_a_ratio_per_variant():
+    out = run_benchmark(
+        "pos_embed_variants.py", *("--img-size", "32", "--batch-size", "1", "--steps", "1")
+    )
+    lines = [line for line in out.splitlines() if "/learned" in line]
+    assert [line.split(":")[0] for line in lines] == [
+        "learned",
+        "sincos",
+        "relative",
+        "conditional",
+        "rope",
+    ]
+
+
 def test_data_pipeline_prints_a_ratio_per_pipeline_and_policy():
     out = run_benchmark(
         "data_pipeline.py",
@@ -78,3 +92,11 @@ def test_data_pipeline_prints_a_ratio_per_pipeline_and_policy():
         "policy timm, PIL",
     ]
     assert policies[-1].endswith("1.00x")
+
+
+def test_grad_checkpointing_prints_the_memory_ratio():
+    out = run_benchmark(
+        "grad_checkpointing.py",
+        *("--model", "vit_ti", "--img-size", "32", "--batch-size", "2", "--threads", "1"),
+    )
+    assert "ratio checkpointed/plain peak memory:" in out

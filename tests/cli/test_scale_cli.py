@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,42 @@ def test_submitit_local_launcher_runs_a_job(cli):
     sweep_dir = only((cli.log_dir / "train" / "multiruns").iterdir())
     assert (sweep_dir / "0" / "metrics.json").is_file()
     assert list((sweep_dir / ".submitit").glob("*/*_result.pkl"))
+
+
+def test_optuna_study_in_sqlite_resumes_where_it_stopped(monkeypatch, tmp_path: Path):
+    """The sweep extra's storage works: a second sweep on the same database adds its trials to
+    the study and reports the best of all of them. (vitlab-train runs in this process, twice:
+    what a subprocess would add is its imports.)"""
+    import optuna
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vitlab.cli import train
+
+    monkeypatch.chdir(tmp_path)
+    sweep = [
+        "vitlab-train",
+        "hparams_search=vit_optuna",
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.storage=sqlite:///study.db",
+        "logger=none",
+        "callbacks=none",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "test=false",
+    ]
+    for _ in range(2):
+        # a run rewrites sys.argv for the DDP ranks it may start (vitlab.distributed)
+        monkeypatch.setattr(sys, "argv", list(sweep))
+        GlobalHydra.instance().clear()
+        train.main()
+    study = optuna.load_study(study_name="vit", storage="sqlite:///study.db")
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE"]
+    sweep_dirs = sorted((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    scores = [
+        json.loads((sweep_dir / "0" / "metrics.json").read_text())["val/acc1_best"]
+        for sweep_dir in sweep_dirs
+    ]
+    assert [trial.value for trial in study.trials] == pytest.approx(scores)
+    resumed = yaml.safe_load((sweep_dirs[-1] / "optimization_results.yaml").read_text())
+    assert resumed["best_value"] == pytest.approx(max(scores))

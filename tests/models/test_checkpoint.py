@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mae_release
@@ -10,7 +14,8 @@ import timm
 import torch
 
 from vitlab.data.digits import DigitsDataModule
-from vitlab.models.checkpoint import load_pretrained, read_state_dict
+from vitlab.errors import UserError
+from vitlab.models.checkpoint import check_source, load_pretrained, read_state_dict
 from vitlab.models.pos_embed import resample
 from vitlab.models.vit import VisionTransformer
 from vitlab.tasks.classification import ClassificationTask
@@ -125,6 +130,16 @@ def test_unexpected_keys_are_named(tmp_path: Path, tiny_mae, tiny_vit):
         load_pretrained(tiny_vit(global_pool="avg"), tmp_path / "deeper.pth")
 
 
+def test_a_checkpoint_of_another_position_encoding_is_named_as_such(tmp_path: Path, tiny_vit):
+    torch.save(tiny_vit().state_dict(), tmp_path / "learned.pth")
+    with pytest.raises(
+        ValueError,
+        match=r"unexpected 1 keys \(pos_embed\); was it trained with "
+        r"another model.pos_embed than 'rope'\?",
+    ):
+        load_pretrained(tiny_vit(pos_embed="rope"), tmp_path / "learned.pth")
+
+
 def test_token_pooling_needs_the_final_norm(tmp_path: Path, tiny_vit):
     """An avg-pooled fine-tuned model has no ``norm``: a cls-token classifier cannot use it."""
     torch.save(tiny_vit(global_pool="avg").state_dict(), tmp_path / "finetuned.pth")
@@ -165,3 +180,78 @@ def test_fine_tuning_layer_decay_scales_every_parameter_by_its_depth(
     for name, depth in depth_of.items():
         assert lrs[name] == pytest.approx(top * 0.65 ** (3 - depth)), name
     assert len(lrs) == sum(1 for p in task.model.parameters() if p.requires_grad)
+
+
+LOAD_BY_NAME = """
+import sys, torch
+from vitlab.models.checkpoint import load_pretrained
+from vitlab.models.vit import VisionTransformer
+
+for name, out in zip(sys.argv[1::2], sys.argv[2::2]):
+    model = VisionTransformer(
+        img_size=160, patch_size=16, embed_dim=64, depth=6, num_heads=2, mlp_ratio=3, num_classes=10
+    )
+    load_pretrained(model, name)
+    torch.save(model.state_dict(), out)
+"""
+
+
+def write_hub_cache(cache: Path, repo: str, files: dict[str, bytes]) -> None:
+    """A Hugging Face Hub cache holding ``files`` of ``repo`` at its main revision, as a
+    download leaves it (``<cache>/models--<org>--<name>/{refs/main,snapshots/<commit>/}``)."""
+    commit = "0" * 40
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    for name, data in files.items():
+        (folder / "snapshots" / commit / name).write_bytes(data)
+
+
+@pytest.mark.slow
+def test_timm_and_hf_hub_names_load_timms_weights_from_the_hugging_face_cache(tmp_path: Path):
+    """task.pretrained=timm:<name> / hf-hub:<repo>: timm's published weights through the
+    Hugging Face cache (written here; offline: nothing is downloaded)."""
+    import safetensors.torch
+
+    weights = timm.create_model("test_vit").state_dict()
+    # what timm publishes beside the weights: the architecture and its pretrained config
+    pretrained_cfg = timm.models.get_pretrained_cfg("test_vit").to_dict()
+    config = {"architecture": "test_vit", "num_classes": 1000, "pretrained_cfg": pretrained_cfg}
+    write_hub_cache(
+        tmp_path / "hub",
+        "timm/test_vit.r160_in1k",  # where timm publishes test_vit's default weights
+        {
+            "model.safetensors": safetensors.torch.save(weights),
+            "config.json": json.dumps(config).encode(),
+        },
+    )
+    names = {
+        "timm:test_vit": tmp_path / "timm.pt",
+        "hf-hub:timm/test_vit.r160_in1k": tmp_path / "hub.pt",
+    }
+    arguments = [str(word) for pair in names.items() for word in pair]
+    environment = os.environ | {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    subprocess.run(
+        [sys.executable, "-c", LOAD_BY_NAME, *arguments], env=environment, check=True, timeout=300
+    )
+    for out in names.values():
+        loaded = torch.load(out, weights_only=True)
+        for name in (
+            "patch_embed.proj.weight",
+            "pos_embed",
+            "blocks.5.mlp.fc2.weight",
+            "norm.bias",
+        ):
+            assert torch.equal(loaded[name], weights[name]), name
+        assert not torch.equal(
+            loaded["head.weight"][:10], weights["head.weight"][:10]
+        )  # not loaded
+
+
+def test_a_name_without_timm_installed_names_the_timm_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)
+    with pytest.raises(
+        UserError, match=r"^task.pretrained: needs timm: pip install 'vitlab\[timm\]'$"
+    ):
+        check_source("timm:vit_base_patch16_224", "task.pretrained")

@@ -223,3 +223,12 @@ def test_pretraining_decays_every_weight_the_release_decays(tiny_mae):
 def test_mask_ratio_out_of_range_is_rejected(tiny_mae):
     with pytest.raises(ValueError, match="mask_ratio"):
         tiny_mae(mask_ratio=1.0)
+
+
+@pytest.mark.parametrize("pos_embed", ["relative", "conditional", "rope"])
+def test_an_encoder_without_a_position_table_is_refused(tiny_mae, tiny_vit, pos_embed):
+    """The encoder sees a random subset of the patches: position must travel with each token."""
+    with pytest.raises(
+        ValueError, match=f"model.pos_embed must be learned or sincos, got '{pos_embed}'"
+    ):
+        tiny_mae(encoder=tiny_vit(pos_embed=pos_embed))

@@ -3,8 +3,15 @@ import math
 import pytest
 import torch
 from timm.layers import resample_abs_pos_embed
+from timm.models.twins import PosConv
 
-from vitlab.models.pos_embed import resample, sincos_1d, sincos_2d
+from vitlab.models.pos_embed import (
+    POS_EMBEDS,
+    PositionEncodingGenerator,
+    resample,
+    sincos_1d,
+    sincos_2d,
+)
 
 
 def test_sincos_1d_matches_the_closed_form():
@@ -66,3 +73,101 @@ def test_resampling_is_timms_bicubic_resampling(side, new_grid, num_prefix_token
         table, list(new_grid), num_prefix_tokens=num_prefix_tokens, antialias=False
     )
     torch.testing.assert_close(resample(table, new_grid, num_prefix_tokens), expected)
+
+
+# --- CPVT's position-encoding generator (pos_embed="conditional") --------------------------
+
+
+def test_the_peg_is_cpvts_on_the_patches_and_passes_the_class_token_through():
+    """timm's ``twins.PosConv`` (CPVT's ``PosCNN``) with the same weights."""
+    torch.manual_seed(0)
+    peg = PositionEncodingGenerator(16, (3, 5))
+    reference = PosConv(16, 16)
+    reference.proj[0].load_state_dict(peg.proj.state_dict())
+    tokens = torch.randn(2, 1 + 15, 16)
+    out = peg(tokens)
+    torch.testing.assert_close(out[:, 0], tokens[:, 0])
+    torch.testing.assert_close(out[:, 1:], reference(tokens[:, 1:], (3, 5)))
+    assert peg.proj.groups == 16 and peg.proj.weight.shape == (16, 1, 3, 3)
+
+
+def test_the_peg_is_translation_equivariant_inside_and_sees_the_border():
+    """Shifting the patches by one column shifts the PEG's output with them away from the
+    border; next to it the zero padding differs, which is where absolute position comes from."""
+    torch.manual_seed(0)
+    peg = PositionEncodingGenerator(8, (4, 6), num_prefix_tokens=0)
+    with torch.no_grad():
+        peg.proj.weight.normal_()
+    grid = torch.randn(1, 8, 4, 6)
+    shifted = torch.roll(grid, shifts=1, dims=-1)
+    as_tokens = lambda g: g.flatten(2).transpose(1, 2)  # noqa: E731
+    as_grid = lambda t: t.transpose(1, 2).reshape(1, 8, 4, 6)  # noqa: E731
+    out = as_grid(peg(as_tokens(grid)))
+    out_shifted = as_grid(peg(as_tokens(shifted)))
+    torch.testing.assert_close(out_shifted[..., 2:5], out[..., 1:4])
+    assert not torch.allclose(out_shifted[..., 1], out[..., 0])
+
+
+def test_a_conditional_vit_applies_the_peg_once_after_its_first_block(tiny_vit):
+    model = tiny_vit(pos_embed="conditional", depth=3).eval()
+    assert model.pos_embed is None
+    assert [block.peg is not None for block in model.blocks] == [True, False, False]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model.blocks[0].peg.proj.weight.normal_()
+    images = torch.randn(2, 1, 8, 8)
+    peg, model.blocks[0].peg = model.blocks[0].peg, None
+    with torch.no_grad():
+        tokens = model.blocks[0](model.prepend_cls(model.embed(images)))
+        expected = model.norm(model.blocks[1:](peg(tokens)))
+        unconditioned = model.forward_features(images)
+        model.blocks[0].peg = peg
+        torch.testing.assert_close(model.forward_features(images), expected)
+    assert not torch.allclose(expected, unconditioned)
+
+
+# --- every variant -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pos_embed", POS_EMBEDS)
+def test_attention_maps_reproduce_the_fused_attention_of_every_variant(tiny_vit, pos_embed):
+    """The explicit maps (rollout, attention callbacks) hold the bias and rotations the fused
+    kernel applies: maps @ v, projected, is each block's attention output."""
+    model = tiny_vit(pos_embed=pos_embed).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "relative_position" in name or "peg" in name:
+                param.normal_()
+    images = torch.randn(2, 1, 8, 8)
+    maps = model.attention_maps(images)
+    tokens = model.prepend_cls(model.embed(images))
+    with torch.no_grad():
+        for block, weights in zip(model.blocks, maps, strict=True):
+            x = block.norm1(tokens)
+            _, _, v = block.attn._split_heads(x)
+            by_map = block.attn.proj((weights @ v).transpose(1, 2).flatten(2))
+            torch.testing.assert_close(by_map, block.attn(x), atol=1e-5, rtol=1e-4)
+            tokens = block(tokens)
+
+
+@pytest.mark.parametrize("pos_embed", ["conditional", "rope"])
+def test_grid_free_variants_load_their_weights_at_another_image_size_as_they_are(
+    tiny_vit, pos_embed
+):
+    small = tiny_vit(pos_embed=pos_embed)
+    large = tiny_vit(pos_embed=pos_embed, img_size=16)
+    large.load_state_dict(small.state_dict())  # strict: no table to resample
+    assert large(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+
+
+def test_position_parameters_are_exempt_from_weight_decay(tiny_vit):
+    relative = tiny_vit(pos_embed="relative").no_weight_decay()
+    assert "blocks.1.attn.relative_position_bias_table" in relative
+    conditional = tiny_vit(pos_embed="conditional").no_weight_decay()
+    assert {"blocks.0.peg.proj.weight", "blocks.0.peg.proj.bias"} <= conditional
+
+
+def test_an_unknown_variant_is_refused_with_the_choices(tiny_vit):
+    with pytest.raises(ValueError, match="pos_embed: expected one of learned, sincos, relative"):
+        tiny_vit(pos_embed="alibi")

@@ -90,7 +90,7 @@ def test_step_values_are_logged_on_logging_steps_only(
     rows = list(csv.DictReader((tmp_path / "csv" / "version_0" / "metrics.csv").open()))
     losses = {int(row["step"]): float(row["train/loss"]) for row in rows if row["train/loss"]}
     assert losses == {2: pytest.approx(record.losses[2]), 5: pytest.approx(record.losses[5])}
-    assert trainer.progress_bar_metrics["train/loss"] == pytest.approx(record.losses[5])
+    assert task.progress_bar_values["train/loss"] == pytest.approx(record.losses[5])
 
 
 @pytest.mark.parametrize("name", TASKS)

@@ -1,1 +1,2 @@
-"""Lightning callbacks: reconstruction grids, attention maps, epoch seeding, throughput."""
+"""Lightning callbacks: reconstruction grids, attention maps, misclassified images, epoch
+seeding, throughput."""

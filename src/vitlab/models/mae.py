@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vitlab.models.pos_embed import sincos_2d
-from vitlab.models.vit import Block, LayerNorm, VisionTransformer
+from vitlab.models.vit import Block, Blocks, LayerNorm, VisionTransformer
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
@@ -68,6 +68,11 @@ class MaskedAutoencoderViT(nn.Module):
         super().__init__()
         if not 0 < mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
+        if encoder.pos_embed is None:
+            raise ValueError(
+                f"the MAE encoder sees only the visible patches, which needs a position table: "
+                f"model.pos_embed must be learned or sincos, got {encoder.pos_embed_type!r}"
+            )
         self.embed_dim = encoder.embed_dim
         self.patch_embed = encoder.patch_embed
         self.cls_token = encoder.cls_token
@@ -87,15 +92,22 @@ class MaskedAutoencoderViT(nn.Module):
         self.decoder_pos_embed = nn.Parameter(
             sincos_2d(decoder_embed_dim, grid, cls_token=True), requires_grad=False
         )
-        self.decoder_blocks = nn.Sequential(
+        self.decoder_blocks = Blocks(
             *(
                 Block(decoder_embed_dim, decoder_num_heads, encoder.mlp_ratio)
                 for _ in range(decoder_depth)
             )
         )
+        # the encoder's choice of activation checkpointing holds for the decoder too
+        self.decoder_blocks.grad_checkpointing = encoder.blocks.grad_checkpointing
         self.decoder_norm = LayerNorm(decoder_embed_dim)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_h * patch_w * self.in_chans)
         self.initialize_weights()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per block of the encoder and the decoder (``Blocks``)."""
+        self.blocks.grad_checkpointing = enable
+        self.decoder_blocks.grad_checkpointing = enable
 
     def initialize_weights(self) -> None:
         """The release's ``initialize_weights`` and ``_init_weights`` (``models_mae.py``), in its

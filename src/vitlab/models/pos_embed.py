@@ -1,9 +1,28 @@
-"""Position embeddings: fixed 2-D sin-cos tables and resampling to a new patch grid."""
+"""Position encodings of a ViT: the ``pos_embed`` choices, fixed 2-D sin-cos tables, resampling
+a table to a new patch grid, and CPVT's position-encoding generator.
+
+``pos_embed`` (``VisionTransformer``'s argument, ``model.pos_embed`` in the config):
+
+- ``learned``: a learned table added to the tokens (ViT, DeiT);
+- ``sincos``: the same table, fixed to 2-D sin-cos values (MAE);
+- ``relative``: no table; a learned bias per head for each 2-D offset, in every block's attention
+  (BEiT; ``vitlab.models.relative_position``);
+- ``conditional``: no table; CPVT's ``PositionEncodingGenerator`` after the first block;
+- ``rope``: no table; 2-D axial rotary embeddings of q and k (RoPE-ViT; ``vitlab.models.rope``).
+"""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+PosEmbed = Literal["learned", "sincos", "relative", "conditional", "rope"]
+POS_EMBEDS: tuple[str, ...] = ("learned", "sincos", "relative", "conditional", "rope")
+# the choices that add a (1, 1 + H*W, D) table to the tokens
+ABSOLUTE_POS_EMBEDS = ("learned", "sincos")
 
 
 def sincos_1d(embed_dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -50,3 +69,25 @@ def resample(
     grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
     return torch.cat([prefix, grid.to(prefix.dtype)], dim=1)
+
+
+class PositionEncodingGenerator(nn.Module):
+    """CPVT's PEG (Chu et al., ICLR 2023): the patch tokens laid out on their grid plus a 3x3
+    depthwise convolution of themselves (zero padding, which lets it infer absolute positions);
+    prefix tokens pass through. Its ``proj`` has one weight per channel, so it applies at any
+    grid size.
+
+    The release's ``PosCNN`` (timm's ``twins.PosConv`` at stride 1), placed after the first block.
+    """
+
+    def __init__(self, embed_dim: int, grid_size: tuple[int, int], num_prefix_tokens: int = 1):
+        super().__init__()
+        self.grid_size = grid_size
+        self.num_prefix_tokens = num_prefix_tokens
+        self.proj = nn.Conv2d(embed_dim, embed_dim, kernel_size=3, padding=1, groups=embed_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        prefix, patches = tokens[:, : self.num_prefix_tokens], tokens[:, self.num_prefix_tokens :]
+        grid = patches.transpose(1, 2).unflatten(-1, self.grid_size)
+        patches = (grid + self.proj(grid)).flatten(2).transpose(1, 2)
+        return torch.cat([prefix, patches], dim=1)

@@ -14,9 +14,22 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
-from vitlab.models.pos_embed import sincos_2d
+from vitlab.models.pos_embed import (
+    ABSOLUTE_POS_EMBEDS,
+    POS_EMBEDS,
+    PosEmbed,
+    PositionEncodingGenerator,
+    sincos_2d,
+)
+from vitlab.models.relative_position import (
+    num_relative_positions,
+    relative_position_bias,
+    relative_position_index,
+)
+from vitlab.models.rope import AxialRotaryEmbedding
 
 Size2d = int | Sequence[int]
 # every norm of the standard ViT (timm, the MAE release)
@@ -68,9 +81,22 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection."""
+    """Multi-head self-attention with a fused qkv projection.
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0):
+    Position-aware variants (``pos_embed``): ``rel_pos_grid`` gives it BEiT's relative position
+    bias table for that patch grid, passed to the fused kernel as its additive mask; ``rope``
+    rotates q and k (a module shared by every block) before the kernel.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        rel_pos_grid: tuple[int, int] | None = None,
+        rope: AxialRotaryEmbedding | None = None,
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embedding dim {dim} is not divisible by {num_heads} heads")
@@ -80,27 +106,54 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self.rope = rope
+        if rel_pos_grid is None:
+            self.relative_position_bias_table = None
+        else:
+            self.relative_position_bias_table = nn.Parameter(
+                torch.zeros(num_relative_positions(rel_pos_grid), num_heads)
+            )
+            self.register_buffer(
+                "relative_position_index", relative_position_index(rel_pos_grid), persistent=False
+            )
 
     def _split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if self.rope is not None:
+            q, k = self.rope(q), self.rope(k)
         return q, k, v
+
+    def position_bias(self) -> torch.Tensor | None:
+        """The relative position bias added to the logits, (heads, T, T), or None."""
+        if self.relative_position_bias_table is None:
+            return None
+        return relative_position_bias(
+            self.relative_position_bias_table, self.relative_position_index
+        )
 
     def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
         """(B, T, D) -> (B, T, D); with ``num_queries`` only the first that many tokens attend
         (to all T keys and values) and come out: (B, num_queries, D)."""
         q, k, v = self._split_heads(x)
+        bias = self.position_bias()
         if num_queries is not None:
             q = q[:, :, :num_queries]
+            bias = None if bias is None else bias[:, :num_queries]
+        if bias is not None:
+            bias = bias.to(q.dtype)
         dropout = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
         return self.proj(out.transpose(1, 2).flatten(2))
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """softmax(QK^T / sqrt(d)) per head: (B, heads, T, T). Explicit, for inspection only."""
+        """softmax(QK^T / sqrt(d) + bias) per head: (B, heads, T, T). Explicit, for inspection
+        only."""
         q, k, _ = self._split_heads(x)
-        return (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
+        logits = q @ k.transpose(-2, -1) * self.scale
+        bias = self.position_bias()
+        return (logits if bias is None else logits + bias).softmax(dim=-1)
 
 
 class Mlp(nn.Module):
@@ -116,7 +169,11 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), with drop path."""
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), with drop path.
+
+    ``rel_pos_grid`` and ``rope`` go to its ``Attention``; ``peg`` (CPVT's position-encoding
+    generator, in the first block only) is applied to the block's output.
+    """
 
     def __init__(
         self,
@@ -127,20 +184,49 @@ class Block(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
+        rel_pos_grid: tuple[int, int] | None = None,
+        rope: AxialRotaryEmbedding | None = None,
+        peg: PositionEncodingGenerator | None = None,
     ):
         super().__init__()
         self.norm1 = LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, rel_pos_grid, rope)
         self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path = StochasticDepth(drop_path, mode="row")
+        self.peg = peg
 
     def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
         """``num_queries``: update and return only the first that many tokens (which still
         attend to every token), e.g. the class token in a classifier's last block."""
         residual = x if num_queries is None else x[:, :num_queries]
         x = residual + self.drop_path(self.attn(self.norm1(x), num_queries))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        # with num_queries only prefix tokens come out, which the PEG passes through unchanged
+        return x if self.peg is None or num_queries is not None else self.peg(x)
+
+
+class Blocks(nn.Sequential):
+    """Transformer blocks applied in turn. With ``grad_checkpointing`` (while gradients are
+    recorded), each block keeps only its input for the backward pass and recomputes its
+    activations there (``torch.utils.checkpoint``, non-reentrant, random state replayed so
+    dropout and stochastic depth draw the same): memory per block falls from every intermediate
+    activation to one token tensor, for about one more forward of compute (timm's
+    ``set_grad_checkpointing``). ``benchmarks/grad_checkpointing.py`` measures the memory.
+    """
+
+    grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor, last_queries: int | None = None) -> torch.Tensor:
+        """``last_queries``: the last block updates only the first that many tokens."""
+        checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
+        for index, block in enumerate(self):
+            queries = last_queries if index == len(self) - 1 else None
+            if checkpointed:
+                x = checkpoint(block, x, queries, use_reentrant=False)
+            else:
+                x = block(x, queries)
+        return x
 
 
 class VisionTransformer(nn.Module):
@@ -149,6 +235,8 @@ class VisionTransformer(nn.Module):
     ``global_pool="token"`` classifies the class token after the final ``norm``;
     ``global_pool="avg"`` averages the patch tokens and normalises them with ``fc_norm``
     (the final ``norm`` is then the identity, as in timm and the MAE fine-tuning recipe).
+    ``pos_embed`` chooses the position encoding (``vitlab.models.pos_embed``); only ``learned``
+    and ``sincos`` have a ``pos_embed`` table, which is None otherwise.
     """
 
     num_prefix_tokens = 1
@@ -165,35 +253,62 @@ class VisionTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         global_pool: Literal["token", "avg"] = "token",
-        pos_embed: Literal["learned", "sincos"] = "learned",
+        pos_embed: PosEmbed = "learned",
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-        if pos_embed not in ("learned", "sincos"):
-            raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {pos_embed!r}")
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(
+                f"pos_embed: expected one of {', '.join(POS_EMBEDS)}; got {pos_embed!r}"
+            )
         self.num_classes = num_classes
         self.embed_dim = embed_dim
         self.mlp_ratio = mlp_ratio
         self.global_pool = global_pool
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(
-            torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, embed_dim),
-            requires_grad=pos_embed == "learned",
+        self.pos_embed_type = pos_embed
+        grid = self.patch_embed.grid_size
+        if pos_embed in ABSOLUTE_POS_EMBEDS:
+            self.pos_embed = nn.Parameter(
+                torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, embed_dim),
+                requires_grad=pos_embed == "learned",
+            )
+        else:
+            self.pos_embed = None
+        self.rope = (
+            AxialRotaryEmbedding(embed_dim // num_heads, grid, self.num_prefix_tokens)
+            if pos_embed == "rope"
+            else None
         )
         self.pos_drop = nn.Dropout(drop_rate)
         # stochastic depth grows linearly with depth, from 0 to drop_path_rate
         drop_paths = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.Sequential(
+        self.blocks = Blocks(
             *(
-                Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dp)
-                for dp in drop_paths
+                Block(
+                    embed_dim,
+                    num_heads,
+                    mlp_ratio,
+                    qkv_bias,
+                    drop_rate,
+                    attn_drop_rate,
+                    dp,
+                    rel_pos_grid=grid if pos_embed == "relative" else None,
+                    rope=self.rope,
+                    peg=PositionEncodingGenerator(embed_dim, grid, self.num_prefix_tokens)
+                    if pos_embed == "conditional" and i == 0
+                    else None,
+                )
+                for i, dp in enumerate(drop_paths)
             )
         )
+        self.blocks.grad_checkpointing = grad_checkpointing
         use_fc_norm = global_pool == "avg"
         self.norm = nn.Identity() if use_fc_norm else LayerNorm(embed_dim)
         self.fc_norm = LayerNorm(embed_dim) if use_fc_norm else nn.Identity()
@@ -209,7 +324,7 @@ class VisionTransformer(nn.Module):
         if pos_embed == "sincos":
             table = sincos_2d(self.embed_dim, self.patch_embed.grid_size, cls_token=True)
             self.pos_embed.data.copy_(table)
-        else:
+        elif pos_embed == "learned":
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.normal_(self.cls_token, std=0.02)
         weight = self.patch_embed.proj.weight.data
@@ -217,30 +332,38 @@ class VisionTransformer(nn.Module):
         self.apply(init_linear_and_norm)
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names exempt from weight decay besides biases and norms."""
-        return {"cls_token", "pos_embed"}
+        """Parameter names exempt from weight decay besides biases and norms: the tokens, the
+        position table, and (as BEiT and CPVT) relative position tables and the PEG."""
+        position = {
+            name
+            for name, _ in self.named_parameters()
+            if name.endswith("relative_position_bias_table") or ".peg." in name
+        }
+        return {"cls_token", "pos_embed"} | position
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per block (``Blocks``), as timm's models switch it."""
+        self.blocks.grad_checkpointing = enable
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch tokens with their position embeddings: (B, N, D), no class token."""
-        return self.patch_embed(images) + self.pos_embed[:, self.num_prefix_tokens :]
+        """Patch tokens with their position embeddings (if a table): (B, N, D), no class token."""
+        tokens = self.patch_embed(images)
+        if self.pos_embed is None:
+            return tokens
+        return tokens + self.pos_embed[:, self.num_prefix_tokens :]
 
     def prepend_cls(self, tokens: torch.Tensor) -> torch.Tensor:
-        cls = (self.cls_token + self.pos_embed[:, : self.num_prefix_tokens]).expand(
-            tokens.shape[0], -1, -1
-        )
-        return torch.cat([cls, tokens], dim=1)
+        cls = self.cls_token
+        if self.pos_embed is not None:
+            cls = cls + self.pos_embed[:, : self.num_prefix_tokens]
+        return torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
 
     def forward_features(self, images: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         """All tokens after the encoder: (B, 1 + N, D). With ``cls_only`` just the class token,
         (B, 1, D): the last block then updates that token alone, which saves most of that block's
         compute and gives the same class token (``benchmarks/vit_vs_timm.py`` measures it)."""
         tokens = self.pos_drop(self.prepend_cls(self.embed(images)))
-        if not cls_only:
-            return self.norm(self.blocks(tokens))
-        *blocks, last = self.blocks
-        for block in blocks:
-            tokens = block(tokens)
-        return self.norm(last(tokens, num_queries=self.num_prefix_tokens))
+        return self.norm(self.blocks(tokens, self.num_prefix_tokens if cls_only else None))
 
     def forward_intermediates(
         self, images: torch.Tensor, indices: int | Sequence[int] = 1, norm: bool = False

@@ -20,8 +20,10 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from vitlab.checkpoint_file import RUN_CONFIG_KEY
 from vitlab.errors import UserError
+from vitlab.loggers import WANDB_SOURCE, wandb_checkpoint
 from vitlab.models.checkpoint import load_pretrained
 from vitlab.optim import WarmupCosine, effective_batch_size, param_groups, scaled_lr
+from vitlab.tasks.nonfinite import NonFiniteWatch, Place
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,9 @@ class RecipeTask(L.LightningModule):
         self.mode = mode
         self.run_config: dict[str, Any] | None = None
         self._compiled = False
+        self.nonfinite = NonFiniteWatch()
+        # the training values shown on the progress bar, read at logging steps (``log_step``)
+        self.progress_bar_values: dict[str, float] = {}
 
     def val_metric_names(self) -> list[str]:
         """The names this task logs after each validation (what ``monitor`` may name)."""
@@ -128,6 +133,7 @@ class RecipeTask(L.LightningModule):
         self.flops_per_batch = self.training_flops(batch_shape)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.stop_if_nonfinite()  # no checkpoint of weights trained on a non-finite loss
         if self.run_config is not None:
             checkpoint[RUN_CONFIG_KEY] = self.run_config
 
@@ -136,40 +142,76 @@ class RecipeTask(L.LightningModule):
             self.trained_module().compile()
             self._compiled = True
 
+    def should_log_step(self) -> bool:
+        """Whether this training step's values are written to the loggers (every
+        ``trainer.log_every_n_steps``, and every step of a fast dev run or when called by hand)."""
+        trainer = self._trainer
+        return (
+            trainer is None
+            or bool(trainer.fast_dev_run)
+            or trainer._logger_connector.should_update_logs
+        )
+
     def log_step(self, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
         """``self.log`` of a training step's value, called only on the steps whose values Lightning
-        writes to the loggers (every ``trainer.log_every_n_steps``): the logs are the same, and
-        the progress bar shows the latest logged value.
+        writes to the loggers (every ``trainer.log_every_n_steps``): the logs are the same.
 
         Each ``self.log`` call is bookkeeping that a small model's step notices
         (``benchmarks/lightning_overhead.py``), and it is only worth paying when the value is
         written. Lightning's own LearningRateMonitor and ThroughputMonitor ask the same question
         of the trainer.
+
+        A ``prog_bar`` value goes to ``progress_bar_values`` as a number read on this step, which
+        vitlab's progress bar shows until the next logging step: a value given to Lightning's
+        progress bar instead stays a device tensor that it reads on every later step.
         """
-        trainer = self._trainer  # None when called by hand: self.log warns then, as it should
-        if trainer is None or trainer.fast_dev_run or trainer._logger_connector.should_update_logs:
-            self.log(name, value, prog_bar=prog_bar)
+        if self.should_log_step():
+            self.log(name, value)  # warns, as it should, when called by hand
+            if prog_bar:
+                self.progress_bar_values[name] = float(value.detach())
 
     def finite_or_stop(self, loss: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
-        """The loss if finite. Otherwise stop with the step and batch named, or, with
-        ``skip_nonfinite``, skip this optimizer step (Lightning skips a None loss).
+        """The loss, checked for NaN or infinity. Non-finite, it stops the run naming the first
+        bad step and batch, or, with ``skip_nonfinite``, skips this optimizer step (Lightning
+        skips a None loss).
+
+        Stopping needs no host read on this step: the loss is checked on the device
+        (``NonFiniteWatch``) and the verdict read with the logged values, at the end of an epoch,
+        before a checkpoint and when training ends; the steps in between may have trained on it,
+        but nothing is saved from them. Skipping must know before this step's optimizer step, so
+        it reads every step.
 
         Data-parallel ranks must step together, and Lightning cannot skip a step there: a rank
         with a non-finite loss returns a zero loss instead, so that its batch adds nothing to the
         averaged gradients of the step the other ranks take.
         """
-        if torch.isfinite(loss):
-            return loss
-        where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        place = Place(self.global_step, self.current_epoch, batch_idx)
         if self.skip_nonfinite:
-            log.warning("non-finite loss %s at %s: this batch skipped", loss.item(), where)
+            if torch.isfinite(loss):
+                return loss
+            log.warning("non-finite loss %s at %s: this batch skipped", loss.item(), place)
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             return None
-        raise FloatingPointError(
-            f"non-finite loss {loss.item()} at {where}; lower the lr, enable "
-            "trainer.gradient_clip_val, or set task.skip_nonfinite=true to skip such steps"
-        )
+        self.nonfinite.record(loss, place)
+        trainer = self._trainer
+        if self.should_log_step() or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self.stop_if_nonfinite()
+        return loss
+
+    def stop_if_nonfinite(self) -> None:
+        """Reads the device's verdict on the losses since the last read; stops at a non-finite
+        one, naming where it happened."""
+        found = self.nonfinite.first_nonfinite()
+        if found is not None:
+            value, place = found
+            raise FloatingPointError(
+                f"non-finite loss {value} at {place}; lower the lr, enable "
+                "trainer.gradient_clip_val, or set task.skip_nonfinite=true to skip such steps"
+            )
+
+    def on_train_end(self) -> None:
+        self.stop_if_nonfinite()
 
     def per_device_batch_size(self) -> int:
         datamodule = self.trainer.datamodule
@@ -252,7 +294,10 @@ def fused_adam(factory: Callable[..., Optimizer], groups: Iterable[dict]) -> dic
 
 
 def load_pretrained_weights(module: nn.Module, path: str) -> None:
-    """``load_pretrained``, with a checkpoint that does not fit reported as a one-line error."""
+    """``load_pretrained`` (a W&B artifact downloaded first), with a checkpoint that does not
+    fit reported as a one-line error."""
+    if path.startswith(WANDB_SOURCE):
+        path = wandb_checkpoint(path)
     try:
         load_pretrained(module, path)
     except ValueError as error:

@@ -155,11 +155,12 @@ class ClassificationTask(RecipeTask):
         if self.model_ema is not None:
             self.model_ema.update(self.model)
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, targets = batch
-        self._log_evaluation(self, images, targets, stage, prog_bar=True)
+        logits = self._log_evaluation(self, images, targets, stage, prog_bar=True)
         if self.model_ema is not None:
             self._log_evaluation(self.model_ema, images, targets, f"{stage}_ema", prog_bar=False)
+        return logits
 
     def _log_evaluation(
         self,
@@ -168,18 +169,22 @@ class ClassificationTask(RecipeTask):
         targets: torch.Tensor,
         prefix: str,
         prog_bar: bool,
-    ) -> None:
+    ) -> torch.Tensor:
         """Loss (without smoothing) and accuracies of ``model`` (this task, or its EMA) under
-        ``prefix``: val, test, val_ema or test_ema."""
+        ``prefix``: val, test, val_ema or test_ema; returns its logits."""
         logits = model(images)
         metrics = getattr(self, f"{prefix}_metrics")
         metrics(logits, targets)
         loss = F.cross_entropy(logits, targets)
         self.log(f"{prefix}/loss", loss, prog_bar=prog_bar, sync_dist=True)
         self.log_dict(metrics, prog_bar=prog_bar)
+        return logits
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        """The model's logits (callbacks read them: ``MisclassifiedImages``)."""
+        return self._evaluate(batch, "val")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")

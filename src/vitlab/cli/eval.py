@@ -1,0 +1,17 @@
+"""``vitlab-eval`` (``python eval.py``): evaluate a checkpoint written by train.py,
+``vitlab-eval ckpt_path=path/to/best.ckpt``."""
+
+import hydra
+from omegaconf import DictConfig
+
+from vitlab import run
+from vitlab.cli import CONFIG_PATH, start
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+def app(cfg: DictConfig) -> float | None:
+    return run.main(run.evaluate, cfg)
+
+
+def main() -> None:
+    start(app)

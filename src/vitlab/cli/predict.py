@@ -1,0 +1,21 @@
+"""``vitlab-predict`` (``python predict.py``): predict classes of image files,
+``vitlab-predict ckpt_path=path/to/best.ckpt inputs=images/``.
+
+See ``vitlab.predict`` (and ``--help``) for the images it accepts.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+import vitlab.config  # noqa: F401  (the resolvers conf/paths uses)
+from vitlab import predict
+from vitlab.cli import CONFIG_PATH, start
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
+def app(cfg: DictConfig) -> None:
+    predict.main(cfg)
+
+
+def main() -> None:
+    start(app)

@@ -1,0 +1,17 @@
+"""``vitlab-train`` (``python train.py``): train and test a Vision Transformer; ``--help``
+lists the config groups."""
+
+import hydra
+from omegaconf import DictConfig
+
+from vitlab import run
+from vitlab.cli import CONFIG_PATH, start
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+def app(cfg: DictConfig) -> float | None:
+    return run.main(run.train, cfg)
+
+
+def main() -> None:
+    start(app)
