@@ -166,6 +166,12 @@ def best_checkpoint_by_miou(cli, result: subprocess.CompletedProcess) -> None:
     assert "val/miou_best" in metrics_of(cli.run_dirs()[-1])
 
 
+def best_checkpoint_by_map(cli, result: subprocess.CompletedProcess) -> None:
+    """The detection task's COCO mAP picks the best checkpoint and scores the test split."""
+    metrics = metrics_of(cli.run_dirs()[-1])
+    assert "val/map_best" in metrics and {"test/map", "test/map_50"} <= metrics.keys()
+
+
 def memorised_one_batch(cli, result: subprocess.CompletedProcess) -> None:
     metrics = metrics_of(cli.run_dirs()[-1])
     assert metrics["train/acc1"] == 1.0 and metrics["train/loss"] < 0.05
@@ -268,6 +274,10 @@ PLAN: dict[str, Plan] = {
     "python -m vitlab.export <ckpt> exported/ --onnx": Plan(cap=()),
     "python train.py 'callbacks=[default,attention_maps]'": Plan(check=attention_maps_in_wandb),
     "python train.py experiment=digits_segmentation": Plan(check=best_checkpoint_by_miou),
+    "python train.py experiment=digits_detection": Plan(check=best_checkpoint_by_map),
+    "python train.py experiment=vitdet_b_coco task.pretrained=mae_pretrain_vit_base.pth": cannot_run(
+        "needs COCO, 8 GPUs and the MAE release's weights (a download)"
+    ),
     "python train.py model.pos_embed=rope": Plan(),
 }
 COMMANDS = readme_commands()

@@ -4,7 +4,8 @@
 
 The checkpoint is one of a classification, fine-tuning or linear-probe run; Lightning rebuilds
 its task from it and the task's classifier predicts. Class names come from the checkpoint, so
-the training data need not be here.
+the training data need not be here. A segmentation or detection checkpoint writes overlays and
+masks or boxes instead, beside ``output`` (see ``vitlab.predict_dense``).
 
 Images: ``inputs`` is one image file (any format PIL reads), or a folder searched recursively
 for files named .jpg, .jpeg, .png, .webp, .bmp, .ppm, .tif or .tiff. They may have any size and
@@ -34,6 +35,7 @@ from rich.table import Table
 from vitlab.data.decode import DECODE_ERRORS, is_image
 from vitlab.errors import UserError, existing_file, exit_on_user_error
 from vitlab.export import trained_classifier
+from vitlab.predict_dense import predict_dense, trained_dense
 
 log = logging.getLogger(__name__)
 Preprocess = Callable[[Path], torch.Tensor]
@@ -57,8 +59,15 @@ def predict(cfg: DictConfig) -> None:
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise UserError(f"{key} must be a whole number of at least 1, got {cfg[key]!r}")
     paths = image_paths(Path(cfg.inputs).expanduser())
-    trained = trained_classifier(existing_file(cfg.ckpt_path, "ckpt_path"))
+    ckpt_path = existing_file(cfg.ckpt_path, "ckpt_path")
     device = torch.device(resolve_device(cfg.device))
+    dense = trained_dense(ckpt_path)
+    if dense is not None:
+        out_dir = Path(cfg.output).expanduser().parent
+        predict_dense(*dense, paths, out_dir, device, cfg.score_thresh)
+        Console().print(f"{len(paths)} overlays written to {out_dir / 'overlays'}")
+        return
+    trained = trained_classifier(ckpt_path)
     model = trained.model.to(device)
     preprocess = file_preprocessing(trained.data.predict_transform())
 

@@ -1,8 +1,12 @@
-"""The digits segmentation experiment through train.py, on canvases it generates itself."""
+"""The digits segmentation experiment through train.py, on canvases it generates itself; eval.py
+and predict.py on its checkpoint."""
 
 from __future__ import annotations
 
 import json
+
+import numpy as np
+from PIL import Image
 
 
 def test_segmentation_experiment_trains_and_tests_end_to_end(cli, tmp_path):
@@ -10,6 +14,8 @@ def test_segmentation_experiment_trains_and_tests_end_to_end(cli, tmp_path):
     cli(
         "train.py",
         "experiment=digits_segmentation",
+        "task/decoder=pup",
+        "task.model.decoder.channels=16",
         "debug=limit",
         "trainer.limit_test_batches=1.0",
         f"data.root={root}",
@@ -27,3 +33,12 @@ def test_segmentation_experiment_trains_and_tests_end_to_end(cli, tmp_path):
     assert {k: evaluated[k] for k in ("test/miou", "test/pixel_acc")} == {
         k: metrics[k] for k in ("test/miou", "test/pixel_acc")
     }
+    # predict.py: a class mask at each image's own size and an overlay, per image
+    inputs = root / "test" / "images"
+    cli("predict.py", f"ckpt_path={best}", f"inputs={inputs}", f"output={tmp_path}/out/p.csv")
+    for name in ("00000.png", "00001.png"):
+        with Image.open(tmp_path / "out" / "masks" / name) as mask:
+            assert mask.mode == "L" and mask.size == (32, 32) and np.array(mask).max() <= 10
+        with Image.open(tmp_path / "out" / "overlays" / name) as overlay:
+            assert overlay.mode == "RGB" and overlay.size == (32, 32)
+    assert len(list((tmp_path / "out" / "overlays").iterdir())) == 16

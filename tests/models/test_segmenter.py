@@ -1,13 +1,20 @@
-"""ViTSegmenter: per-pixel logits at the input size; backbone weights under timm names."""
+"""ViTSegmenter and its decoders: per-pixel logits at the input size; backbone weights under timm
+names."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
 from vitlab.models.checkpoint import load_pretrained
+from vitlab.models.seg_decoders import (
+    LinearDecoder,
+    MaskTransformerDecoder,
+    ProgressiveUpsamplingDecoder,
+)
 from vitlab.models.segmenter import ViTSegmenter
 from vitlab.models.vit import VisionTransformer
 
@@ -17,30 +24,48 @@ def vit(img_size: int | tuple[int, int], patch_size: int, **kwargs) -> VisionTra
     return VisionTransformer(img_size, patch_size, **{**config, **kwargs})
 
 
-@pytest.mark.parametrize(
-    ("img_size", "patch_size"), [(16, 4), (32, 4), (32, 8), ((24, 40), 8), (28, 14)]
-)
-@pytest.mark.parametrize("decoder_hidden_dim", [0, 16])
-def test_logits_have_the_input_size(img_size, patch_size, decoder_hidden_dim):
-    segmenter = ViTSegmenter(vit(img_size, patch_size), 7, decoder_hidden_dim)
+DECODERS = {
+    "linear": partial(LinearDecoder, hidden_dim=16),
+    "pup": partial(ProgressiveUpsamplingDecoder, channels=8),
+    "pup_multilevel": partial(ProgressiveUpsamplingDecoder, layers=[0, 1], channels=8),
+    "mask_transformer": partial(MaskTransformerDecoder, depth=1),
+}
+
+
+@pytest.mark.parametrize(("img_size", "patch_size"), [(16, 4), ((24, 40), 8), ((28, 42), 14)])
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_logits_have_the_input_size(img_size, patch_size, decoder):
+    segmenter = ViTSegmenter(vit(img_size, patch_size), 7, DECODERS[decoder])
     height, width = (img_size, img_size) if isinstance(img_size, int) else img_size
     logits = segmenter(torch.randn(2, 3, height, width))
     assert logits.shape == (2, 7, height, width)
+    logits.sum().backward()  # every parameter is trained (DDP needs none unused)
+    assert all(p.grad is not None for p in segmenter.parameters() if p.requires_grad)
 
 
-def test_patch_logits_sit_on_the_patch_grid():
-    segmenter = ViTSegmenter(vit((16, 32), 8), 3)
-    assert segmenter.patch_logits(torch.randn(1, 3, 16, 32)).shape == (1, 3, 2, 4)
+def test_progressive_upsampling_draws_boundaries_inside_a_patch():
+    """Unlike the linear decoder's bilinear patch logits, SETR-PUP's convs learn a mask that
+    changes within a patch: here the left and right halves of each 8-pixel patch."""
+    torch.manual_seed(0)
+    features = [torch.randn(4, 8, 2, 2)]
+    target = (torch.arange(16) % 8 >= 4).long().expand(4, 16, 16)
+    decoder = ProgressiveUpsamplingDecoder(8, 2, (8, 8), channels=8, dropout=0.0)
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=3e-2)
+    for _ in range(40):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(decoder(features, (16, 16)), target).backward()
+        optimizer.step()
+    assert (decoder(features, (16, 16)).argmax(1) == target).float().mean() > 0.95
 
 
-def test_a_patch_changes_only_the_logits_near_it():
-    segmenter = ViTSegmenter(vit(32, 8, depth=0), 3).eval()
-    images = torch.randn(1, 3, 32, 32)
-    changed = images.clone()
-    changed[..., :8, :8] += 1.0  # the top-left patch; with no blocks, no attention mixes it
-    difference = (segmenter(changed) - segmenter(images)).abs().sum(dim=1)[0]
-    assert difference[:8, :8].min() > 0
-    assert difference[16:, :].max() == 0 and difference[:, 16:].max() == 0
+def test_the_linear_decoder_changes_only_the_logits_near_a_changed_patch():
+    decoder = LinearDecoder(32, 3).eval()
+    features = torch.randn(1, 32, 4, 4)
+    changed = features.clone()
+    changed[..., 0, 0] += 1.0  # the top-left patch of a 32x32 image of 8-pixel patches
+    difference = (decoder([changed], (32, 32)) - decoder([features], (32, 32))).abs().sum(dim=1)
+    assert difference[0, :8, :8].min() > 0
+    assert difference[0, 16:, :].max() == 0 and difference[0, :, 16:].max() == 0
 
 
 def test_backbone_keeps_timm_names_without_a_classifier():
@@ -52,6 +77,8 @@ def test_backbone_keeps_timm_names_without_a_classifier():
     assert {name.split(".")[0] for name in names} == {"backbone", "decoder"}
     assert segmenter.backbone.num_classes == 0
     assert segmenter.no_weight_decay() == {"backbone.cls_token", "backbone.pos_embed"}
+    masks = ViTSegmenter(vit(16, 4), 4, MaskTransformerDecoder)
+    assert "decoder.cls_emb" in masks.no_weight_decay()
 
 
 def test_a_classifier_checkpoint_loads_into_the_backbone(tmp_path: Path):

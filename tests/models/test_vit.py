@@ -136,3 +136,26 @@ def test_state_dict_names_and_logits_match_timm():
     model.load_state_dict(reference.state_dict(), strict=True)
     images = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model(images), reference(images), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("indices", "norm"), [(2, False), ([0, -1], True)])
+def test_intermediate_maps_match_timm(indices, norm):
+    reference = timm.create_model(
+        "vit_tiny_patch16_224", img_size=(16, 24), patch_size=4, depth=3, pretrained=False
+    ).eval()
+    model = VisionTransformer(
+        img_size=(16, 24), patch_size=4, embed_dim=192, depth=3, num_heads=3
+    ).eval()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    images = torch.randn(2, 3, 16, 24)
+    expected = reference.forward_intermediates(images, indices, norm=norm, intermediates_only=True)
+    maps = model.forward_intermediates(images, indices, norm=norm)
+    assert [m.shape for m in maps] == [(2, 192, 4, 6)] * len(expected)
+    for ours, theirs in zip(maps, expected, strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("indices", [0, 5, [4], [-5]])
+def test_intermediate_indices_outside_the_model_are_refused(indices):
+    with pytest.raises(ValueError, match="4"):
+        small_vit(depth=4).forward_intermediates(torch.randn(1, 3, 16, 16), indices)

@@ -1,9 +1,12 @@
 """The digit-canvas dataset, written offline: scikit-learn digits pasted on blank canvases, the
 mask marking each digit's bright pixels with its class + 1 (0 is background), as the image/mask
-PNG tree that ``SegmentationDataModule`` reads."""
+PNG tree that ``SegmentationDataModule`` reads, and the box around those pixels (category
+``digit + 1``, named after the digit) as the COCO ``annotations/instances_<split>.json`` that
+``CocoDetectionDataModule`` reads (``file_name`` relative to ``<root>/<split>``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -47,6 +50,37 @@ def paste_digit(
     return image, mask
 
 
+def coco_box(mask: np.ndarray) -> list[int]:
+    """COCO's [x, y, width, height] of a mask's nonzero pixels."""
+    rows, cols = np.nonzero(mask)
+    top, left = int(rows.min()), int(cols.min())
+    return [left, top, int(cols.max()) + 1 - left, int(rows.max()) + 1 - top]
+
+
+def coco_annotations(masks: list[np.ndarray]) -> dict:
+    """COCO instances of the canvases ``images/00000.png``...: one box per mask, its category
+    the mask's class (``digit + 1``)."""
+    images, annotations = [], []
+    for index, mask in enumerate(masks):
+        height, width = mask.shape
+        images.append(
+            {"id": index, "file_name": f"images/{index:05d}.png", "height": height, "width": width}
+        )
+        box = coco_box(mask)
+        annotations.append(
+            {
+                "id": index,
+                "image_id": index,
+                "category_id": int(mask.max()),
+                "bbox": box,
+                "area": box[2] * box[3],
+                "iscrowd": 0,
+            }
+        )
+    categories = [{"id": digit + 1, "name": str(digit)} for digit in range(10)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
 def write_digit_canvas(
     root: str | os.PathLike,
     splits: Mapping[str, int] = DEFAULT_SPLIT_SIZES,
@@ -55,7 +89,8 @@ def write_digit_canvas(
 ) -> Path:
     """Write ``splits[split]`` digit canvases per split as PNG image/mask pairs under ``root``.
 
-    Each canvas holds one scikit-learn digit (11 mask classes: background and the ten digits).
+    Each canvas holds one scikit-learn digit (11 mask classes: background and the ten digits);
+    ``annotations/instances_<split>.json`` holds its box in COCO format.
     The tree is written beside ``root`` and renamed into place, so an interrupted run never
     leaves a partial dataset that later runs would take for complete.
     """
@@ -69,12 +104,17 @@ def write_digit_canvas(
     for split, pool in digit_sources(splits, seed).items():
         (partial / split / "images").mkdir(parents=True)
         (partial / split / "masks").mkdir(parents=True)
+        masks = []
         for index, source in enumerate(rng.choice(pool, size=splits[split])):
             image, mask = paste_digit(
                 digits.images[source], int(digits.target[source]), canvas, rng
             )
             Image.fromarray(image).save(partial / split / "images" / f"{index:05d}.png")
             Image.fromarray(mask).save(partial / split / "masks" / f"{index:05d}.png")
+            masks.append(mask)
+        (partial / "annotations").mkdir(exist_ok=True)
+        instances = partial / "annotations" / f"instances_{split}.json"
+        instances.write_text(json.dumps(coco_annotations(masks)))
     root.parent.mkdir(parents=True, exist_ok=True)
     partial.rename(root)
     return root

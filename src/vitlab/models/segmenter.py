@@ -1,41 +1,36 @@
-"""Dense prediction with a ViT: classify every patch token, upsample the logits to the pixels.
+"""Dense prediction with a ViT: a decoder turns the encoder's patch-token maps into per-pixel
+logits at the input size.
 
-The linear decoder of Segmenter (Strudel et al., 2021): the encoder's patch tokens are
-normalised and mapped to class logits one patch at a time, laid out on the patch grid and
-upsampled bilinearly to the input size. Attention gives each patch its context; the decoder
-itself stays per-patch and cheap.
+``ViTSegmenter`` runs the backbone up to the blocks its decoder reads
+(``VisionTransformer.forward_intermediates``) and hands the decoder those maps and the image
+size. The decoders (``vitlab.models.seg_decoders``): Segmenter's linear decoder and mask
+transformer (Strudel et al., 2021) and SETR's progressive upsampling (Zheng et al., 2021).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from vitlab.models.vit import LayerNorm, VisionTransformer, init_linear_and_norm
+from vitlab.models.seg_decoders import LinearDecoder
+from vitlab.models.vit import VisionTransformer
 
 
-class PatchDecoder(nn.Module):
-    """Per-patch classifier: (B, N, D) -> (B, N, num_classes).
+class Decoder(Protocol):
+    """Patch-token maps (B, D, grid_h, grid_w), one per block in ``layers`` (the indices
+    ``forward_intermediates`` takes), and the image size -> logits (B, num_classes, H, W)."""
 
-    LayerNorm, then a GELU hidden layer of ``hidden_dim`` units when ``hidden_dim > 0``, then a
-    linear layer to the classes. The norm is needed when the backbone pools by averaging: its
-    final ``norm`` is then the identity and the patch tokens come out unnormalised.
-    """
+    layers: int | Sequence[int]
 
-    def __init__(self, embed_dim: int, num_classes: int, hidden_dim: int = 0):
-        super().__init__()
-        self.norm = LayerNorm(embed_dim)
-        self.hidden = (
-            nn.Sequential(nn.Linear(embed_dim, hidden_dim), nn.GELU())
-            if hidden_dim > 0
-            else nn.Identity()
-        )
-        self.head = nn.Linear(hidden_dim if hidden_dim > 0 else embed_dim, num_classes)
-        self.apply(init_linear_and_norm)
+    def __call__(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor: ...
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.head(self.hidden(self.norm(tokens)))
+
+# a decoder class or a partial of one (the config's ``_partial_: true``), given the backbone's
+# width, the number of classes and the patch size
+DecoderFactory = Callable[..., Decoder]
 
 
 class ViTSegmenter(nn.Module):
@@ -43,34 +38,37 @@ class ViTSegmenter(nn.Module):
 
     ``backbone`` is any ``VisionTransformer``; its classifier (``head``, ``fc_norm``) is replaced
     by the identity (``num_classes`` becomes 0), so a classifier config such as ``${model}`` can
-    be passed as it is. The backbone keeps its timm names under ``backbone.``: pretrained vitlab,
-    MAE or timm ViT weights load with
+    be passed as it is. Its final ``norm`` applies to every map the decoder reads (the identity
+    for average-pooled backbones, so each decoder normalises its input too). The backbone keeps
+    its timm names under ``backbone.``: pretrained vitlab, MAE or timm ViT weights load with
     ``vitlab.models.checkpoint.load_pretrained(segmenter.backbone, path)`` (which also resamples
-    the position embeddings to the backbone's patch grid), or with
-    ``segmenter.backbone.load_state_dict(state, strict=False)`` for an in-memory state dict.
+    the position embeddings to the backbone's patch grid).
     """
 
-    def __init__(self, backbone: VisionTransformer, num_classes: int, decoder_hidden_dim: int = 0):
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        num_classes: int,
+        decoder: DecoderFactory = LinearDecoder,
+    ):
         super().__init__()
         backbone.head = nn.Identity()
         backbone.fc_norm = nn.Identity()
         backbone.num_classes = 0
         self.backbone = backbone
         self.num_classes = num_classes
-        self.decoder = PatchDecoder(backbone.embed_dim, num_classes, decoder_hidden_dim)
+        self.decoder = decoder(
+            embed_dim=backbone.embed_dim,
+            num_classes=num_classes,
+            patch_size=backbone.patch_embed.patch_size,
+        )
 
     def no_weight_decay(self) -> set[str]:
-        """The backbone's token parameters, under their names in this module."""
-        return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
-
-    def patch_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Class logits of every patch on the patch grid: (B, num_classes, grid_h, grid_w)."""
-        tokens = self.backbone.forward_features(images)[:, self.backbone.num_prefix_tokens :]
-        grid_h, grid_w = self.backbone.patch_embed.grid_size
-        logits = self.decoder(tokens)
-        return logits.transpose(1, 2).reshape(len(images), self.num_classes, grid_h, grid_w)
+        """The backbone's and the decoder's token parameters, under their names here."""
+        names = {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
+        decoder_tokens = getattr(self.decoder, "no_weight_decay", lambda: set())()
+        return names | {f"decoder.{name}" for name in decoder_tokens}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(
-            self.patch_logits(images), size=images.shape[-2:], mode="bilinear", align_corners=False
-        )
+        features = self.backbone.forward_intermediates(images, self.decoder.layers, norm=True)
+        return self.decoder(features, tuple(images.shape[-2:]))

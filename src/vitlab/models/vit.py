@@ -365,6 +365,25 @@ class VisionTransformer(nn.Module):
         tokens = self.pos_drop(self.prepend_cls(self.embed(images)))
         return self.norm(self.blocks(tokens, self.num_prefix_tokens if cls_only else None))
 
+    def forward_intermediates(
+        self, images: torch.Tensor, indices: int | Sequence[int] = 1, norm: bool = False
+    ) -> list[torch.Tensor]:
+        """Patch-token maps (B, D, grid_h, grid_w) after the blocks ``indices`` names, in block
+        order: an int ``n`` takes the last ``n`` blocks, a sequence takes those block indices
+        (negative ones count from the end). ``norm`` applies the final ``norm`` to each map. The
+        blocks after the last one taken are not run. timm's
+        ``forward_intermediates(images, indices, norm=norm, intermediates_only=True)``."""
+        take = take_indices(indices, self.depth)
+        tokens = self.pos_drop(self.prepend_cls(self.embed(images)))
+        grid_h, grid_w = self.patch_embed.grid_size
+        maps = []
+        for index, block in enumerate(self.blocks[: max(take) + 1]):
+            tokens = block(tokens)
+            if index in take:
+                patches = (self.norm(tokens) if norm else tokens)[:, self.num_prefix_tokens :]
+                maps.append(patches.transpose(1, 2).reshape(len(images), -1, grid_h, grid_w))
+        return maps
+
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
             pooled = tokens[:, self.num_prefix_tokens :].mean(dim=1)
@@ -387,6 +406,19 @@ class VisionTransformer(nn.Module):
             maps.append(block.attn.attention_weights(block.norm1(tokens)))
             tokens = block(tokens)
         return maps
+
+
+def take_indices(indices: int | Sequence[int], depth: int) -> list[int]:
+    """Block indices in ``[0, depth)``: the last ``indices`` blocks for an int, else each index
+    (negative ones from the end); a clear error for any outside the model."""
+    if isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise ValueError(f"cannot take the last {indices} blocks of a ViT of depth {depth}")
+        return list(range(depth - indices, depth))
+    taken = [index % depth if -depth <= index < depth else None for index in indices]
+    if not taken or None in taken:
+        raise ValueError(f"block indices {list(indices)} must lie in [-{depth}, {depth})")
+    return sorted(set(taken))
 
 
 def init_linear_and_norm(module: nn.Module) -> None:
