@@ -83,7 +83,7 @@ def train_config(args: argparse.Namespace, out_dir: str) -> DictConfig:
         overrides.append(f"model={args.model}")
     if args.img_size:
         overrides.append(f"model.img_size={args.img_size}")
-    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+    with initialize_config_dir(str(ROOT / "src" / "vitlab" / "conf"), version_base=None):
         return compose("train", overrides=overrides)
 
 

@@ -29,7 +29,7 @@ from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.models.vit import VisionTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "src" / "vitlab" / "conf"
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as wandb_records
 
 # what a fresh copy of the repository leaves out at its top: the package is installed, tests
@@ -200,7 +200,8 @@ class CLI:
 
 
 def fresh_copy(destination: Path) -> Path:
-    """The repository's entry points, configs, benchmarks and notebooks, without outputs."""
+    """The repository's entry points, benchmarks and notebooks, without outputs (the configs
+    come with the installed package)."""
 
     def left_out(folder: str, names: list[str]) -> set[str]:
         top = Path(folder) == ROOT

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.tasks.base import build_task
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "src" / "vitlab" / "conf"
 GROUPS = [
     "model",
     "task",

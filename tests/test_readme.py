@@ -322,7 +322,9 @@ def test_readme_command_composes_and_builds_on_the_meta_device(command: str, tmp
     without data, GPUs or weights (the model on the meta device)."""
     overrides = [first_job(word) for word in shlex.split(command)[2:] if not word.startswith("-")]
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(
+        config_dir=str(ROOT / "src" / "vitlab" / "conf"), version_base="1.3"
+    ):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(tmp_path / "run")

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from vitlab.callbacks.throughput import images_in
 from vitlab.tasks.base import RecipeTask, build_task
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "src" / "vitlab" / "conf"
 
 
 def options(group: str) -> list[str]:

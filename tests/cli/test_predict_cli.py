@@ -142,7 +142,9 @@ def test_help_lists_the_entry_points_own_options(cli, script: str, header: str, 
         assert f"\n{group}: " not in help_text, group
     if script == "eval.py":
         for group in ("trainer", "logger"):
-            offered = sorted(path.stem for path in (ROOT / "conf" / group).glob("*.yaml"))
+            offered = sorted(
+                path.stem for path in (ROOT / "src" / "vitlab" / "conf" / group).glob("*.yaml")
+            )
             assert group_options(help_text, group) == offered
 
 

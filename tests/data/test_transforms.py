@@ -28,7 +28,7 @@ from vitlab.data.transforms import (
 )
 
 PHOTO = synthetic_image((50, 40), 0, np.random.default_rng(0))
-CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
+CONF = Path(__file__).resolve().parents[2] / "src" / "vitlab" / "conf" / "data"
 
 
 @pytest.mark.parametrize("fast", [True, False])

@@ -19,8 +19,8 @@ from pathlib import Path
 from vitlab.errors import exit_on_user_error
 from vitlab.extras import require_plugins
 
-# the configs every Hydra app composes
-CONFIG_PATH = str(Path("conf").resolve())
+# the configs every Hydra app composes: the package's own (a wheel carries them)
+CONFIG_PATH = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def start(app: Callable[[], object]) -> None:
