@@ -34,6 +34,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader, TensorDataset
 
 import vitlab.config  # noqa: F401  (registers the resolvers the config groups use)
+from vitlab.cli import CONFIG_PATH
 from vitlab.optim import WarmupCosine, param_groups, scaled_lr
 from vitlab.tasks.base import build_task, fused_adam
 
@@ -83,7 +84,7 @@ def train_config(args: argparse.Namespace, out_dir: str) -> DictConfig:
         overrides.append(f"model={args.model}")
     if args.img_size:
         overrides.append(f"model.img_size={args.img_size}")
-    with initialize_config_dir(str(ROOT / "src" / "vitlab" / "conf"), version_base=None):
+    with initialize_config_dir(CONFIG_PATH, version_base=None):
         return compose("train", overrides=overrides)
 
 

@@ -24,12 +24,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import vitlab.config  # noqa: F401  (the resolvers the config groups use)
+from vitlab.cli import CONFIG_PATH
 from vitlab.data.synthetic import write_image_tree
 from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.models.vit import VisionTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "src" / "vitlab" / "conf"
+CONF = Path(CONFIG_PATH)
 sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as wandb_records
 
 # what a fresh copy of the repository leaves out at its top: the package is installed, tests

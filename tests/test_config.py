@@ -11,10 +11,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
+from vitlab.cli import CONFIG_PATH
 from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.tasks.base import build_task
 
-CONF = Path(__file__).resolve().parents[1] / "src" / "vitlab" / "conf"
+CONF = Path(CONFIG_PATH)
 GROUPS = [
     "model",
     "task",

@@ -32,6 +32,7 @@ from sklearn.datasets import load_digits
 from wandb_records import run_contents
 
 from vitlab.checks import check_arguments, check_model
+from vitlab.cli import CONFIG_PATH
 from vitlab.data.synthetic import write_image_tree
 from vitlab.tasks.base import build_task
 
@@ -322,9 +323,7 @@ def test_readme_command_composes_and_builds_on_the_meta_device(command: str, tmp
     without data, GPUs or weights (the model on the meta device)."""
     overrides = [first_job(word) for word in shlex.split(command)[2:] if not word.startswith("-")]
     GlobalHydra.instance().clear()
-    with initialize_config_dir(
-        config_dir=str(ROOT / "src" / "vitlab" / "conf"), version_base="1.3"
-    ):
+    with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(tmp_path / "run")

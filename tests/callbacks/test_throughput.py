@@ -13,9 +13,10 @@ from lightning.fabric.utilities.throughput import measure_flops
 from omegaconf import DictConfig, OmegaConf
 
 from vitlab.callbacks.throughput import images_in
+from vitlab.cli import CONFIG_PATH
 from vitlab.tasks.base import RecipeTask, build_task
 
-CONF = Path(__file__).resolve().parents[2] / "src" / "vitlab" / "conf"
+CONF = Path(CONFIG_PATH)
 
 
 def options(group: str) -> list[str]:

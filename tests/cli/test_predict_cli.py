@@ -11,6 +11,7 @@ import torch
 from digits_run import held_out_digits, write_digit
 from predictions import read_predictions
 
+from vitlab.cli import CONFIG_PATH
 from vitlab.data.digits import DigitsDataModule
 from vitlab.models.vit import VisionTransformer
 
@@ -142,9 +143,7 @@ def test_help_lists_the_entry_points_own_options(cli, script: str, header: str, 
         assert f"\n{group}: " not in help_text, group
     if script == "eval.py":
         for group in ("trainer", "logger"):
-            offered = sorted(
-                path.stem for path in (ROOT / "src" / "vitlab" / "conf" / group).glob("*.yaml")
-            )
+            offered = sorted(path.stem for path in (Path(CONFIG_PATH) / group).glob("*.yaml"))
             assert group_options(help_text, group) == offered
 
 

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from timm.data.random_erasing import RandomErasing as TimmRandomErasing
 
+from vitlab.cli import CONFIG_PATH
 from vitlab.data.synthetic import synthetic_image
 from vitlab.data.transforms import (
     DEIT_AUTO_AUGMENT,
@@ -28,7 +29,7 @@ from vitlab.data.transforms import (
 )
 
 PHOTO = synthetic_image((50, 40), 0, np.random.default_rng(0))
-CONF = Path(__file__).resolve().parents[2] / "src" / "vitlab" / "conf" / "data"
+CONF = Path(CONFIG_PATH) / "data"
 
 
 @pytest.mark.parametrize("fast", [True, False])
