@@ -17,7 +17,6 @@ from vitlab.models.vit import VisionTransformer
 
 # the digits_checkpoint fixture
 pytest_plugins = ["digits_run"]
-ROOT = Path(__file__).resolve().parents[2]
 NUM_IMAGES, TOP_K = 20, 3
 
 
