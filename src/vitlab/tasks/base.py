@@ -60,7 +60,9 @@ class RecipeTask(L.LightningModule):
     stay those of the plain model (no ``_orig_mod.``). Adam(W) runs fused (one kernel for all
     parameters) on CPU and CUDA.
 
-    The constructor arguments are the task's hyperparameters (``self.hparams``); the run config
+    A task subclass declares its own arguments (its model, its ``monitor`` and ``mode``) and
+    passes these schedule arguments through as ``**recipe``, so a recipe argument is added here
+    only. The constructor arguments are the task's hyperparameters (``self.hparams``); the run config
     that train.py composed travels in every checkpoint too, under ``RUN_CONFIG_KEY``, once
     ``run_config`` is set.
     """

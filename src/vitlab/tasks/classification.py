@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitlab.models.ema import ModelEma
-from vitlab.tasks.base import Config, RecipeTask, ScheduleInterval, load_pretrained_weights
+from vitlab.tasks.base import Config, RecipeTask, load_pretrained_weights
 
 # the std of a fine-tuned classifier's fresh weights: the MAE release's fine-tuning
 # (main_finetune.py: "manually initialize fc layer", trunc_normal_(model.head.weight, std=2e-5))
@@ -50,31 +50,14 @@ class ClassificationTask(RecipeTask):
         self,
         model: Config,
         optimizer: Config,
-        warmup_epochs: float = 5.0,
-        min_lr: float = 1e-6,
-        warmup_lr: float = 0.0,
-        schedule_interval: ScheduleInterval = "step",
-        layer_decay: float | None = None,
         label_smoothing: float = 0.1,
         pretrained: str | None = None,
-        compile: bool = False,
-        skip_nonfinite: bool = False,
         monitor: str = "val/acc1",
         mode: Literal["min", "max"] = "max",
         ema_decay: float | None = None,
+        **recipe: Any,
     ):
-        super().__init__(
-            optimizer,
-            warmup_epochs,
-            min_lr,
-            warmup_lr,
-            schedule_interval,
-            layer_decay,
-            compile,
-            skip_nonfinite,
-            monitor,
-            mode,
-        )
+        super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
         self.model = self.build_model(model)
         self.pretrained = pretrained
         self.label_smoothing = label_smoothing

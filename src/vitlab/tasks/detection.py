@@ -3,7 +3,7 @@ scored by COCO mAP (torchmetrics' ``MeanAveragePrecision``, pycocotools backend)
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from hydra.utils import instantiate
@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
 from vitlab.models.detector import ViTDetFCOS
-from vitlab.tasks.base import Config, RecipeTask, ScheduleInterval, load_pretrained_weights
+from vitlab.tasks.base import Config, RecipeTask, load_pretrained_weights
 
 Targets = list[dict[str, torch.Tensor]]
 Batch = tuple[torch.Tensor, Targets]
@@ -39,29 +39,12 @@ class DetectionTask(RecipeTask):
         self,
         model: Config,
         optimizer: Config,
-        warmup_epochs: float = 1.0,
-        min_lr: float = 0.0,
-        warmup_lr: float = 0.0,
-        schedule_interval: ScheduleInterval = "step",
         pretrained: str | None = None,
-        layer_decay: float | None = None,
-        compile: bool = False,
-        skip_nonfinite: bool = False,
         monitor: str = "val/map",
         mode: Literal["min", "max"] = "max",
+        **recipe: Any,
     ):
-        super().__init__(
-            optimizer,
-            warmup_epochs,
-            min_lr,
-            warmup_lr,
-            schedule_interval,
-            layer_decay,
-            compile,
-            skip_nonfinite,
-            monitor,
-            mode,
-        )
+        super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
         self.model: ViTDetFCOS = instantiate(model, _convert_="all")
         self.pretrained = pretrained
         self.metrics = nn.ModuleDict({"val": detection_metric(), "test": detection_metric()})

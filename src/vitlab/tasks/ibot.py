@@ -18,7 +18,7 @@ from vitlab.models.ema import ModelEma
 from vitlab.models.ibot import IBOTHead, IBOTLoss, MaskGenerator, encode, teacher_temperature
 from vitlab.models.vit import VisionTransformer
 from vitlab.optim import WarmupCosine
-from vitlab.tasks.base import Config, RecipeTask, ScheduleInterval
+from vitlab.tasks.base import Config, RecipeTask
 
 PatchObjective = Literal["distill", "pixel"] | None
 Batch = tuple[list[torch.Tensor], torch.Tensor]
@@ -72,28 +72,11 @@ class IBOTTask(RecipeTask):
         weight_decay_end: float = 0.4,
         freeze_last_layer: int = 1,
         clip_grad: float | None = 3.0,
-        warmup_epochs: float = 10.0,
-        min_lr: float = 1e-6,
-        warmup_lr: float = 0.0,
-        schedule_interval: ScheduleInterval = "step",
-        layer_decay: float | None = None,
-        compile: bool = False,
-        skip_nonfinite: bool = False,
         monitor: str = "val/loss",
         mode: Literal["min", "max"] = "min",
+        **recipe: Any,
     ):
-        super().__init__(
-            optimizer,
-            warmup_epochs,
-            min_lr,
-            warmup_lr,
-            schedule_interval,
-            layer_decay,
-            compile,
-            skip_nonfinite,
-            monitor,
-            mode,
-        )
+        super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
         if patch_objective not in ("distill", "pixel", None):
             raise ValueError(
                 f"patch_objective must be 'distill', 'pixel' or null, got {patch_objective!r}"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from vitlab.models.probe import ProbeHead
-from vitlab.tasks.base import Config, ScheduleInterval
+from vitlab.tasks.base import Config
 from vitlab.tasks.classification import ClassificationTask
 
 
@@ -25,34 +25,22 @@ class LinearProbeTask(ClassificationTask):
         self,
         model: Config,
         optimizer: Config,
-        warmup_epochs: float = 10.0,
-        min_lr: float = 0.0,
-        warmup_lr: float = 0.0,
-        schedule_interval: ScheduleInterval = "step",
-        layer_decay: float | None = None,
         label_smoothing: float = 0.0,
         pretrained: str | None = None,
-        compile: bool = False,
-        skip_nonfinite: bool = False,
         monitor: str = "val/acc1",
         mode: Literal["min", "max"] = "max",
         ema_decay: float | None = None,
+        **recipe: Any,
     ):
         super().__init__(
             model,
             optimizer,
-            warmup_epochs,
-            min_lr,
-            warmup_lr,
-            schedule_interval,
-            layer_decay,
-            label_smoothing,
-            pretrained,
-            compile,
-            skip_nonfinite,
-            monitor,
-            mode,
-            ema_decay,
+            label_smoothing=label_smoothing,
+            pretrained=pretrained,
+            monitor=monitor,
+            mode=mode,
+            ema_decay=ema_decay,
+            **recipe,
         )
         self.train()  # Lightning keeps the modes modules are built with: freeze them here
 

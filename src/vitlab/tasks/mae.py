@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,7 @@ from torch import nn
 
 from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.models.probe import ProbeHead
-from vitlab.tasks.base import Config, RecipeTask, ScheduleInterval
+from vitlab.tasks.base import Config, RecipeTask
 from vitlab.tasks.classification import accuracy_metrics
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -33,29 +33,12 @@ class MAEPretrainTask(RecipeTask):
         self,
         model: Config,
         optimizer: Config,
-        warmup_epochs: float = 40.0,
-        min_lr: float = 0.0,
-        warmup_lr: float = 0.0,
-        schedule_interval: ScheduleInterval = "step",
-        layer_decay: float | None = None,
         probe_num_classes: int | None = None,
-        compile: bool = False,
-        skip_nonfinite: bool = False,
         monitor: str = "val/loss",
         mode: Literal["min", "max"] = "min",
+        **recipe: Any,
     ):
-        super().__init__(
-            optimizer,
-            warmup_epochs,
-            min_lr,
-            warmup_lr,
-            schedule_interval,
-            layer_decay,
-            compile,
-            skip_nonfinite,
-            monitor,
-            mode,
-        )
+        super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
         self.model: MaskedAutoencoderViT = instantiate(model, _convert_="all")
         self.probe = (
             ProbeHead(self.model.embed_dim, probe_num_classes) if probe_num_classes else None

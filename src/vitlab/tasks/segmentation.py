@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from vitlab.models.segmenter import ViTSegmenter
-from vitlab.tasks.base import Config, RecipeTask, ScheduleInterval, load_pretrained_weights
+from vitlab.tasks.base import Config, RecipeTask, load_pretrained_weights
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -41,29 +41,12 @@ class SegmentationTask(RecipeTask):
         self,
         model: Config,
         optimizer: Config,
-        warmup_epochs: float = 5.0,
-        min_lr: float = 1e-6,
-        warmup_lr: float = 0.0,
-        schedule_interval: ScheduleInterval = "step",
         pretrained: str | None = None,
-        layer_decay: float | None = None,
-        compile: bool = False,
-        skip_nonfinite: bool = False,
         monitor: str = "val/miou",
         mode: Literal["min", "max"] = "max",
+        **recipe: Any,
     ):
-        super().__init__(
-            optimizer,
-            warmup_epochs,
-            min_lr,
-            warmup_lr,
-            schedule_interval,
-            layer_decay,
-            compile,
-            skip_nonfinite,
-            monitor,
-            mode,
-        )
+        super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
         self.model: ViTSegmenter = instantiate(model, _convert_="all")
         self.pretrained = pretrained
         self.val_metrics = segmentation_metrics(self.model.num_classes, "val/")
