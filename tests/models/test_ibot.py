@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vitlab.errors import UserError
 from vitlab.models.ibot import (
     IBOTHead,
     IBOTLoss,
@@ -17,6 +18,7 @@ from vitlab.models.ibot import (
     encode,
     teacher_temperature,
 )
+from vitlab.models.pos_embed import POS_EMBEDS
 
 
 @pytest.mark.parametrize("grid", [(14, 14), (4, 4), (6, 10)])
@@ -59,9 +61,12 @@ def test_mask_generator_refuses_ratios_outside_0_1_and_unknown_shapes(ratios, ra
         MaskGenerator(ratios, ratio_vars, shape)
 
 
-def test_mask_tokens_replace_the_masked_patches_before_position_embeddings(tiny_vit):
+@pytest.mark.parametrize("pos_embed", POS_EMBEDS)
+def test_mask_tokens_replace_the_masked_patches_before_position_embeddings(tiny_vit, pos_embed):
     torch.manual_seed(0)
-    vit = tiny_vit(num_classes=0).eval()
+    vit = tiny_vit(num_classes=0, pos_embed=pos_embed).eval()
+    for param in vit.parameters():  # tables and PEG start at zero: make them count
+        torch.nn.init.normal_(param, std=0.1)
     token = torch.randn(1, vit.embed_dim)
     images = torch.randn(2, 1, 8, 8)
     everything = torch.ones(2, 16, dtype=torch.bool)
@@ -77,6 +82,13 @@ def test_mask_tokens_replace_the_masked_patches_before_position_embeddings(tiny_
 def test_encode_takes_local_crops_with_resampled_position_embeddings(tiny_vit):
     vit = tiny_vit(num_classes=0)
     assert encode(vit, torch.randn(3, 1, 4, 4)).shape == (3, 1 + 4, 32)
+
+
+@pytest.mark.parametrize("pos_embed", ["relative", "conditional", "rope"])
+def test_encode_refuses_local_crops_for_grid_bound_position_encodings(tiny_vit, pos_embed):
+    vit = tiny_vit(num_classes=0, pos_embed=pos_embed)
+    with pytest.raises(UserError, match="model.pos_embed=.*local_crops=0"):
+        encode(vit, torch.randn(3, 1, 4, 4))
 
 
 def test_head_shares_its_prototypes_by_default_and_keeps_their_norm_at_one():

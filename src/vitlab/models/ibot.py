@@ -7,7 +7,8 @@ release (github.com/bytedance/ibot) computes it.
   bottleneck, l2-normalised, then weight-normalised prototypes, shared by the class and patch
   tokens by default;
 - ``encode``: a ViT's tokens with mask tokens in place of the masked patches (the release's
-  ``mask_model``) and position embeddings resampled for crops of another size (local crops);
+  ``mask_model``), through the ViT's own position encoding (any ``pos_embed``), its table
+  resampled for crops of another size (local crops);
 - ``IBOTLoss``: the release's ``iBOTLoss``: teacher centering and sharpening, class-token
   cross-entropy across different views, patch cross-entropy on the masked positions of the same
   view, centers all-reduced across processes.
@@ -26,8 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from vitlab.errors import UserError
 from vitlab.models.pos_embed import resample
-from vitlab.models.vit import VisionTransformer, init_linear_and_norm
+from vitlab.models.vit import VisionTransformer, init_linear_and_norm, patch_grid
 
 # the release's pred_aspect_ratio (main_ibot.py passes (0.3, 1 / 0.3))
 ASPECT_RATIO = (0.3, 1 / 0.3)
@@ -141,20 +143,27 @@ def encode(
     mask: torch.Tensor | None = None,
     mask_token: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """All tokens of ``vit`` after its final norm, (B, 1 + N, D), for images of any size that
-    its patches tile (position embeddings resampled bicubically for another grid, as the
-    release's ``interpolate_pos_encoding``), with ``mask_token`` (D,) replacing the patch
-    embeddings where ``mask`` (B, N) is True, before position embeddings are added."""
-    patches = vit.patch_embed.proj(images)
-    grid = (patches.shape[-2], patches.shape[-1])
-    tokens = patches.flatten(2).transpose(1, 2)
+    """All tokens of ``vit`` after its final norm, (B, 1 + N, D), with ``mask_token`` (D,)
+    replacing the patch embeddings where ``mask`` (B, N) is True, before the position encoding
+    (the release's ``mask_model``). Unmasked, it is ``vit.forward_features``: the class token,
+    position encoding (a table, or the blocks' relative bias / PEG / rotary embedding), blocks
+    and norm are the model's own. Crops of another size (local crops) need a position table,
+    resampled bicubically to their grid as the release's ``interpolate_pos_encoding`` does."""
+    grid = patch_grid(images.shape[-2:], vit.patch_embed.patch_size)
+    if grid != vit.patch_embed.grid_size and vit.pos_embed is None:
+        raise UserError(
+            f"model.pos_embed={vit.pos_embed_type} encodes the {vit.patch_embed.grid_size} patch "
+            f"grid only, not a {tuple(images.shape[-2:])} crop's {grid}: use learned or sincos, "
+            "or data.multi_crop.local_crops=0"
+        )
+    # PatchEmbed's projection, for any size its patches tile
+    tokens = vit.patch_embed.proj(images).flatten(2).transpose(1, 2)
     if mask is not None:
         tokens = torch.where(mask[..., None], mask_token.to(tokens.dtype), tokens)
-    pos_embed = vit.pos_embed
-    if grid != vit.patch_embed.grid_size:
-        pos_embed = resample(pos_embed, grid, vit.num_prefix_tokens)
-    cls = vit.cls_token.expand(len(images), -1, -1)
-    tokens = vit.pos_drop(torch.cat([cls, tokens], dim=1) + pos_embed)
+    if vit.pos_embed is not None:
+        table = resample(vit.pos_embed, grid, vit.num_prefix_tokens)
+        tokens = tokens + table[:, vit.num_prefix_tokens :]
+    tokens = vit.pos_drop(vit.prepend_cls(tokens))
     return vit.norm(vit.blocks(tokens))
 
 
