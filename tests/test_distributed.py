@@ -54,6 +54,9 @@ class RecordIndices(L.LightningModule):
 
 @pytest.mark.slow
 def test_ranks_train_on_disjoint_shards_of_one_seeded_order(tmp_path: Path):
+    # seeded as train.py seeds a run: the processes inherit PL_GLOBAL_SEED, which also seeds
+    # Lightning's distributed sampler (whatever an earlier test in this process seeded)
+    L.seed_everything(SEED, verbose=False)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,
@@ -77,9 +80,10 @@ def test_ranks_train_on_disjoint_shards_of_one_seeded_order(tmp_path: Path):
 
 def expected_shard(epoch: int, rank: int) -> list[int]:
     """What the seeds fix for ``rank``: the epoch's seeded order, which Lightning's distributed
-    wrapper permutes once more (the same way on every rank) and deals out to the ranks."""
+    wrapper permutes once more (the same way on every rank, seeded by the run's seed) and deals
+    out to the ranks."""
     epoch_trainer = type("Epoch", (), {"current_epoch": epoch, "global_rank": rank})()
     order = SeededShuffle(SIZE, seed_epoch(SEED, epoch_trainer))
-    shard = DistributedSamplerWrapper(order, num_replicas=2, rank=rank, shuffle=True, seed=0)
+    shard = DistributedSamplerWrapper(order, num_replicas=2, rank=rank, shuffle=True, seed=SEED)
     shard.set_epoch(epoch)
     return [int(index) for index in shard]
