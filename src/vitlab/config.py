@@ -8,18 +8,24 @@
   as Optuna's study direction (``maximize``/``minimize``).
 - ``${vitlab.per_model:<table>,<model option>}``: a recipe's row for the chosen model, with a
   clear error when the table has none.
+- ``${vitlab.options:<group>}``: the options of a packaged config group, comma-separated (what
+  an entry point's ``--help`` lists for the groups it takes).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
 from vitlab.errors import UserError
+
+# the configs every Hydra app composes: the package's own (a wheel carries them)
+CONFIG_PATH = str(Path(__file__).resolve().parent / "conf")
 
 DIRECTIONS = {"max": "maximize", "min": "minimize"}
 
@@ -45,12 +51,18 @@ def per_model(table: Mapping[str, Any], model: str) -> Any:
     return table[model]
 
 
+def group_options(group: str) -> str:
+    """The options of the packaged config group ``group``, sorted and comma-separated."""
+    return ", ".join(sorted(path.stem for path in (Path(CONFIG_PATH) / group).glob("*.yaml")))
+
+
 def register_resolvers() -> None:
     resolvers = {
         "vitlab.cwd": os.getcwd,
         "vitlab.precision": bf16_precision,
         "vitlab.optuna_direction": optuna_direction,
         "vitlab.per_model": per_model,
+        "vitlab.options": group_options,
     }
     for name, resolver in resolvers.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)

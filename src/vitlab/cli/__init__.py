@@ -14,13 +14,12 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
+from vitlab.config import CONFIG_PATH
 from vitlab.errors import exit_on_user_error
 from vitlab.extras import require_plugins
 
-# the configs every Hydra app composes: the package's own (a wheel carries them)
-CONFIG_PATH = str(Path(__file__).resolve().parents[1] / "conf")
+__all__ = ["CONFIG_PATH", "start"]
 
 
 def start(app: Callable[[], object]) -> None:
