@@ -1,0 +1,144 @@
+"""LitData shards (``vitlab-pack --format shards``, ``data=imagenet_shards``): packed from a
+real image tree, read whole once per epoch, the images of the packed image-folder copy, one
+disjoint share per DDP rank, and a run resumed from a mid-epoch checkpoint streams on exactly."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from vitlab.data import pack
+from vitlab.data.imagefolder import ImageFolderDataModule
+from vitlab.data.shards import ShardsDataModule
+from vitlab.data.synthetic import write_image_tree
+
+SIDE, IMG = 36, 32
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tree of 3 classes x (8 train, 2 val) real images, with one unreadable file and class
+    names, packed into shards by the command."""
+    folder = tmp_path_factory.mktemp("shards")
+    written = write_image_tree(folder / "tree", {"train": 8, "val": 2}, size=(60, 45))
+    (folder / "tree" / "train" / "class_0" / "broken.JPEG").write_bytes(written[0].read_bytes()[:200])
+    (folder / "tree" / "LOC_synset_mapping.txt").write_text("class_0 zero\nclass_1 one\n")
+    arguments = ["--format", "shards", "--short-side", str(SIDE), "--workers", "1"]
+    pack.main([str(folder / "tree"), str(folder / "shards"), *arguments])
+    return folder / "shards"
+
+
+def shard_data(root: Path, **changes) -> ShardsDataModule:
+    settings = dict(img_size=IMG, num_classes=None, batch_size=4, num_workers=0, augment=False)
+    datamodule = ShardsDataModule(str(root), **(settings | changes))
+    datamodule.setup()
+    return datamodule
+
+
+def sample_ids(images: torch.Tensor) -> list[int]:
+    """Each image's pixel sum: an identity for these random images."""
+    return images.flatten(1).to(torch.int64).sum(1).tolist()
+
+
+def test_packed_shards_hold_every_readable_image_once_with_class_names(shards: Path, capsys):
+    summary = json.loads((shards / "pack.json").read_text())
+    assert summary["images"] == 30 and len(summary["unreadable"]) == 1
+    assert "broken.JPEG" in capsys.readouterr().out or summary["unreadable"][0].count("broken")
+    datamodule = shard_data(shards)
+    assert datamodule.class_names == ["zero", "one", "class_2"] and datamodule.num_classes == 3
+    assert datamodule.dataset_sizes() == {"train": 24, "val": 6, "test": 6}
+    for epoch in range(2):
+        datamodule.trainer = type("Epoch", (), {"current_epoch": epoch, "global_rank": 0})()
+        batches = list(datamodule.train_dataloader())
+        epoch_ids = [i for images, _ in batches for i in sample_ids(images)]
+        labels = Counter(label for _, targets in batches for label in targets.tolist())
+        assert len(epoch_ids) == len(set(epoch_ids)) == 24 and labels == {0: 8, 1: 8, 2: 8}
+        in_order = [i for images, _ in datamodule.train_eval_dataloader() for i in sample_ids(images)]
+        assert sorted(epoch_ids) == sorted(in_order) and epoch_ids != in_order
+
+
+def test_shard_images_are_those_of_the_packed_image_folder(shards: Path, tmp_path: Path):
+    tree = tmp_path / "tree"
+    write_image_tree(tree, {"train": 8, "val": 2}, size=(60, 45))
+    pack.pack(tree, tmp_path / "packed", short_side=SIDE, workers=1)
+    folder = ImageFolderDataModule(tmp_path / "packed", img_size=IMG, num_workers=0, batch_size=4)
+    folder.setup()
+    streamed = [image for images, _ in shard_data(shards).val_dataloader() for image in images]
+    read = [image for images, _ in folder.val_dataloader() for image in images]
+    assert len(streamed) == len(read) == 6
+    for a, b in zip(streamed, read, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+class RecordSamples(L.LightningModule):
+    """A linear classifier that records the ids of the samples it trains on, per epoch."""
+
+    def __init__(self, folder: Path | None = None):
+        super().__init__()
+        self.folder, self.seen = folder, {}
+        self.head = nn.Linear(3 * IMG * IMG, 3)
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        self.seen.setdefault(self.current_epoch, []).extend(sample_ids(images * 1000))
+        return nn.functional.cross_entropy(self.head(images.flatten(1)), targets)
+
+    def on_train_end(self):
+        if self.folder is not None:
+            (self.folder / f"rank_{self.global_rank}.json").write_text(json.dumps(self.seen))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class Killed(Exception):
+    pass
+
+
+class StopAt(L.Callback):
+    """Kills the run (an exception) after global step ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise Killed
+
+
+def fit(quiet_trainer, module, shards, ckpt_path=None, **kwargs) -> None:
+    trainer = quiet_trainer(
+        max_epochs=2, limit_val_batches=0, reload_dataloaders_every_n_epochs=1, **kwargs
+    )
+    trainer.fit(module, datamodule=shard_data(shards, epoch_seed=5), ckpt_path=ckpt_path)
+
+
+def test_a_run_resumed_mid_epoch_streams_on_from_where_it_stopped(shards, quiet_trainer, tmp_path):
+    torch.manual_seed(0)
+    uninterrupted = RecordSamples()
+    fit(quiet_trainer, uninterrupted, shards)
+    # 6 batches an epoch: a checkpoint after step 8 (mid-epoch 1), then the kill after step 9
+    checkpoint = ModelCheckpoint(tmp_path, "mid", every_n_train_steps=8, save_top_k=-1)
+    torch.manual_seed(0)
+    interrupted = RecordSamples()
+    with pytest.raises(Killed):
+        fit(quiet_trainer, interrupted, shards, callbacks=[checkpoint, StopAt(9)], enable_checkpointing=True)
+    # Lightning saved the stream's position: LitData's StreamingDataLoader.state_dict()
+    loops = torch.load(tmp_path / "mid.ckpt", weights_only=True)["loops"]
+    (position,) = loops["fit_loop"]["state_dict"]["combined_loader"]
+    assert position["num_samples_yielded"] == 2 * 4
+    resumed = RecordSamples()
+    torch.manual_seed(1)  # the head's initialisation comes from the checkpoint
+    fit(quiet_trainer, resumed, shards, ckpt_path=tmp_path / "mid.ckpt")
+
+    assert interrupted.seen[0] == uninterrupted.seen[0]
+    assert interrupted.seen[1][:8] + resumed.seen[1] == uninterrupted.seen[1]
+    for a, b in zip(uninterrupted.parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
