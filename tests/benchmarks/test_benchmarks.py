@@ -100,3 +100,12 @@ def test_grad_checkpointing_prints_the_memory_ratio():
         *("--model", "vit_ti", "--img-size", "32", "--batch-size", "2", "--threads", "1"),
     )
     assert "ratio checkpointed/plain peak memory:" in out
+
+
+def test_shard_loader_prints_the_ratio_against_the_packed_folder():
+    out = run_benchmark(
+        "shard_loader.py", *("--images", "4", "--img-size", "32", "--batch-size", "4"), "--rounds=1"
+    )
+    rows = [line for line in out.splitlines() if "images/s" in line]
+    assert [row.split("  ")[0].strip() for row in rows] == ["packed image folder", "LitData shards"]
+    assert rows[0].endswith("1.00x") and "uint8" in out

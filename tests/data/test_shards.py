@@ -18,6 +18,7 @@ from vitlab.data import pack
 from vitlab.data.imagefolder import ImageFolderDataModule
 from vitlab.data.shards import ShardsDataModule
 from vitlab.data.synthetic import write_image_tree
+from vitlab.run import build_run
 
 SIDE, IMG = 36, 32
 
@@ -28,7 +29,9 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     names, packed into shards by the command."""
     folder = tmp_path_factory.mktemp("shards")
     written = write_image_tree(folder / "tree", {"train": 8, "val": 2}, size=(60, 45))
-    (folder / "tree" / "train" / "class_0" / "broken.JPEG").write_bytes(written[0].read_bytes()[:200])
+    (folder / "tree" / "train" / "class_0" / "broken.JPEG").write_bytes(
+        written[0].read_bytes()[:200]
+    )
     (folder / "tree" / "LOC_synset_mapping.txt").write_text("class_0 zero\nclass_1 one\n")
     arguments = ["--format", "shards", "--short-side", str(SIDE), "--workers", "1"]
     pack.main([str(folder / "tree"), str(folder / "shards"), *arguments])
@@ -60,7 +63,9 @@ def test_packed_shards_hold_every_readable_image_once_with_class_names(shards: P
         epoch_ids = [i for images, _ in batches for i in sample_ids(images)]
         labels = Counter(label for _, targets in batches for label in targets.tolist())
         assert len(epoch_ids) == len(set(epoch_ids)) == 24 and labels == {0: 8, 1: 8, 2: 8}
-        in_order = [i for images, _ in datamodule.train_eval_dataloader() for i in sample_ids(images)]
+        in_order = [
+            i for images, _ in datamodule.train_eval_dataloader() for i in sample_ids(images)
+        ]
         assert sorted(epoch_ids) == sorted(in_order) and epoch_ids != in_order
 
 
@@ -75,6 +80,21 @@ def test_shard_images_are_those_of_the_packed_image_folder(shards: Path, tmp_pat
     assert len(streamed) == len(read) == 6
     for a, b in zip(streamed, read, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_train_py_builds_and_fits_the_shard_config(shards: Path, compose_config):
+    cfg = compose_config(
+        "data=imagenet_shards",
+        f"data.root={shards}",
+        *("data.num_classes=3", "data.batch_size=4", "data.num_workers=0"),
+        *("model.img_size=32", "model.patch_size=8", "trainer=cpu", "logger=none"),
+        *("callbacks=none", "trainer.max_epochs=1", "trainer.limit_train_batches=2"),
+        "trainer.limit_val_batches=1",
+    )
+    datamodule, task, trainer = build_run(cfg, None)
+    trainer.fit(task, datamodule=datamodule)
+    assert trainer.global_step == 2 and "val/acc1" in trainer.callback_metrics
+    assert datamodule.state_dict() == {"class_names": ["zero", "one", "class_2"]}
 
 
 class RecordSamples(L.LightningModule):
@@ -129,7 +149,13 @@ def test_a_run_resumed_mid_epoch_streams_on_from_where_it_stopped(shards, quiet_
     torch.manual_seed(0)
     interrupted = RecordSamples()
     with pytest.raises(Killed):
-        fit(quiet_trainer, interrupted, shards, callbacks=[checkpoint, StopAt(9)], enable_checkpointing=True)
+        fit(
+            quiet_trainer,
+            interrupted,
+            shards,
+            callbacks=[checkpoint, StopAt(9)],
+            enable_checkpointing=True,
+        )
     # Lightning saved the stream's position: LitData's StreamingDataLoader.state_dict()
     loops = torch.load(tmp_path / "mid.ckpt", weights_only=True)["loops"]
     (position,) = loops["fit_loop"]["state_dict"]["combined_loader"]
@@ -142,3 +168,29 @@ def test_a_run_resumed_mid_epoch_streams_on_from_where_it_stopped(shards, quiet_
     assert interrupted.seen[1][:8] + resumed.seen[1] == uninterrupted.seen[1]
     for a, b in zip(uninterrupted.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_two_ranks_read_each_sample_exactly_once_per_epoch(shards: Path, tmp_path: Path):
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        # two real processes over gloo, forked: no second start of Python and its imports
+        strategy="ddp_fork",
+        max_epochs=2,
+        limit_val_batches=0,
+        reload_dataloaders_every_n_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(RecordSamples(tmp_path), datamodule=shard_data(shards, epoch_seed=5))
+    ranks = [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
+    datamodule = shard_data(shards)
+    batches = [datamodule.on_after_batch_transfer(b, 0) for b in datamodule.train_eval_dataloader()]
+    everything = sorted(i for images, _ in batches for i in sample_ids(images * 1000))
+    for epoch in ("0", "1"):
+        first, second = ranks[0][epoch], ranks[1][epoch]
+        assert len(first) == len(second) == 12
+        assert sorted(first + second) == everything
+    assert ranks[0]["0"] != ranks[0]["1"]  # a new order each epoch

@@ -10,6 +10,7 @@ from a mid-epoch checkpoint streams on from the sample it stopped at.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,7 @@ class DecodeSample:
         return self.transform(image), item["label"]
 
 
+@functools.cache
 def streaming_loader_class() -> type:
     """``StreamingDataLoader`` whose every start of the iterator streams the same epoch, unless it
     resumes from a loaded state. LitData counts iterator starts as epochs; Lightning starts an
