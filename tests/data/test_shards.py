@@ -69,6 +69,15 @@ def test_packed_shards_hold_every_readable_image_once_with_class_names(shards: P
         assert sorted(epoch_ids) == sorted(in_order) and epoch_ids != in_order
 
 
+def test_a_rank_of_a_launched_run_reads_all_classes_and_whole_split_sizes(shards, monkeypatch):
+    # what Lightning's DDP launcher sets in a child rank before train.py reads the data
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("GLOBAL_RANK", "1")
+    datamodule = shard_data(shards)
+    assert datamodule.class_names == ["zero", "one", "class_2"]
+    assert datamodule.dataset_sizes() == {"train": 24, "val": 6, "test": 6}
+
+
 def test_shard_images_are_those_of_the_packed_image_folder(shards: Path, tmp_path: Path):
     tree = tmp_path / "tree"
     write_image_tree(tree, {"train": 8, "val": 2}, size=(60, 45))

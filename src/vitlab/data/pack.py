@@ -11,7 +11,8 @@ decodes faster than ImageNet's originals (``benchmarks/data_pipeline.py`` measur
 
 ``--format shards`` writes the same resized JPEGs as LitData shards instead (the
 ``vitlab[shards]`` extra): ``<dest>/{train,val}`` with items ``{"image": JPEG bytes, "label":
-class index}`` (class folders of train/, sorted) and ``<dest>/classes`` with the class names,
+class index}`` (class folders of train/, sorted) and ``<dest>/meta``, one item: the class names
+and the split sizes,
 which ``data=imagenet_shards`` streams from that folder or from any URL LitData reads (copy it
 to a bucket). JPEG bytes, not decoded uint8: ~10x fewer bytes to stream at a 288 shorter side,
 for a decode that is a quarter to a third of the loader's work (``benchmarks/shard_loader.py``).
@@ -45,9 +46,10 @@ from vitlab.data.imagefolder import (
 from vitlab.errors import UserError, exit_on_user_error
 from vitlab.extras import require
 
-# the splits a shard folder holds (ImageNet's; data=imagenet_shards tests on val) and its classes
+# the splits a shard folder holds (ImageNet's; data=imagenet_shards tests on val), and the folder
+# of its one metadata item (class names, split sizes: the same for every rank that reads it)
 SHARD_SPLITS = ("train", "val")
-CLASSES = "classes"
+META = "meta"
 # LitData's chunk size: large sequential reads from an object store, a few chunks per worker
 CHUNK_BYTES = "64MB"
 
@@ -158,17 +160,18 @@ def pack_shards(
         if not (source / split).is_dir():
             raise UserError(f"source: no directory {source / split}; shards need train/ and val/")
     classes, _ = class_folders(source / "train")
-    images, errors, skipped = 0, [], 0
+    sizes, errors, skipped = {}, [], 0
     with Pool(workers) as pool:
         for split in SHARD_SPLITS:
             samples, others = scan_split(source / split, classes)
             jobs = [(Path(path), label, short_side, quality) for path, label in samples]
             # in order: the shards keep the tree's order
             results = pool.imap(shard_item, jobs, chunksize=64)
-            images += write_shards(dest / split, readable(results, errors))
+            sizes[split] = write_shards(dest / split, readable(results, errors))
             skipped += others
     names = read_class_names(source / CLASS_NAMES_FILE, classes)
-    write_shards(dest / CLASSES, ({"index": i, "name": name} for i, name in enumerate(names)))
+    write_shards(dest / META, [{"class_names": json.dumps(names), "sizes": json.dumps(sizes)}])
+    images = sum(sizes.values())
     summary = {
         "source": str(source),
         "format": "shards",

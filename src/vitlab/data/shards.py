@@ -11,6 +11,7 @@ from a mid-epoch checkpoint streams on from the sample it stopped at.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -19,12 +20,12 @@ from torch.utils.data import Dataset
 
 from vitlab.data.decode import decode_bytes
 from vitlab.data.epoch_seed import seed_epoch
+from vitlab.data.pack import META
 from vitlab.data.rgb import ImageDataModule
 from vitlab.data.transforms import min_decode_side
 from vitlab.extras import require
 
-# pack.py's folders inside a shard root: the class names and each split's (test: val)
-CLASSES = "classes"
+# the folder of each split (test: val, ImageNet's convention)
 FOLDERS = {"train": "train", "val": "val", "test": "val"}
 
 
@@ -59,7 +60,7 @@ def streaming_loader_class() -> type:
 
 
 class ShardsDataModule(ImageDataModule):
-    """``<root>/{train,val}`` LitData shards and ``<root>/classes`` (class names), as
+    """``<root>/{train,val}`` LitData shards and ``<root>/meta`` (class names, sizes), as
     ``vitlab-pack --format shards`` writes them; tested on val (ImageNet's convention).
 
     ``root`` is a folder or a URL LitData reads; ``cache_dir`` where LitData keeps the chunks
@@ -87,6 +88,7 @@ class ShardsDataModule(ImageDataModule):
         self.root = str(root).rstrip("/")
         self.cache_dir = cache_dir
         self.transforms: dict[str, Callable] = {}
+        self.sizes: dict[str, int] = {}
 
     def stream(self, folder: str, transform: Callable | None, train: bool = False, seed: int = 0):
         """A ``StreamingDataset`` of ``<root>/<folder>``, sharded for the process group that
@@ -102,27 +104,34 @@ class ShardsDataModule(ImageDataModule):
             transform=DecodeSample(transform, self.fast_path) if transform else None,
         )
 
-    def read_classes(self) -> None:
+    def read_meta(self) -> None:
+        """Class names and split sizes from the one item of ``<root>/meta``, read by index: the
+        same for every rank (a stream would deal items out to the ranks)."""
         require("shards", "data")
         try:
-            classes = sorted(self.stream(CLASSES, None), key=lambda entry: entry["index"])
+            meta = self.stream(META, None)[0]
         except (FileNotFoundError, ValueError, OSError) as error:
             raise FileNotFoundError(
-                f"{self.name}: no shards at {self.root}/{CLASSES} ({error}); write them with "
+                f"{self.name}: no shards at {self.root}/{META} ({error}); write them with "
                 f"vitlab-pack <tree> <dest> --format shards and set data.root=<dest>"
             ) from None
-        names = [entry["name"] for entry in classes]
+        names, sizes = json.loads(meta["class_names"]), json.loads(meta["sizes"])
         if self.num_classes is not None and self.num_classes != len(names):
             raise ValueError(
                 f"{self.name}: data.num_classes={self.num_classes} but the shards at {self.root} "
                 f"have {len(names)} classes (num_classes: null reads it from the shards)"
             )
         self.num_classes, self.class_names = len(names), names
+        self.sizes = {split: sizes[folder] for split, folder in FOLDERS.items()}
+
+    def dataset_sizes(self) -> dict[str, int]:
+        """The whole splits' sizes, whichever rank asks."""
+        return dict(self.sizes)
 
     def build_rgb_splits(
         self, train_transform: Callable, eval_transform: Callable
     ) -> dict[str, Dataset]:
-        self.read_classes()
+        self.read_meta()
         self.transforms = {"train": train_transform, "val": eval_transform, "test": eval_transform}
         return {split: self.stream(FOLDERS[split], self.transforms[split]) for split in FOLDERS}
 
