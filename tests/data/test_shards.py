@@ -18,7 +18,8 @@ from vitlab.data import pack
 from vitlab.data.imagefolder import ImageFolderDataModule
 from vitlab.data.shards import ShardsDataModule
 from vitlab.data.synthetic import write_image_tree
-from vitlab.run import build_run
+from vitlab.errors import UserError
+from vitlab.run import build_run, prepare
 
 SIDE, IMG = 36, 32
 
@@ -76,6 +77,13 @@ def test_a_rank_of_a_launched_run_reads_all_classes_and_whole_split_sizes(shards
     datamodule = shard_data(shards)
     assert datamodule.class_names == ["zero", "one", "class_2"]
     assert datamodule.dataset_sizes() == {"train": 24, "val": 6, "test": 6}
+
+
+def test_a_root_without_shards_is_one_line_naming_the_command_that_writes_them(tmp_path: Path):
+    with pytest.raises(UserError) as error:
+        prepare(ShardsDataModule(str(tmp_path), img_size=IMG))
+    assert str(error.value).startswith(f"data: imagenet_shards: no shards at {tmp_path}/meta")
+    assert "vitlab-pack <tree> <dest> --format shards" in str(error.value)
 
 
 def test_shard_images_are_those_of_the_packed_image_folder(shards: Path, tmp_path: Path):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from vitlab.data.decode import decode_bytes
 from vitlab.data.epoch_seed import seed_epoch
@@ -90,7 +90,9 @@ class ShardsDataModule(ImageDataModule):
         self.transforms: dict[str, Callable] = {}
         self.sizes: dict[str, int] = {}
 
-    def stream(self, folder: str, transform: Callable | None, train: bool = False, seed: int = 0):
+    def stream(
+        self, folder: str, transform: Callable | None, train: bool = False, seed: int = 0
+    ) -> IterableDataset:
         """A ``StreamingDataset`` of ``<root>/<folder>``, sharded for the process group that
         exists as it is built; ``transform`` (an image transform) decodes and prepares items."""
         from litdata import StreamingDataset
@@ -135,7 +137,9 @@ class ShardsDataModule(ImageDataModule):
         self.transforms = {"train": train_transform, "val": eval_transform, "test": eval_transform}
         return {split: self.stream(FOLDERS[split], self.transforms[split]) for split in FOLDERS}
 
-    def streaming_loader(self, split: str, transform: Callable, train: bool, seed: int = 0):
+    def streaming_loader(
+        self, split: str, transform: Callable, train: bool, seed: int = 0
+    ) -> DataLoader:
         """A fresh ``StreamingDataset`` in each loader: ``setup`` may run before the trainer
         starts the process group the dataset shards for."""
         dataset = self.stream(FOLDERS[split], transform, train, seed)
@@ -148,10 +152,11 @@ class ShardsDataModule(ImageDataModule):
             drop_last=train,
         )
 
-    def loader(self, split: str, sampler: Any = None, train: bool = False):
+    def loader(self, split: str, sampler: Any = None, train: bool = False) -> DataLoader:
+        """The val and test streams (``train_dataloader`` builds the train one)."""
         return self.streaming_loader(split, self.transforms[split], train=False)
 
-    def train_dataloader(self):
+    def train_dataloader(self) -> DataLoader:
         # the epoch's RNGs are reseeded as its loader is built (see vitlab.data.epoch_seed); the
         # epoch's shuffle seed orders the stream
         shuffle_seed = seed_epoch(self.epoch_seed, self.trainer)
@@ -159,6 +164,6 @@ class ShardsDataModule(ImageDataModule):
             shuffle_seed = self.seed + (self.trainer.current_epoch if self.trainer else 0)
         return self.streaming_loader("train", self.transforms["train"], True, shuffle_seed)
 
-    def train_eval_dataloader(self):
+    def train_eval_dataloader(self) -> DataLoader:
         """The train split in order, with the evaluation preprocessing."""
         return self.streaming_loader("train", self.transforms["val"], train=False)
