@@ -12,6 +12,7 @@ import pytest
 
 from vitlab import export, run
 from vitlab.cli import train
+from vitlab.data import pack
 from vitlab.errors import UserError
 from vitlab.extras import EXTRAS
 
@@ -59,3 +60,19 @@ def test_tensorboard_logger_names_the_tensorboard_extra(monkeypatch, compose_con
     assert str(error.value) == (
         "logger.tensorboard: needs tensorboard: pip install 'vitlab[tensorboard]'"
     )
+
+
+def test_shard_data_names_the_shards_extra(monkeypatch, compose_config, tmp_path: Path):
+    without(monkeypatch, "shards")
+    cfg = compose_config("data=imagenet_shards", f"data.root={tmp_path}")
+    with pytest.raises(UserError) as error:
+        run.build_run(cfg, None)
+    assert str(error.value) == "data: needs litdata: pip install 'vitlab[shards]'"
+
+
+def test_shard_packing_names_the_shards_extra(monkeypatch, capsys, image_tree, tmp_path: Path):
+    without(monkeypatch, "shards")
+    arguments = [str(image_tree()), str(tmp_path / "shards"), "--format", "shards"]
+    expected = "error: --format shards: needs litdata: pip install 'vitlab[shards]'"
+    exits_with_one_line(capsys, lambda: pack.main(arguments), expected)
+    assert not (tmp_path / "shards").exists()

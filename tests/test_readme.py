@@ -259,6 +259,12 @@ PLAN: dict[str, Plan] = {
     "python -m vitlab.data.pack data/imagenet data/imagenet_288 --short-side 288": Plan(
         cap=(), prepare=write_imagenet_tree
     ),
+    "python -m vitlab.data.pack data/imagenet data/imagenet_shards --format shards": Plan(
+        cap=(), prepare=write_imagenet_tree
+    ),
+    "python train.py data=imagenet_shards model=vit_b data.root=s3://my-bucket/imagenet_shards": (
+        cannot_run("needs ImageNet's shards in a bucket, and GPUs")
+    ),
     "python train.py trainer=ddp trainer.devices=8": cannot_run("needs 8 GPUs"),
     "python train.py trainer=ddp_cpu trainer.devices=2": Plan(check=one_run_of_two_processes),
     "python train.py -m hydra/launcher=slurm trainer=multinode trainer.num_nodes=4 hydra.launcher.partition=gpu": cannot_run(  # noqa: E501

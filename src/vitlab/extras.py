@@ -16,6 +16,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "slurm": ("hydra_plugins.hydra_submitit_launcher.submitit_launcher",),
     "timm": ("timm",),
     "tensorboard": ("tensorboard",),
+    "shards": ("litdata",),
 }
 
 # command-line options that need a Hydra plugin (group, option; None: any option)

@@ -1,9 +1,12 @@
 """The benchmark scripts run end to end with tiny arguments and print their ratio line."""
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,3 +103,19 @@ def test_grad_checkpointing_prints_the_memory_ratio():
         *("--model", "vit_ti", "--img-size", "32", "--batch-size", "2", "--threads", "1"),
     )
     assert "ratio checkpointed/plain peak memory:" in out
+
+
+def test_shard_loader_prints_the_ratio_against_the_packed_folder(monkeypatch, capsys):
+    # in this process, whose torch is imported already: in a subprocess of its own, importing
+    # torch and LitData took most of this test's time
+    arguments = ["--images", "4", "--img-size", "32", "--batch-size", "4", "--rounds", "1"]
+    monkeypatch.setattr(sys, "argv", ["shard_loader.py", *arguments])
+    threads = torch.get_num_threads()  # the benchmark times one thread
+    try:
+        runpy.run_path(str(ROOT / "benchmarks" / "shard_loader.py"), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "images/s" in line]
+    assert [row.split("  ")[0].strip() for row in rows] == ["packed image folder", "LitData shards"]
+    assert rows[0].endswith("1.00x") and "uint8" in out

@@ -37,10 +37,14 @@ def reduced_rgb(image: Image.Image, min_side: int | None) -> Image.Image:
 
 
 def decode_image(path: str, min_side: int | None = None) -> torch.Tensor | Image.Image:
+    """The fast path's decode of an image file (see ``decode_bytes``)."""
+    return decode_bytes(Path(path).read_bytes(), min_side)
+
+
+def decode_bytes(data: bytes, min_side: int | None = None) -> torch.Tensor | Image.Image:
     """The fast path's decode: a JPEG straight into a uint8 CHW tensor by TorchCodec (faster than
     PIL, and no conversion after); a JPEG at least twice ``min_side`` at reduced size
     by ``reduced_rgb``; other formats by PIL."""
-    data = Path(path).read_bytes()
     with Image.open(io.BytesIO(data)) as image:
         reducible = min_side is not None and min(image.size) >= 2 * min_side
         if image.format != "JPEG" or reducible:
