@@ -1,9 +1,12 @@
 """The benchmark scripts run end to end with tiny arguments and print their ratio line."""
 
+import argparse
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,3 +103,25 @@ def test_grad_checkpointing_prints_the_memory_ratio():
         *("--model", "vit_ti", "--img-size", "32", "--batch-size", "2", "--threads", "1"),
     )
     assert "ratio checkpointed/plain peak memory:" in out
+
+
+def test_ibot_vs_mae_prints_the_ratios():
+    out = run_benchmark(
+        "ibot_vs_mae.py",
+        *("--model", "vit_s", "--img-size", "32", "--batch-size", "1", "--local-crops", "1"),
+        *("--steps", "1"),
+    )
+    for ratio in ("MAE / supervised", "iBOT / supervised", "iBOT / MAE"):
+        assert f"{ratio} step time:" in out
+
+
+def test_timing_arguments_refuse_no_warmup_step(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from device_timing import add_timing_arguments
+
+    parser = argparse.ArgumentParser()
+    add_timing_arguments(parser, batch_size=4)
+    assert parser.parse_args([]).warmup == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--warmup", "0"])
+    assert "--warmup: must be at least 1, got 0" in capsys.readouterr().err
