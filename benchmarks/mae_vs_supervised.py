@@ -28,6 +28,7 @@ from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.models.vit import VisionTransformer
 
 ENCODERS = {
+    "vit_ti": dict(embed_dim=192, depth=12, num_heads=3, patch_size=16),
     "vit_s": dict(embed_dim=384, depth=12, num_heads=6, patch_size=16),
     "vit_b": dict(embed_dim=768, depth=12, num_heads=12, patch_size=16),
     "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, patch_size=16),

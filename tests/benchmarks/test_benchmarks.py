@@ -47,7 +47,8 @@ def test_lightning_overhead_prints_the_ratio():
 def test_mae_vs_supervised_prints_the_ratio():
     out = run_benchmark(
         "mae_vs_supervised.py",
-        *("--img-size", "32", "--batch-size", "1", "--steps", "1", "--decoder-depth", "1"),
+        *("--model", "vit_ti", "--img-size", "32", "--batch-size", "1", "--steps", "1"),
+        *("--decoder-depth", "1"),
     )
     assert "MAE / supervised step time:" in out
 
@@ -108,7 +109,7 @@ def test_grad_checkpointing_prints_the_memory_ratio():
 def test_ibot_vs_mae_prints_the_ratios():
     out = run_benchmark(
         "ibot_vs_mae.py",
-        *("--model", "vit_s", "--img-size", "32", "--batch-size", "1", "--local-crops", "1"),
+        *("--model", "vit_ti", "--img-size", "32", "--batch-size", "1", "--local-crops", "1"),
         *("--steps", "1"),
     )
     for ratio in ("MAE / supervised", "iBOT / supervised", "iBOT / MAE"):

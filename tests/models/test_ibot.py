@@ -184,7 +184,13 @@ def _update_centers(rank: int, world: int, init_file: str, out_dir: str) -> None
 
 def test_ddp_centers_are_the_global_batch_mean_on_every_rank(tmp_path: Path):
     # two real processes (gloo): each sees its own 4 images, both end with the center of all 8
-    mp.spawn(_update_centers, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    # forked, not spawned: the children need no fresh interpreter importing torch again
+    mp.start_processes(
+        _update_centers,
+        args=(2, str(tmp_path / "init"), str(tmp_path)),
+        nprocs=2,
+        start_method="fork",
+    )
     centers = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
     outputs = [_rank_outputs(rank) for rank in range(2)]
     global_cls = torch.cat([cls for cls, _ in outputs])
