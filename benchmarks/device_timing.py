@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 
 import torch
 
 GIB = 2**30
+
+
+def at_least_one(value: str) -> int:
+    """An argparse ``type``: an integer of at least 1."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def add_timing_arguments(
+    parser: argparse.ArgumentParser, batch_size: int, steps: int = 3, warmup: int = 1
+) -> None:
+    """``--batch-size``, ``--steps``, ``--warmup`` (at least 1: the warm-up steps measure peak
+    memory) and ``--device`` (CUDA when there is one), with these defaults."""
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument(
+        "--steps", type=int, default=steps, help="timed steps (per round, where there are rounds)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=at_least_one,
+        default=warmup,
+        help="untimed steps of each model first (at least 1: they measure peak memory)",
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def is_cuda(device: str) -> bool:

@@ -19,7 +19,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from device_timing import is_cuda, warm_up
+from device_timing import add_timing_arguments, is_cuda, warm_up
 from mae_vs_supervised import ENCODERS, build_models, median_step_seconds, train_step
 
 from vitlab.tasks.ibot import IBOTTask
@@ -30,16 +30,10 @@ LOCAL_SIZE = 96
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(ENCODERS), default="vit_s")
-    parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--local-crops", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
-    # what mae_vs_supervised.build_models reads
-    args.mask_ratio, args.decoder_depth, args.compile = 0.75, 8, False
-    return args
+    add_timing_arguments(parser, batch_size=2)
+    return parser.parse_args()
 
 
 def build_ibot(args: argparse.Namespace) -> IBOTTask:
@@ -69,7 +63,7 @@ def main() -> None:
     autocast = torch.autocast(
         torch.device(args.device).type, dtype=torch.bfloat16, enabled=is_cuda(args.device)
     )
-    supervised, mae = build_models(args)
+    supervised, mae = build_models(args.model, args.img_size, args.device)
     ibot = build_ibot(args)
 
     def supervised_loss() -> torch.Tensor:

@@ -21,13 +21,14 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from device_timing import is_cuda, seconds_per_step, warm_up
+from device_timing import add_timing_arguments, is_cuda, seconds_per_step, warm_up
 from torch import nn
 
 from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.models.vit import VisionTransformer
 
 ENCODERS = {
+    "vit_ti": dict(embed_dim=192, depth=12, num_heads=3, patch_size=16),
     "vit_s": dict(embed_dim=384, depth=12, num_heads=6, patch_size=16),
     "vit_b": dict(embed_dim=768, depth=12, num_heads=12, patch_size=16),
     "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, patch_size=16),
@@ -61,32 +62,33 @@ def train_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> C
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(ENCODERS), default="vit_b")
-    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--mask-ratio", type=float, default=0.75)
     parser.add_argument("--decoder-depth", type=int, default=8)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="nn.Module.compile() both models")
-    args = parser.parse_args()
-    if args.warmup < 1:
-        parser.error("--warmup must be at least 1 (the warm-up steps measure peak memory)")
-    return args
+    add_timing_arguments(parser, batch_size=4)
+    return parser.parse_args()
 
 
-def build_models(args: argparse.Namespace) -> tuple[nn.Module, nn.Module]:
-    """The supervised ViT and the MAE over the same encoder architecture, on ``args.device``
-    (built there: no slow CPU initialisation of a large model first)."""
-    encoder = ENCODERS[args.model]
-    with torch.device(args.device):
-        supervised = VisionTransformer(img_size=args.img_size, num_classes=1000, **encoder)
+def build_models(
+    model: str,
+    img_size: int,
+    device: str,
+    mask_ratio: float = 0.75,
+    decoder_depth: int = 8,
+    compile: bool = False,
+) -> tuple[nn.Module, nn.Module]:
+    """The supervised ViT and the MAE over the same encoder architecture (``ENCODERS[model]``),
+    on ``device`` (built there: no slow CPU initialisation of a large model first)."""
+    encoder = ENCODERS[model]
+    with torch.device(device):
+        supervised = VisionTransformer(img_size=img_size, num_classes=1000, **encoder)
         mae = MaskedAutoencoderViT(
-            VisionTransformer(img_size=args.img_size, pos_embed="sincos", **encoder),
-            mask_ratio=args.mask_ratio,
-            decoder_depth=args.decoder_depth,
+            VisionTransformer(img_size=img_size, pos_embed="sincos", **encoder),
+            mask_ratio=mask_ratio,
+            decoder_depth=decoder_depth,
         )
-    if args.compile:
+    if compile:
         supervised.compile()
         mae.compile()
     return supervised, mae
@@ -100,7 +102,9 @@ def main() -> None:
     autocast = torch.autocast(
         torch.device(args.device).type, dtype=torch.bfloat16, enabled=is_cuda(args.device)
     )
-    supervised, mae = build_models(args)
+    supervised, mae = build_models(
+        args.model, args.img_size, args.device, args.mask_ratio, args.decoder_depth, args.compile
+    )
 
     def supervised_loss() -> torch.Tensor:
         with autocast:

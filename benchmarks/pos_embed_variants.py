@@ -15,7 +15,7 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-from device_timing import is_cuda, warm_up
+from device_timing import add_timing_arguments, is_cuda, warm_up
 from mae_vs_supervised import median_step_seconds, train_step
 
 from vitlab.models.pos_embed import POS_EMBEDS
@@ -31,11 +31,8 @@ MODELS = {
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="vit_ti")
-    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_timing_arguments(parser, batch_size=8)
     return parser.parse_args()
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from device_timing import is_cuda, seconds_per_step, warm_up
+from device_timing import add_timing_arguments, is_cuda, seconds_per_step, warm_up
 from lightning.fabric.utilities.throughput import get_available_flops, measure_flops
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 from torch import nn
@@ -198,10 +198,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", nargs="+", choices=list(CONFIGS), default=["vit_ti"])
     parser.add_argument("--mode", nargs="+", choices=["train", "infer"], default=["train", "infer"])
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; median taken")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each model first")
     parser.add_argument(
         "--dtype",
         choices=sorted(DTYPES),
@@ -210,7 +207,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--compile", action="store_true", help="nn.Module.compile() both models")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_timing_arguments(parser, batch_size=8, warmup=2)
     parser.add_argument(
         "--peak-tflops",
         type=float,
@@ -218,10 +215,7 @@ def parse_args() -> argparse.Namespace:
         help="the device's peak TFLOP/s at --dtype for MFU (default: Lightning's figure)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    if args.warmup < 1:
-        parser.error("--warmup must be at least 1 (the warm-up steps measure peak memory)")
-    return args
+    return parser.parse_args()
 
 
 def main() -> None:

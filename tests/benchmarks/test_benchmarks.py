@@ -1,11 +1,13 @@
 """The benchmark scripts run end to end with tiny arguments and print their ratio line."""
 
+import argparse
 import os
 import runpy
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +49,8 @@ def test_lightning_overhead_prints_the_ratio():
 def test_mae_vs_supervised_prints_the_ratio():
     out = run_benchmark(
         "mae_vs_supervised.py",
-        *("--img-size", "32", "--batch-size", "1", "--steps", "1", "--decoder-depth", "1"),
+        *("--model", "vit_ti", "--img-size", "32", "--batch-size", "1", "--steps", "1"),
+        *("--decoder-depth", "1"),
     )
     assert "MAE / supervised step time:" in out
 
@@ -119,3 +122,25 @@ def test_shard_loader_prints_the_ratio_against_the_packed_folder(monkeypatch, ca
     rows = [line for line in out.splitlines() if "images/s" in line]
     assert [row.split("  ")[0].strip() for row in rows] == ["packed image folder", "LitData shards"]
     assert rows[0].endswith("1.00x") and "uint8" in out
+
+
+def test_ibot_vs_mae_prints_the_ratios():
+    out = run_benchmark(
+        "ibot_vs_mae.py",
+        *("--model", "vit_ti", "--img-size", "32", "--batch-size", "1", "--local-crops", "1"),
+        *("--steps", "1"),
+    )
+    for ratio in ("MAE / supervised", "iBOT / supervised", "iBOT / MAE"):
+        assert f"{ratio} step time:" in out
+
+
+def test_timing_arguments_refuse_no_warmup_step(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from device_timing import add_timing_arguments
+
+    parser = argparse.ArgumentParser()
+    add_timing_arguments(parser, batch_size=4)
+    assert parser.parse_args([]).warmup == 1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--warmup", "0"])
+    assert "--warmup: must be at least 1, got 0" in capsys.readouterr().err

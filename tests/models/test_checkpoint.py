@@ -140,6 +140,12 @@ def test_a_checkpoint_of_another_position_encoding_is_named_as_such(tmp_path: Pa
         load_pretrained(tiny_vit(pos_embed="rope"), tmp_path / "learned.pth")
 
 
+def test_a_checkpoint_with_layer_scale_names_the_setting(tmp_path: Path, tiny_vit):
+    torch.save(tiny_vit(layer_scale_init=0.1).state_dict(), tmp_path / "scaled.pth")
+    with pytest.raises(ValueError, match=r"blocks.0.ls1.gamma.*set model.layer_scale_init\?"):
+        load_pretrained(tiny_vit(), tmp_path / "scaled.pth")
+
+
 def test_token_pooling_needs_the_final_norm(tmp_path: Path, tiny_vit):
     """An avg-pooled fine-tuned model has no ``norm``: a cls-token classifier cannot use it."""
     torch.save(tiny_vit(global_pool="avg").state_dict(), tmp_path / "finetuned.pth")

@@ -4,9 +4,12 @@ patch loss on masked positions only, the class-token loss across views, the cent
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from vitlab.errors import UserError
@@ -157,6 +160,48 @@ def test_centers_move_by_momentum_toward_the_batch_mean_of_the_teacher_outputs()
     )
     patch_mean = teacher_patch.mean(dim=(0, 1)).view(1, 1, 5)
     torch.testing.assert_close(loss.patch_center, 0.9 * old_patch_center + 0.1 * patch_mean)
+
+
+def _rank_outputs(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's local batch of teacher outputs: 4 images, class (4, 6) and patches (4, 3, 5),
+    shifted per rank so the ranks' batch means differ."""
+    generator = torch.Generator().manual_seed(rank)
+    return (
+        torch.randn(4, 6, generator=generator) + 3 * rank,
+        torch.randn(4, 3, 5, generator=generator) - 2 * rank,
+    )
+
+
+def _update_centers(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        loss = IBOTLoss(out_dim=6, patch_out_dim=5)
+        loss.update_center(*_rank_outputs(rank))
+        torch.save((loss.center, loss.patch_center), f"{out_dir}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_centers_are_the_global_batch_mean_on_every_rank(tmp_path: Path):
+    # two real processes (gloo): each sees its own 4 images, both end with the center of all 8
+    # forked, not spawned: the children need no fresh interpreter importing torch again
+    mp.start_processes(
+        _update_centers,
+        args=(2, str(tmp_path / "init"), str(tmp_path)),
+        nprocs=2,
+        start_method="fork",
+    )
+    centers = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    outputs = [_rank_outputs(rank) for rank in range(2)]
+    global_cls = torch.cat([cls for cls, _ in outputs])
+    global_patch = torch.cat([patch for _, patch in outputs])
+    expected = 0.1 * global_cls.mean(0, keepdim=True)
+    expected_patch = 0.1 * global_patch.mean(dim=(0, 1)).view(1, 1, 5)
+    for rank, (center, patch_center) in enumerate(centers):
+        torch.testing.assert_close(center, expected)
+        torch.testing.assert_close(patch_center, expected_patch)
+        local_cls, _ = outputs[rank]
+        assert not torch.allclose(center, 0.1 * local_cls.mean(0, keepdim=True), atol=0.05)
 
 
 def test_teacher_temperature_warms_up_linearly_over_its_epochs_then_stays():

@@ -18,16 +18,16 @@ ARCH = dict(patch_size=2, in_chans=1, num_classes=10, embed_dim=32, depth=2, num
 CLASSIFIER = ("head.", "fc_norm.")
 
 
-def timm_beit(img_size: int, global_pool: str) -> Beit:
-    """BEiT's fine-tuning architecture (relative bias in every block, no absolute table),
-    without layer scale."""
+def timm_beit(img_size: int, global_pool: str, layer_scale_init: float | None) -> Beit:
+    """BEiT's fine-tuning architecture (relative bias in every block, no absolute table), with
+    its layer scale (``gamma_1``/``gamma_2``) or without."""
     return Beit(
         img_size=img_size,
         **ARCH,
         global_pool=global_pool,
         use_abs_pos_emb=False,
         use_rel_pos_bias=True,
-        init_values=None,
+        init_values=layer_scale_init,
     ).eval()
 
 
@@ -46,21 +46,28 @@ def test_the_index_is_beits(grid):
     assert index.max() == num_relative_positions(grid) - 1
 
 
-@pytest.mark.parametrize("global_pool", ["token", "avg"])
+@pytest.mark.parametrize(
+    ("global_pool", "layer_scale_init"), [("token", None), ("avg", None), ("avg", 0.1)]
+)
 def test_timm_beit_weights_load_and_give_beits_output_here_and_at_a_larger_grid(
-    global_pool, tmp_path
+    global_pool, layer_scale_init, tmp_path
 ):
-    """timm's file (separate q/v biases, per-block tables) loads through the checkpoint loader;
-    at 16 px the 4x4 tables are resampled to 8x8 as timm's simple resize does."""
-    reference = randomised(timm_beit(8, global_pool))
+    """timm's file (separate q/v biases, per-block tables and layer scales) loads through the
+    checkpoint loader; at 16 px the 4x4 tables are resampled to 8x8 as timm's simple resize
+    does."""
+    reference = randomised(timm_beit(8, global_pool, layer_scale_init))
     path = tmp_path / "beit.pth"
     torch.save(reference.state_dict(), path)
     for size in (8, 16):
         model = VisionTransformer(
-            img_size=size, **ARCH, global_pool=global_pool, pos_embed="relative"
+            img_size=size,
+            **ARCH,
+            global_pool=global_pool,
+            pos_embed="relative",
+            layer_scale_init=layer_scale_init,
         ).eval()
         load_pretrained(model, path)
-        target = timm_beit(size, global_pool)
+        target = timm_beit(size, global_pool, layer_scale_init)
         state = {
             name: resize_rel_pos_bias_table_simple(
                 tensor, (size // 2,) * 2, target.state_dict()[name].shape

@@ -11,15 +11,15 @@ from vitlab.models.vit import VisionTransformer
 ARCH = dict(patch_size=2, in_chans=1, num_classes=10, embed_dim=64, depth=2, num_heads=4)
 
 
-def timm_rope_vit(img_size: int, global_pool: str) -> Eva:
+def timm_rope_vit(img_size: int, global_pool: str, layer_scale_init: float | None) -> Eva:
     """timm's ``vit_small_patch16_rope_224`` arguments (RoPE-ViT's rope-axial) at our tiny size,
-    without its layer scale."""
+    with its layer scale (``gamma_1``/``gamma_2``) or without."""
     return Eva(
         img_size=img_size,
         **ARCH,
         attn_type="rope",
         qkv_bias=True,
-        init_values=None,
+        init_values=layer_scale_init,
         global_pool=global_pool,
         use_abs_pos_emb=False,
         use_rot_pos_emb=True,
@@ -35,24 +35,33 @@ def randomise(model: torch.nn.Module) -> None:
             param.copy_(torch.randn_like(param) * 0.3)
 
 
-@pytest.mark.parametrize("global_pool", ["token", "avg"])
+@pytest.mark.parametrize(
+    ("global_pool", "layer_scale_init"), [("token", None), ("avg", None), ("token", 1e-5)]
+)
 def test_timm_rope_vit_weights_load_and_give_its_output_here_and_at_another_size(
-    global_pool, tmp_path
+    global_pool, layer_scale_init, tmp_path
 ):
-    """Nothing position-dependent is stored, so the same file loads at any image size."""
-    reference = timm_rope_vit(8, global_pool)
+    """Nothing position-dependent is stored, so the same file loads at any image size. Layer
+    scales (randomised, as every weight) load under our names."""
+    reference = timm_rope_vit(8, global_pool, layer_scale_init)
     randomise(reference)
     state = reference.state_dict()
     assert not any("rope" in name or "pos_embed" in name for name in state)
     path = tmp_path / "rope_vit.pth"
     torch.save(state, path)
     for size in (8, 12):
-        model = VisionTransformer(img_size=size, **ARCH, global_pool=global_pool, pos_embed="rope")
+        model = VisionTransformer(
+            img_size=size,
+            **ARCH,
+            global_pool=global_pool,
+            pos_embed="rope",
+            layer_scale_init=layer_scale_init,
+        )
         load_pretrained(model, path)
         for name, tensor in model.state_dict().items():  # the loader leaves the classifier be
             if name.startswith(("head.", "fc_norm.")):
                 tensor.copy_(state[name])
-        target = timm_rope_vit(size, global_pool)
+        target = timm_rope_vit(size, global_pool, layer_scale_init)
         target.load_state_dict(state)
         images = torch.randn(3, 1, size, size)
         with torch.no_grad():

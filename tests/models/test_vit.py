@@ -138,6 +138,22 @@ def test_state_dict_names_and_logits_match_timm():
     torch.testing.assert_close(model(images), reference(images), atol=1e-5, rtol=1e-5)
 
 
+def test_layer_scale_has_timms_names_and_gives_timms_logits():
+    arch = dict(
+        img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=32, depth=2, num_heads=4
+    )
+    reference = timm.models.VisionTransformer(**arch, init_values=0.1).eval()
+    with torch.no_grad():  # gammas that differ per channel and block
+        for name, param in reference.named_parameters():
+            if name.endswith("gamma"):
+                param.uniform_(-1, 1)
+    model = VisionTransformer(**arch, layer_scale_init=0.1).eval()
+    model.load_state_dict(reference.state_dict(), strict=True)
+    images = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(model(images), reference(images), atol=1e-5, rtol=1e-5)
+    assert not any("gamma" in name for name in VisionTransformer(**arch).state_dict())
+
+
 @pytest.mark.parametrize(("indices", "norm"), [(2, False), ([0, -1], True)])
 def test_intermediate_maps_match_timm(indices, norm):
     reference = timm.create_model(

@@ -17,7 +17,9 @@ fresh initialisation. Position encodings follow the model's patch grid, by varia
 (``vitlab.models.pos_embed``): a ``pos_embed`` table is resampled bicubic, and so is each block's
 relative position bias table over its offsets; ``conditional`` and ``rope`` have nothing that
 depends on the grid. BEiT/EVA-style separate ``q_bias`` and ``v_bias`` (timm's ``Beit`` and
-``Eva``) become the fused ``qkv.bias`` with a zero key bias, which is what they compute.
+``Eva``) become the fused ``qkv.bias`` with a zero key bias, which is what they compute, and
+their layer scales ``gamma_1``/``gamma_2`` become timm's ViT names ``ls1.gamma``/``ls2.gamma``
+(the model needs ``layer_scale_init`` set to hold them).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ CLASSIFIER_PREFIXES = ("head.", "fc_norm.")
 LIGHTNING_MODEL_PREFIX = "model."
 # the keys that exist for some pos_embed choices only
 POSITION_KEYS = ("pos_embed", "relative_position_bias_table", ".peg.proj.weight", ".peg.proj.bias")
+LAYER_SCALE_KEYS = (".ls1.gamma", ".ls2.gamma")
 # pretrained weights by name, through timm
 NAMED = ("timm:", "hf-hub:")
 
@@ -96,7 +99,7 @@ def load_pretrained(model: VisionTransformer, path: str | os.PathLike) -> None:
         for name, tensor in read_state_dict(path).items()
         if not name.startswith(CLASSIFIER_PREFIXES)
     }
-    state = fuse_qkv_bias(state)
+    state = rename_layer_scale(fuse_qkv_bias(state))
     grid = model.patch_embed.grid_size
     if "pos_embed" in state and model.pos_embed is not None:
         state["pos_embed"] = resample(state["pos_embed"], grid, model.num_prefix_tokens)
@@ -110,6 +113,8 @@ def load_pretrained(model: VisionTransformer, path: str | os.PathLike) -> None:
         hint = ""
         if any(name.endswith(POSITION_KEYS) for name in missing + unexpected):
             hint = f"; was it trained with another model.pos_embed than {model.pos_embed_type!r}?"
+        elif any(name.endswith(LAYER_SCALE_KEYS) for name in missing + unexpected):
+            hint = "; layer scale in one and not the other: set model.layer_scale_init?"
         raise ValueError(
             f"{path} does not fit the model: missing {preview(missing)}, "
             f"unexpected {preview(unexpected)}{hint}"
@@ -131,6 +136,18 @@ def fuse_qkv_bias(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         elif not name.endswith(".v_bias"):
             fused[name] = tensor
     return fused
+
+
+def rename_layer_scale(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """BEiT's and EVA's ``blocks.N.gamma_1``/``gamma_2`` -> timm ViT's ``blocks.N.ls1.gamma``/
+    ``ls2.gamma``."""
+    renamed = {}
+    for name, tensor in state.items():
+        for old, new in ((".gamma_1", ".ls1.gamma"), (".gamma_2", ".ls2.gamma")):
+            if name.endswith(old):
+                name = name.removesuffix(old) + new
+        renamed[name] = tensor
+    return renamed
 
 
 def preview(names: list[str], shown: int = 5) -> str:

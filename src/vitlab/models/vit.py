@@ -168,11 +168,25 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+class LayerScale(nn.Module):
+    """A learnable per-channel gain on a residual branch (CaiT, Touvron et al. 2021), started at
+    ``init_value``: deep blocks begin near the identity. timm's name: ``gamma``."""
+
+    def __init__(self, dim: int, init_value: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init_value))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), with drop path.
 
     ``rel_pos_grid`` and ``rope`` go to its ``Attention``; ``peg`` (CPVT's position-encoding
-    generator, in the first block only) is applied to the block's output.
+    generator, in the first block only) is applied to the block's output. ``layer_scale_init``
+    scales each branch by a ``LayerScale`` (``ls1``, ``ls2``, timm's names) started at that
+    value; None: no scaling, no parameters.
     """
 
     def __init__(
@@ -187,12 +201,15 @@ class Block(nn.Module):
         rel_pos_grid: tuple[int, int] | None = None,
         rope: AxialRotaryEmbedding | None = None,
         peg: PositionEncodingGenerator | None = None,
+        layer_scale_init: float | None = None,
     ):
         super().__init__()
         self.norm1 = LayerNorm(dim)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, rel_pos_grid, rope)
+        self.ls1 = nn.Identity() if layer_scale_init is None else LayerScale(dim, layer_scale_init)
         self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.ls2 = nn.Identity() if layer_scale_init is None else LayerScale(dim, layer_scale_init)
         self.drop_path = StochasticDepth(drop_path, mode="row")
         self.peg = peg
 
@@ -200,8 +217,8 @@ class Block(nn.Module):
         """``num_queries``: update and return only the first that many tokens (which still
         attend to every token), e.g. the class token in a classifier's last block."""
         residual = x if num_queries is None else x[:, :num_queries]
-        x = residual + self.drop_path(self.attn(self.norm1(x), num_queries))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        x = residual + self.drop_path(self.ls1(self.attn(self.norm1(x), num_queries)))
+        x = x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
         # with num_queries only prefix tokens come out, which the PEG passes through unchanged
         return x if self.peg is None or num_queries is not None else self.peg(x)
 
@@ -236,7 +253,9 @@ class VisionTransformer(nn.Module):
     ``global_pool="avg"`` averages the patch tokens and normalises them with ``fc_norm``
     (the final ``norm`` is then the identity, as in timm and the MAE fine-tuning recipe).
     ``pos_embed`` chooses the position encoding (``vitlab.models.pos_embed``); only ``learned``
-    and ``sincos`` have a ``pos_embed`` table, which is None otherwise.
+    and ``sincos`` have a ``pos_embed`` table, which is None otherwise. ``layer_scale_init``
+    (None: off) gives every block's branches a ``LayerScale`` started at that value (CaiT,
+    DeiT III, BEiT, EVA).
     """
 
     num_prefix_tokens = 1
@@ -257,6 +276,7 @@ class VisionTransformer(nn.Module):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        layer_scale_init: float | None = None,
         grad_checkpointing: bool = False,
     ):
         super().__init__()
@@ -304,6 +324,7 @@ class VisionTransformer(nn.Module):
                     peg=PositionEncodingGenerator(embed_dim, grid, self.num_prefix_tokens)
                     if pos_embed == "conditional" and i == 0
                     else None,
+                    layer_scale_init=layer_scale_init,
                 )
                 for i, dp in enumerate(drop_paths)
             )
