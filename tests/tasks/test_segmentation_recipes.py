@@ -1,12 +1,19 @@
-"""The ADE20K recipes' values are the papers' (their released mmsegmentation configs), line by
-line; the README's meta-device test (tests/test_readme.py) builds each one."""
+"""The segmentation recipes: the ADE20K ones' values are the papers' (their released
+mmsegmentation configs), line by line (the README's meta-device test, tests/test_readme.py,
+builds each one); the digits one decodes with PUP and swaps in the other decoders."""
 
 from __future__ import annotations
 
 import pytest
 from omegaconf import OmegaConf
 
+from vitlab.models.seg_decoders import (
+    LinearDecoder,
+    MaskTransformerDecoder,
+    ProgressiveUpsamplingDecoder,
+)
 from vitlab.optim import effective_batch_size, scaled_lr
+from vitlab.tasks.base import build_task
 
 SEGMENTER = "mmsegmentation configs/segmenter/segmenter_vit-b_mask_8xb1-160k_ade20k-512x512.py"
 SEGMENTER_RELEASE = "Segmenter release segm/config.yml (decoder mask_transformer)"
@@ -81,3 +88,22 @@ def test_ade20k_recipe_values_are_the_papers(experiment: str, compose_config):
         assert got == pytest.approx(value) if isinstance(value, float) else got == value, (
             f"{experiment}: {key} = {got}, the paper's {value} ({source})"
         )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "decoder"),
+    [
+        ((), ProgressiveUpsamplingDecoder),
+        (("task/decoder=linear", "~task.model.decoder.channels"), LinearDecoder),
+        (("task/decoder=mask_transformer", "~task.model.decoder.channels"), MaskTransformerDecoder),
+    ],
+)
+def test_digits_recipe_decodes_with_pup_and_the_readme_swaps_in_the_others(
+    overrides: tuple[str, ...], decoder: type, compose_config
+):
+    """The README's digits commands for each decoder (Results table) build their decoder."""
+    cfg = compose_config("experiment=digits_segmentation", *overrides)
+    task = build_task(cfg.task)
+    assert type(task.model.decoder) is decoder
+    if decoder is ProgressiveUpsamplingDecoder:
+        assert task.model.decoder.classifier.in_channels == 32
