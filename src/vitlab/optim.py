@@ -73,7 +73,7 @@ def param_groups(
             depth = layer_id(name.removeprefix(prefix), num_layers)
         else:
             depth = num_layers + 1
-        mult = next((m for prefix_, m in (lr_mult or {}).items() if name.startswith(prefix_)), 1.0)
+        mult = next((m for start, m in (lr_mult or {}).items() if name.startswith(start)), 1.0)
         key = (depth, decay, mult)
         if key not in groups:
             scale = layer_decay ** (num_layers + 1 - depth) if layer_decay is not None else 1.0
