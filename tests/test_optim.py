@@ -7,7 +7,14 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from vitlab.models.segmenter import ViTSegmenter
-from vitlab.optim import WarmupCosine, effective_batch_size, layer_id, param_groups, scaled_lr
+from vitlab.optim import (
+    WarmupCosine,
+    WarmupPoly,
+    effective_batch_size,
+    layer_id,
+    param_groups,
+    scaled_lr,
+)
 
 
 def test_no_weight_decay_on_biases_norms_and_tokens(tiny_vit):
@@ -138,3 +145,20 @@ def test_layer_decay_follows_the_backbone_of_a_segmenter(tiny_vit):
     assert decoder and all(scale[name] == 1.0 for name in decoder)
     no_decay = {name for g in groups if g["weight_decay"] == 0 for name in g["names"]}
     assert "backbone.pos_embed" in no_decay
+
+
+def test_poly_decay_is_mmsegmentations_poly_lr():
+    # PolyLR: lr = (base - eta_min) * (1 - step / total) ** power + eta_min, from step 0
+    base, eta_min, total = 1e-3, 1e-4, 160
+    schedule = WarmupPoly(0, total, min_ratio=eta_min / base, power=0.9)
+    for step in (0, 1, 40, 159, 160, 200):
+        expected = (base - eta_min) * (1 - min(step, total) / total) ** 0.9 + eta_min
+        assert base * schedule(step) == pytest.approx(expected)
+
+
+def test_lr_mult_scales_the_named_parameters_on_top_of_layer_decay(tiny_vit):
+    segmenter = ViTSegmenter(tiny_vit(depth=2), num_classes=3)
+    groups = param_groups(segmenter, 0.05, layer_decay=0.5, lr_mult={"decoder.": 10.0})
+    scale = {name: group["lr_scale"] for group in groups for name in group["names"]}
+    assert scale["decoder.head.weight"] == 10.0 and scale["backbone.norm.weight"] == 1.0
+    assert scale["backbone.blocks.1.mlp.fc1.weight"] == 0.5

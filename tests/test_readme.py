@@ -281,6 +281,12 @@ PLAN: dict[str, Plan] = {
     "python -m vitlab.export <ckpt> exported/ --onnx": Plan(cap=()),
     "python train.py 'callbacks=[default,attention_maps]'": Plan(check=attention_maps_in_wandb),
     "python train.py experiment=digits_segmentation": Plan(check=best_checkpoint_by_miou),
+    "python train.py experiment=segmenter_b_ade20k task.pretrained=vit_base_p16_384.pth": cannot_run(
+        "needs ADE20K, 8 GPUs and ImageNet-pretrained weights (a download)"
+    ),
+    "python train.py experiment=setr_pup_ade20k task.pretrained=jx_vit_large_p16_384.pth": cannot_run(
+        "needs ADE20K, 8 GPUs and ImageNet-pretrained weights (a download)"
+    ),
     "python train.py experiment=digits_detection": Plan(check=best_checkpoint_by_map),
     "python train.py experiment=vitdet_b_coco task.pretrained=mae_pretrain_vit_base.pth": cannot_run(
         "needs COCO, 8 GPUs and the MAE release's weights (a download)"

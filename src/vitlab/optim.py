@@ -1,9 +1,10 @@
-"""Optimisation recipe pieces: parameter groups, layer-wise lr decay, lr scaling, schedule, LARS."""
+"""Optimisation recipe pieces: parameter groups, layer-wise lr decay, lr scaling, schedules
+(warmup + cosine or polynomial decay), LARS."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -44,14 +45,19 @@ def encoder(model: nn.Module) -> tuple[str, nn.Module]:
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, layer_decay: float | None = None
+    model: nn.Module,
+    weight_decay: float,
+    layer_decay: float | None = None,
+    lr_mult: Mapping[str, float] | None = None,
 ) -> list[dict]:
     """AdamW groups: no decay on biases, norms and tokens; optional layer-wise lr decay.
 
     Each group carries ``lr_scale`` (1.0 without layer decay); the optimizer's lr is multiplied
     by it, so layer ``i`` of ``L`` blocks gets ``lr * layer_decay ** (L + 1 - i)``. Depths are
     those of ``model``'s ViT (see ``encoder``); parameters outside it (a segmentation decoder)
-    sit on top with the head.
+    sit on top with the head. ``lr_mult`` multiplies the lr of the parameters whose names start
+    with a key by its value (mmsegmentation's ``paramwise_cfg`` ``lr_mult``, e.g. SETR's
+    ``{"decoder.": 10}``).
     """
     prefix, vit = encoder(model) if layer_decay is not None else ("", model)
     skip = getattr(model, "no_weight_decay", lambda: set())()
@@ -67,14 +73,15 @@ def param_groups(
             depth = layer_id(name.removeprefix(prefix), num_layers)
         else:
             depth = num_layers + 1
-        key = (depth, decay)
+        mult = next((m for start, m in (lr_mult or {}).items() if name.startswith(start)), 1.0)
+        key = (depth, decay, mult)
         if key not in groups:
             scale = layer_decay ** (num_layers + 1 - depth) if layer_decay is not None else 1.0
             groups[key] = {
                 "params": [],
                 "names": [],
                 "weight_decay": weight_decay if decay else 0.0,
-                "lr_scale": scale,
+                "lr_scale": scale * mult,
             }
         groups[key]["params"].append(param)
         groups[key]["names"].append(name)
@@ -110,7 +117,23 @@ class WarmupCosine:
             return self.start_ratio + (1 - self.start_ratio) * step / self.warmup_steps
         start = self.warmup_steps if self.warmup_prefix else 0
         progress = min(1.0, (step - start) / max(1, self.total_steps - start))
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.min_ratio + (1 - self.min_ratio) * self.decay(progress)
+
+    def decay(self, progress: float) -> float:
+        """From 1 at ``progress`` 0 to 0 at 1: a half cosine."""
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass
+class WarmupPoly(WarmupCosine):
+    """``WarmupCosine`` with a polynomial decay ``(1 - progress) ** power`` in place of the
+    cosine: mmsegmentation's ``PolyLR`` (``eta_min`` = ``min_ratio`` x lr), with which SETR and
+    Segmenter train (power 0.9, per iteration, no warmup)."""
+
+    power: float = 0.9
+
+    def decay(self, progress: float) -> float:
+        return (1 - progress) ** self.power
 
 
 class LARS(Optimizer):

@@ -1,15 +1,18 @@
-"""The segmentation DataModule over image/mask PNG trees (the digit canvases)."""
+"""The segmentation DataModule over image/mask trees: the digit canvases, and ADE20K- and
+Cityscapes-layout trees of real JPEG/PNG files written here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from PIL import Image
 
 from vitlab.data.digit_canvas import write_digit_canvas
-from vitlab.data.segmentation import SegmentationDataModule
+from vitlab.data.segmentation import IGNORE_INDEX, SegmentationDataModule
 
 SIZES = {"train": 6, "val": 3, "test": 3}
 
@@ -63,7 +66,7 @@ def test_generate_writes_the_canvases_into_a_missing_root(tmp_path: Path):
 def test_a_missing_root_names_the_expected_layout(tmp_path: Path):
     datamodule = SegmentationDataModule(tmp_path / "nowhere", img_size=32, num_classes=11)
     datamodule.prepare_data()
-    with pytest.raises(FileNotFoundError, match=r"\{train,val,test\}/images/<name>\.png"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere/train/images/<name>\.png"):
         datamodule.setup()
 
 
@@ -73,3 +76,85 @@ def test_an_image_without_its_mask_is_named(tmp_path: Path):
     datamodule = SegmentationDataModule(root, img_size=32, num_classes=11)
     with pytest.raises(FileNotFoundError, match="00001"):
         datamodule.setup()
+
+
+def write_pair(image: Path, mask: Path, labels: np.ndarray) -> None:
+    """A colour image (JPEG or PNG by its suffix) and its one-channel PNG label map."""
+    for path in (image, mask):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(int(labels.sum()))
+    pixels = rng.integers(0, 256, (*labels.shape, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image)
+    Image.fromarray(labels.astype(np.uint8)).save(mask)
+
+
+def ade_labels(height: int, width: int) -> np.ndarray:
+    """Row bands of "other" (0), class 1, class 150 and class 7 (1-based, as ADE20K stores)."""
+    bands = np.array([0, 1, 150, 7]).repeat(height // 4)
+    return np.broadcast_to(bands[:, None], (height, width)).copy()
+
+
+@pytest.fixture(scope="module")
+def ade20k_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ade") / "ADEChallengeData2016"
+    for split, names in {"training": ["a", "b"], "validation": ["c"]}.items():
+        for name in names:
+            image = root / "images" / split / f"ADE_{split}_{name}.jpg"
+            mask = root / "annotations" / split / f"ADE_{split}_{name}.png"
+            write_pair(image, mask, ade_labels(24, 40))
+    return root
+
+
+def test_ade20k_layout_reads_jpegs_with_label_zero_ignored_and_the_rest_shifted(
+    ade20k_root: Path, compose_config
+):
+    cfg = compose_config(
+        "task=segmentation", "data=ade20k", "model=vit_digits", "model.img_size=16",
+        f"data.root={ade20k_root}", "data.batch_size=2",
+    )  # fmt: skip
+    assert cfg.task.ignore_index == IGNORE_INDEX and cfg.task.model.num_classes == 150
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    assert datamodule.dataset_sizes() == {"train": 2, "val": 1, "test": 1}
+    images, masks = next(iter(datamodule.val_dataloader()))
+    assert images.shape == (1, 3, 16, 16) and masks.shape == (1, 16, 16)
+    # the bands, resized by nearest neighbours: other -> ignored, 1 -> 0, 150 -> 149, 7 -> 6
+    assert masks[0, :, 0].tolist() == [IGNORE_INDEX] * 4 + [0] * 4 + [149] * 4 + [6] * 4
+
+
+def test_ade20k_training_crops_pad_the_mask_with_the_ignore_label(ade20k_root: Path):
+    datamodule = SegmentationDataModule(
+        ade20k_root, img_size=48, num_classes=150, in_chans=3, mean=(0.5,) * 3, std=(0.5,) * 3,
+        images="images/{split}", masks="annotations/{split}", image_suffix=".jpg",
+        split_names={"train": "training", "val": "validation", "test": "validation"},
+        reduce_zero_label=True, train_short_side=(12, 20),
+    )  # fmt: skip
+    datamodule.setup()
+    image, mask = datamodule.splits["train"][0]
+    # the shorter side (24) rescaled to 12-20 pixels, then a 48-pixel crop: padded around it
+    assert image.shape == (3, 48, 48) and mask.shape == (48, 48)
+    assert (mask == IGNORE_INDEX).sum() > 48 * 48 // 2
+    assert set(mask.unique().tolist()) <= {0, 6, 149, IGNORE_INDEX}
+
+
+def test_cityscapes_layout_pairs_files_across_city_folders(tmp_path: Path, compose_config):
+    root = tmp_path / "cityscapes"
+    for split, cities in {"train": ["aachen", "bremen"], "val": ["lindau"]}.items():
+        for city in cities:
+            stem = f"{city}_000000_000019"
+            labels = np.full((16, 32), IGNORE_INDEX)
+            labels[:8] = 13  # car
+            write_pair(
+                root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
+                root / "gtFine" / split / city / f"{stem}_gtFine_labelTrainIds.png",
+                labels,
+            )
+    cfg = compose_config(
+        "task=segmentation", "data=cityscapes", "model=vit_digits", "model.img_size=16",
+        f"data.root={root}",
+    )  # fmt: skip
+    datamodule = instantiate(cfg.data)
+    datamodule.setup()
+    assert datamodule.dataset_sizes() == {"train": 2, "val": 1, "test": 1}
+    _, mask = datamodule.splits["val"][0]
+    assert mask[:8].eq(13).all() and mask[8:].eq(IGNORE_INDEX).all()

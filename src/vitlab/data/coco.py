@@ -29,7 +29,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from vitlab.data.base import SPLITS, SplitsDataModule
-from vitlab.data.digit_canvas import DEFAULT_SPLIT_SIZES, write_digit_canvas
+from vitlab.data.digit_canvas import DEFAULT_SPLIT_SIZES, GeneratesDigitCanvas
 
 Target = dict[str, torch.Tensor]
 
@@ -85,11 +85,11 @@ class CocoDetectionFiles(Dataset):
         }
 
 
-class CocoDetectionDataModule(SplitsDataModule):
+class CocoDetectionDataModule(GeneratesDigitCanvas, SplitsDataModule):
     """COCO-format splits (see the module docstring), letterboxed to ``img_size`` and
     standardised, without augmentation. ``split_names`` names each split's json and image
-    folder; ``generate=True`` writes the digit canvases (``split_sizes`` images per split,
-    ``canvas`` pixels a side) into ``root`` when it does not exist yet."""
+    folder; ``generate=True`` writes the digit canvases into ``root`` when it does not exist
+    yet (``GeneratesDigitCanvas``)."""
 
     def __init__(
         self,
@@ -123,10 +123,7 @@ class CocoDetectionDataModule(SplitsDataModule):
         self.root = Path(root).expanduser()
         self.split_names = dict(split_names or {split: split for split in SPLITS})
         self.mode = "L" if in_chans == 1 else "RGB"
-        self.generate = generate
-        self.generated_sizes = dict(split_sizes)
-        self.canvas = canvas
-        self.generate_seed = generate_seed
+        self.set_generation(generate, split_sizes, canvas, generate_seed)
 
     def letterbox(self) -> v2.Compose:
         """Longer side to ``img_size`` (boxes scaled with it), zero padding around it to a
@@ -149,10 +146,6 @@ class CocoDetectionDataModule(SplitsDataModule):
     def predict_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         transform = self.letterbox()
         return lambda image: transform(v2.functional.pil_to_tensor(image.convert(self.mode)))
-
-    def prepare_data(self) -> None:
-        if self.generate and not self.root.exists():
-            write_digit_canvas(self.root, self.generated_sizes, self.canvas, self.generate_seed)
 
     def collate(self, samples: list[Any]) -> tuple[torch.Tensor, list[Target]]:
         images, targets = zip(*samples, strict=True)

@@ -118,3 +118,25 @@ def write_digit_canvas(
     root.parent.mkdir(parents=True, exist_ok=True)
     partial.rename(root)
     return root
+
+
+class GeneratesDigitCanvas:
+    """What a DataModule needs to write the digit canvases into its ``root`` (the image/mask
+    tree and the COCO annotations are one tree, so the segmentation and the detection
+    DataModules share it): ``generate``, ``split_sizes`` images per split, ``canvas`` pixels a
+    side, ``generate_seed``; written in ``prepare_data`` when ``root`` does not exist yet."""
+
+    root: Path
+
+    def set_generation(
+        self, generate: bool, split_sizes: Mapping[str, int], canvas: int, seed: int
+    ) -> None:
+        self.generate = generate
+        self.generated_sizes = dict(split_sizes)
+        self.canvas = canvas
+        self.generate_seed = seed
+
+    def prepare_data(self) -> None:
+        # Lightning runs this on one process per node: the only place that writes files
+        if self.generate and not self.root.exists():
+            write_digit_canvas(self.root, self.generated_sizes, self.canvas, self.generate_seed)

@@ -1,11 +1,21 @@
-"""Semantic segmentation data: image/mask PNG pairs, and a generated digit-canvas dataset.
+"""Semantic segmentation data: image/mask file pairs, in any of the common folder layouts.
 
-Layout read by ``SegmentationDataModule``::
+``SegmentationDataModule`` pairs the images under ``<root>/<images>`` with the masks under
+``<root>/<masks>`` (``{split}`` in either replaced by the split's name in ``split_names``) by
+their paths below those folders, less ``image_suffix`` / ``mask_suffix``. The layouts it is
+configured for (``conf/data``)::
 
-    <root>/{train,val,test}/images/<stem>.png
-    <root>/{train,val,test}/masks/<stem>.png    one channel, pixel value = class index
+    digit_canvas  <root>/{train,val,test}/images/<name>.png, masks/<name>.png (pixel = class)
+    ade20k        <root>/images/{training,validation}/<name>.jpg,
+                  <root>/annotations/{training,validation}/<name>.png: 0 = "other", ignored,
+                  1..150 -> 0..149 (``reduce_zero_label``, as mmsegmentation)
+    cityscapes    <root>/leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png,
+                  <root>/gtFine/{train,val}/<city>/<name>_gtFine_labelTrainIds.png (19 classes,
+                  255 ignored)
 
-``vitlab.data.digit_canvas.write_digit_canvas`` writes such a tree offline (the digit canvases).
+A mask pixel equal to ``ignore_index`` (255) counts for neither the loss nor the metrics
+(``vitlab.tasks.segmentation``). ``vitlab.data.digit_canvas.write_digit_canvas`` writes the
+first layout offline (the digit canvases).
 """
 
 from __future__ import annotations
@@ -22,44 +32,35 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from vitlab.data.base import SPLITS, SplitsDataModule
-from vitlab.data.digit_canvas import DEFAULT_SPLIT_SIZES, write_digit_canvas
+from vitlab.data.digit_canvas import DEFAULT_SPLIT_SIZES, GeneratesDigitCanvas
 
 # pixel statistics of the generated canvases (1 digit on 32x32), scaled to [0, 1]
 CANVAS_MEAN, CANVAS_STD = (0.076,), (0.229,)
+# mmsegmentation's and Cityscapes' label of pixels that no class claims
+IGNORE_INDEX = 255
 Pair = tuple[Path, Path]
 
 
-def layout_message(root: Path) -> str:
-    return (
-        f"expected {root}/{{train,val,test}}/images/<name>.png and "
-        f"{root}/{{train,val,test}}/masks/<name>.png (mask pixel = class index); "
-        "set data.root to such a tree, or data.generate=true to write the digit canvases there"
-    )
-
-
-def scan_pairs(root: Path, split: str) -> list[Pair]:
-    """(image, mask) paths of a split, paired by file stem; a clear error when any is missing."""
-    images_dir, masks_dir = root / split / "images", root / split / "masks"
-    if not images_dir.is_dir() or not masks_dir.is_dir():
-        raise FileNotFoundError(f"no {split} split: {layout_message(root)}")
-    images = {path.stem: path for path in images_dir.glob("*.png")}
-    masks = {path.stem: path for path in masks_dir.glob("*.png")}
-    if not images:
-        raise FileNotFoundError(f"no PNG images in {images_dir}: {layout_message(root)}")
-    unpaired = sorted(images.keys() ^ masks.keys())
-    if unpaired:
-        raise FileNotFoundError(
-            f"{len(unpaired)} image(s) without mask or mask(s) without image in {root / split}, "
-            f"e.g. {unpaired[:3]}: {layout_message(root)}"
-        )
-    return [(images[stem], masks[stem]) for stem in sorted(images)]
+def reduce_zero_label(mask: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """ADE20K's labels: 0 ("other") becomes ``ignore_index``, class ``c`` (1..150) ``c - 1``;
+    ``ignore_index`` stays (mmsegmentation's ``reduce_zero_label``)."""
+    reduced = mask.astype(np.int64) - 1
+    reduced[(mask == 0) | (mask == ignore_index)] = ignore_index
+    return reduced
 
 
 class SegmentationFiles(Dataset):
-    """Image/mask PNG pairs: (image (C, H, W) float, mask (H, W) int64 class indices)."""
+    """Image/mask pairs: (image (C, H, W) float, mask (H, W) int64 class indices)."""
 
-    def __init__(self, pairs: list[Pair], mode: str, transform: v2.Transform):
+    def __init__(
+        self,
+        pairs: list[Pair],
+        mode: str,
+        transform: v2.Transform,
+        reduce_zero_label: bool = False,
+    ):
         self.pairs, self.mode, self.transform = pairs, mode, transform
+        self.reduce_zero_label = reduce_zero_label
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -68,19 +69,26 @@ class SegmentationFiles(Dataset):
         image_path, mask_path = self.pairs[index]
         with Image.open(image_path) as image_file, Image.open(mask_path) as mask_file:
             image = tv_tensors.Image(v2.functional.pil_to_tensor(image_file.convert(self.mode)))
-            mask = tv_tensors.Mask(torch.from_numpy(np.array(mask_file, dtype=np.int64)))
+            labels = np.array(mask_file)
+        if self.reduce_zero_label:
+            labels = reduce_zero_label(labels)
+        mask = tv_tensors.Mask(torch.from_numpy(labels.astype(np.int64)))
         # v2 resizes a Mask with nearest neighbours: class indices stay class indices
         image, mask = self.transform(image, mask)
         return image, mask.as_subclass(torch.Tensor)
 
 
-class SegmentationDataModule(SplitsDataModule):
-    """Image/mask folders (see the module docstring) resized to ``img_size`` and standardised.
+class SegmentationDataModule(GeneratesDigitCanvas, SplitsDataModule):
+    """Image/mask pairs (see the module docstring for the layouts), resized to ``img_size``
+    square and standardised for evaluation.
 
-    ``generate=True`` writes the digit canvases (``write_digit_canvas``, ``split_sizes`` images
-    per split, ``canvas`` pixels a side) into ``root`` when it does not exist yet, so the default
-    config runs offline. The training images get no augmentation (``augment`` has nothing to turn
-    off). ``epoch_seed`` reseeds every RNG at each epoch's train loader (see
+    ``train_short_side`` (``[low, high]``) turns on mmsegmentation's training augmentation when
+    ``augment`` is true: the shorter side resized to a random length in that range (aspect
+    kept), a random ``img_size`` square crop (padded with 0 and ``ignore_index`` where the image
+    is smaller), a random horizontal flip. Without it the training images are prepared as for
+    evaluation (the digit canvases). ``generate=True`` writes the digit canvases into ``root``
+    when it does not exist yet (``GeneratesDigitCanvas``), so the default config runs offline.
+    ``epoch_seed`` reseeds every RNG at each epoch's train loader (see
     ``vitlab.data.epoch_seed``) for exact resume.
     """
 
@@ -94,11 +102,19 @@ class SegmentationDataModule(SplitsDataModule):
         mean: Sequence[float] = CANVAS_MEAN,
         std: Sequence[float] = CANVAS_STD,
         augment: bool = True,
+        images: str = "{split}/images",
+        masks: str = "{split}/masks",
+        image_suffix: str = ".png",
+        mask_suffix: str = ".png",
+        split_names: Mapping[str, str] | None = None,
+        reduce_zero_label: bool = False,
+        ignore_index: int = IGNORE_INDEX,
+        train_short_side: Sequence[int] | None = None,
         generate: bool = False,
         split_sizes: Mapping[str, int] = DEFAULT_SPLIT_SIZES,
         canvas: int = 32,
         generate_seed: int = 0,
-        num_workers: int = 0,
+        num_workers: int | None = 0,
         epoch_seed: int | None = None,
     ):
         super().__init__(
@@ -114,10 +130,52 @@ class SegmentationDataModule(SplitsDataModule):
         )
         self.root = Path(root).expanduser()
         self.mode = "L" if in_chans == 1 else "RGB"
-        self.generate = generate
-        self.generated_sizes = dict(split_sizes)
-        self.canvas = canvas
-        self.generate_seed = generate_seed
+        self.images, self.masks = images, masks
+        self.image_suffix, self.mask_suffix = image_suffix, mask_suffix
+        self.split_names = dict(split_names or {split: split for split in SPLITS})
+        self.reduce_zero_label = reduce_zero_label
+        self.ignore_index = ignore_index
+        self.train_short_side = tuple(train_short_side) if train_short_side else None
+        self.set_generation(generate, split_sizes, canvas, generate_seed)
+
+    def layout_message(self) -> str:
+        split = next(iter(self.split_names.values()))
+        return (
+            f"expected images {self.root}/{self.images.format(split=split)}/<name>"
+            f"{self.image_suffix} and masks {self.root}/{self.masks.format(split=split)}/<name>"
+            f"{self.mask_suffix} (mask pixel = class index), one pair of folders per split of "
+            f"data.split_names {self.split_names}; set data.root to such a tree, or "
+            "data.generate=true to write the digit canvases there"
+        )
+
+    def scan_pairs(self, split: str) -> list[Pair]:
+        """(image, mask) paths of a split, paired by their paths below the split's image and
+        mask folders less the suffixes; a clear error when any is missing."""
+        name = self.split_names[split]
+        images_dir = self.root / self.images.format(split=name)
+        masks_dir = self.root / self.masks.format(split=name)
+        if not images_dir.is_dir() or not masks_dir.is_dir():
+            raise FileNotFoundError(f"no {split} split: {self.layout_message()}")
+
+        def by_name(folder: Path, suffix: str) -> dict[str, Path]:
+            return {
+                str(path.relative_to(folder))[: -len(suffix)]: path
+                for path in folder.rglob(f"*{suffix}")
+            }
+
+        images = by_name(images_dir, self.image_suffix)
+        masks = by_name(masks_dir, self.mask_suffix)
+        if not images:
+            raise FileNotFoundError(
+                f"no *{self.image_suffix} images in {images_dir}: {self.layout_message()}"
+            )
+        unpaired = sorted(images.keys() ^ masks.keys())
+        if unpaired:
+            raise FileNotFoundError(
+                f"{len(unpaired)} image(s) without mask or mask(s) without image in "
+                f"{images_dir} / {masks_dir}, e.g. {unpaired[:3]}: {self.layout_message()}"
+            )
+        return [(images[name], masks[name]) for name in sorted(images)]
 
     def eval_transform(self) -> v2.Compose:
         """A uint8 image (and its mask) of any size: resized to ``img_size`` (the mask by nearest
@@ -130,22 +188,41 @@ class SegmentationDataModule(SplitsDataModule):
             ]
         )
 
+    def train_transform(self) -> v2.Compose:
+        """``eval_transform``, or with ``augment`` and ``train_short_side``: random rescale,
+        ``img_size`` crop (padding the mask with ``ignore_index``) and horizontal flip."""
+        if not (self.augment and self.train_short_side):
+            return self.eval_transform()
+        low, high = self.train_short_side
+        return v2.Compose(
+            [
+                v2.RandomShortestSize(list(range(low, high + 1)), antialias=True),
+                v2.RandomCrop(
+                    self.img_size,
+                    pad_if_needed=True,
+                    fill={tv_tensors.Image: 0, tv_tensors.Mask: self.ignore_index},
+                ),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(list(self.mean), list(self.std)),
+            ]
+        )
+
     def predict_transform(self) -> Callable[[Image.Image], torch.Tensor]:
         transform = self.eval_transform()
         return lambda image: transform(v2.functional.pil_to_tensor(image.convert(self.mode)))
 
-    def prepare_data(self) -> None:
-        # Lightning runs this on one process per node: the only place that writes files
-        if self.generate and not self.root.exists():
-            write_digit_canvas(self.root, self.generated_sizes, self.canvas, self.generate_seed)
-
     def build_splits(self) -> dict[str, Dataset]:
         if not self.root.is_dir():
             raise FileNotFoundError(
-                f"data root {self.root} does not exist: {layout_message(self.root)}"
+                f"data root {self.root} does not exist: {self.layout_message()}"
             )
-        transform = self.eval_transform()
         return {
-            split: SegmentationFiles(scan_pairs(self.root, split), self.mode, transform)
+            split: SegmentationFiles(
+                self.scan_pairs(split),
+                self.mode,
+                self.train_transform() if split == "train" else self.eval_transform(),
+                self.reduce_zero_label,
+            )
             for split in SPLITS
         }

@@ -33,6 +33,14 @@ def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
+def patch_logits_to_pixels(
+    logits: torch.Tensor, grid: torch.Size | tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
+    """Per-patch logits (B, h * w, K) -> (B, K, H, W): laid out on the ``grid`` of patches,
+    then upsampled bilinearly to the image ``size``."""
+    return upsample(logits.transpose(1, 2).unflatten(2, tuple(grid)), size)
+
+
 class LinearDecoder(nn.Module):
     """Per-patch classifier of the last block's tokens: LayerNorm, then a GELU hidden layer of
     ``hidden_dim`` units when ``hidden_dim > 0``, then a linear layer to the classes. The norm is
@@ -61,8 +69,7 @@ class LinearDecoder(nn.Module):
     def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         (feature_map,) = features
         logits = self.head(self.hidden(self.norm(tokens_of(feature_map))))
-        patch_logits = logits.transpose(1, 2).reshape(*logits.shape[:1], -1, *feature_map.shape[2:])
-        return upsample(patch_logits, size)
+        return patch_logits_to_pixels(logits, feature_map.shape[2:], size)
 
 
 class ProgressiveUpsamplingDecoder(nn.Module):
@@ -159,5 +166,4 @@ class MaskTransformerDecoder(nn.Module):
         patches = F.normalize(tokens[:, : -self.num_classes] @ self.proj_patch, dim=-1)
         classes = F.normalize(tokens[:, -self.num_classes :] @ self.proj_classes, dim=-1)
         masks = self.mask_norm(patches @ classes.transpose(1, 2))
-        patch_masks = masks.transpose(1, 2).reshape(*masks.shape[:1], -1, *feature_map.shape[2:])
-        return upsample(patch_masks, size)
+        return patch_logits_to_pixels(masks, feature_map.shape[2:], size)

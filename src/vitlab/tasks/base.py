@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any, Literal
 
 import lightning as L
@@ -22,7 +23,7 @@ from vitlab.checkpoint_file import RUN_CONFIG_KEY
 from vitlab.errors import UserError
 from vitlab.loggers import WANDB_SOURCE, wandb_checkpoint
 from vitlab.models.checkpoint import load_pretrained
-from vitlab.optim import WarmupCosine, effective_batch_size, param_groups, scaled_lr
+from vitlab.optim import WarmupCosine, WarmupPoly, effective_batch_size, param_groups, scaled_lr
 from vitlab.tasks.nonfinite import NonFiniteWatch, Place
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 Config = Mapping[str, Any]
 ScheduleInterval = Literal["step", "epoch"]
+Decay = Literal["cosine", "poly"]
 
 
 def build_task(task_config: Config) -> RecipeTask:
@@ -75,6 +77,9 @@ class RecipeTask(L.LightningModule):
         warmup_lr: float = 0.0,
         schedule_interval: ScheduleInterval = "step",
         layer_decay: float | None = None,
+        decay: Decay = "cosine",
+        poly_power: float = 0.9,
+        lr_mult: Mapping[str, float] | None = None,
         compile: bool = False,
         skip_nonfinite: bool = False,
         monitor: str = "val/loss",
@@ -87,6 +92,8 @@ class RecipeTask(L.LightningModule):
             raise ValueError(
                 f"schedule_interval must be 'step' or 'epoch', got {schedule_interval!r}"
             )
+        if decay not in ("cosine", "poly"):
+            raise ValueError(f"decay must be 'cosine' or 'poly', got {decay!r}")
         self.save_hyperparameters(logger=False)
         self.optimizer_factory: Callable[..., Optimizer] = instantiate(optimizer, _convert_="all")
         self.warmup_epochs = warmup_epochs
@@ -94,6 +101,9 @@ class RecipeTask(L.LightningModule):
         self.warmup_lr = warmup_lr
         self.schedule_interval = schedule_interval
         self.layer_decay = layer_decay
+        self.decay = decay
+        self.poly_power = poly_power
+        self.lr_mult = dict(lr_mult or {})
         self.compile_model = compile
         self.skip_nonfinite = skip_nonfinite
         self.monitor = monitor
@@ -233,7 +243,10 @@ class RecipeTask(L.LightningModule):
         base_lr = keywords.get("lr", 1e-3)
         lr = scaled_lr(base_lr, batch)
         groups = param_groups(
-            self.trained_module(), keywords.get("weight_decay", 0.0), self.layer_decay
+            self.trained_module(),
+            keywords.get("weight_decay", 0.0),
+            self.layer_decay,
+            self.lr_mult,
         )
         for group in groups:
             group["lr"] = lr * group["lr_scale"]
@@ -252,7 +265,7 @@ class RecipeTask(L.LightningModule):
             f"{trainer.num_devices} device(s) x {trainer.num_nodes} node(s) x "
             f"{trainer.accumulate_grad_batches} accumulation; lr {lr:.3g} = base {base_lr:.3g} "
             f"x {batch}/256; {schedule.total_steps} {interval}s, {schedule.warmup_steps:g} "
-            f"warmup from {self.warmup_lr:.3g}, cosine to {self.min_lr:.3g}"
+            f"warmup from {self.warmup_lr:.3g}, {self.decay} to {self.min_lr:.3g}"
         )
         scheduler = LambdaLR(optimizer, schedule)
         return {
@@ -271,12 +284,13 @@ class RecipeTask(L.LightningModule):
         resumed run of it steps with its first epoch instead (no lag)."""
         min_ratio = min(1.0, self.min_lr / lr) if lr > 0 else 0.0
         start_ratio = min(1.0, self.warmup_lr / lr) if lr > 0 else 0.0
+        shape = partial(WarmupPoly, power=self.poly_power) if self.decay == "poly" else WarmupCosine
         if self.schedule_interval == "epoch":
             epochs = math.ceil(total_steps / steps_per_epoch)
             warmup = min(epochs, self.warmup_epochs)
-            return WarmupCosine(warmup, epochs, min_ratio, start_ratio, warmup_prefix=False)
+            return shape(warmup, epochs, min_ratio, start_ratio, warmup_prefix=False)
         warmup = min(total_steps, round(self.warmup_epochs * steps_per_epoch))
-        return WarmupCosine(warmup, total_steps, min_ratio, start_ratio, warmup_prefix=True)
+        return shape(warmup, total_steps, min_ratio, start_ratio, warmup_prefix=True)
 
 
 def fused_adam(factory: Callable[..., Optimizer], groups: Iterable[dict]) -> dict:

@@ -11,26 +11,34 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
+from vitlab.data.segmentation import IGNORE_INDEX
 from vitlab.models.segmenter import ViTSegmenter
 from vitlab.tasks.base import Config, RecipeTask, load_pretrained_weights
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-def segmentation_metrics(num_classes: int, prefix: str) -> MetricCollection:
+def segmentation_metrics(
+    num_classes: int, prefix: str, ignore_index: int = IGNORE_INDEX
+) -> MetricCollection:
     """``miou``: IoU averaged over the classes (background included), so a model that only
-    finds the dominant class scores about 1 / num_classes; ``pixel_acc``: correct pixels."""
+    finds the dominant class scores about 1 / num_classes; ``pixel_acc``: correct pixels.
+    Pixels labelled ``ignore_index`` count for neither."""
     return MetricCollection(
         {
-            "miou": MulticlassJaccardIndex(num_classes, average="macro"),
-            "pixel_acc": MulticlassAccuracy(num_classes, average="micro"),
+            "miou": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index),
+            "pixel_acc": MulticlassAccuracy(
+                num_classes, average="micro", ignore_index=ignore_index
+            ),
         },
         prefix=prefix,
     )
 
 
 class SegmentationTask(RecipeTask):
-    """Per-pixel cross-entropy against integer masks (B, H, W); mIoU and pixel accuracy.
+    """Per-pixel cross-entropy against integer masks (B, H, W); mIoU and pixel accuracy. Mask
+    pixels equal to ``ignore_index`` (the data's, e.g. ADE20K's unlabelled "other") count for
+    neither the loss nor the metrics.
 
     ``model`` is the config of a ``ViTSegmenter``. ``pretrained`` (a vitlab, MAE or timm ViT checkpoint) is loaded into ``model.backbone``
     when fitting starts, so evaluating or resuming never needs that file; the decoder keeps its
@@ -42,6 +50,7 @@ class SegmentationTask(RecipeTask):
         model: Config,
         optimizer: Config,
         pretrained: str | None = None,
+        ignore_index: int = IGNORE_INDEX,
         monitor: str = "val/miou",
         mode: Literal["min", "max"] = "max",
         **recipe: Any,
@@ -49,8 +58,9 @@ class SegmentationTask(RecipeTask):
         super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
         self.model: ViTSegmenter = instantiate(model, _convert_="all")
         self.pretrained = pretrained
-        self.val_metrics = segmentation_metrics(self.model.num_classes, "val/")
-        self.test_metrics = segmentation_metrics(self.model.num_classes, "test/")
+        self.ignore_index = ignore_index
+        self.val_metrics = segmentation_metrics(self.model.num_classes, "val/", ignore_index)
+        self.test_metrics = segmentation_metrics(self.model.num_classes, "test/", ignore_index)
 
     def setup(self, stage: str) -> None:
         # a resumed run restores its own weights: the pretrained file is not needed again
@@ -66,9 +76,12 @@ class SegmentationTask(RecipeTask):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
+    def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, masks, ignore_index=self.ignore_index)
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         images, masks = batch
-        loss = F.cross_entropy(self(images), masks)
+        loss = self.loss(self(images), masks)
         self.log_step("train/loss", loss, prog_bar=True)
         return self.finite_or_stop(loss, batch_idx)
 
@@ -78,7 +91,7 @@ class SegmentationTask(RecipeTask):
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         # update only: Lightning computes the metrics over the whole epoch
         metrics.update(logits, masks)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, masks), prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/loss", self.loss(logits, masks), prog_bar=True, sync_dist=True)
         self.log_dict(metrics, prog_bar=True)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
