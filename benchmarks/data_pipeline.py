@@ -173,12 +173,17 @@ def time_policies(img_size: int, count: int, rounds: int) -> dict[str, float]:
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_loader_arguments(parser: argparse.ArgumentParser) -> None:
+    """The loader benchmarks' arguments: the generated tree's size, the crop, batch and rounds."""
     parser.add_argument("--images", type=int, default=96, help="images per class (2 classes)")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_loader_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
 

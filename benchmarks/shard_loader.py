@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from data_pipeline import add_loader_arguments
 from litdata import StreamingDataset
 
 from vitlab.data.base import SplitsDataModule
@@ -49,10 +50,7 @@ def decode_ms(shards: Path) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=96, help="images per class (2 classes)")
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3)
+    add_loader_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
 

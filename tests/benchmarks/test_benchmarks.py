@@ -113,6 +113,7 @@ def test_shard_loader_prints_the_ratio_against_the_packed_folder(monkeypatch, ca
     # torch and LitData took most of this test's time
     arguments = ["--images", "4", "--img-size", "32", "--batch-size", "4", "--rounds", "1"]
     monkeypatch.setattr(sys, "argv", ["shard_loader.py", *arguments])
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as `python benchmarks/...` has it
     threads = torch.get_num_threads()  # the benchmark times one thread
     try:
         runpy.run_path(str(ROOT / "benchmarks" / "shard_loader.py"), run_name="__main__")
