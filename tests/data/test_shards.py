@@ -187,19 +187,16 @@ def test_a_run_resumed_mid_epoch_streams_on_from_where_it_stopped(shards, quiet_
         torch.testing.assert_close(a, b)
 
 
-def test_two_ranks_read_each_sample_exactly_once_per_epoch(shards: Path, tmp_path: Path):
-    trainer = L.Trainer(
-        accelerator="cpu",
+def test_two_ranks_read_each_sample_exactly_once_per_epoch(
+    shards: Path, quiet_trainer, tmp_path: Path
+):
+    trainer = quiet_trainer(
         devices=2,
         # two real processes over gloo, forked: no second start of Python and its imports
         strategy="ddp_fork",
         max_epochs=2,
         limit_val_batches=0,
         reload_dataloaders_every_n_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(RecordSamples(tmp_path), datamodule=shard_data(shards, epoch_seed=5))
     ranks = [json.loads((tmp_path / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
