@@ -24,8 +24,9 @@ from omegaconf import OmegaConf
 
 from vitlab.errors import UserError
 
-# the configs every Hydra app composes: the package's own (a wheel carries them)
-CONFIG_PATH = str(Path(__file__).resolve().parent / "conf")
+# the configs every Hydra app composes: the checkout's top-level conf/, which the package sees
+# through its conf link (a wheel carries the files themselves)
+CONFIG_PATH = str((Path(__file__).resolve().parent / "conf").resolve())
 
 DIRECTIONS = {"max": "maximize", "min": "minimize"}
 
