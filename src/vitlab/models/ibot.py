@@ -11,7 +11,18 @@ release (github.com/bytedance/ibot) computes it.
   resampled for crops of another size (local crops);
 - ``IBOTLoss``: the release's ``iBOTLoss``: teacher centering and sharpening, class-token
   cross-entropy across different views, patch cross-entropy on the masked positions of the same
-  view, centers all-reduced across processes.
+  view, centers all-reduced across processes;
+- ``IBOT``: the architecture (dinov2's ``SSLMetaArch`` in shape): student, EMA teacher, heads,
+  masking and loss, ``forward(views, cls_temp, patch_temp) -> losses``; the task
+  (``vitlab.tasks.ibot``) keeps the schedules and the logging.
+
+Collapse diagnostics (``target_entropy``, ``mean_target_entropy``, ``feature_cosine``, logged as
+``train/ibot/teacher_entropy``, ``teacher_mean_entropy``, ``feature_cosine``), on the teacher's
+centred and sharpened class-token targets over K prototypes and its class-token features: a
+uniform collapse (every target flat) shows a target entropy near ln K; a one-hot collapse
+(every image onto the same prototype) a batch-mean entropy near 0 and a feature cosine near 1.
+Healthy training has a low per-image entropy (confident targets) and a high batch-mean entropy
+(different images on different prototypes).
 """
 
 from __future__ import annotations
