@@ -3,9 +3,9 @@ on the same images (lower is better).
 
 Each step is forward + backward + AdamW (fused) on the same batch of images, measured in the
 same process, in alternation (``mae_vs_supervised.median_step_seconds``). iBOT's step is
-the task's own (``IBOTTask.losses``: the teacher on the 2 global views, the student on them with
-block masks and on ``--local-crops`` local views, the recipe's 8192-prototype head) plus the
-teacher's EMA update; its views of each image are 2 global crops at the model's size and the
+its architecture's (``vitlab.models.ibot.IBOT`` with experiment=ibot_vit_s's task arguments:
+the teacher on the 2 global views, the student on them with block masks and on
+``--local-crops`` local views, the recipe's 8192-prototype head) plus the teacher's EMA update; its views of each image are 2 global crops at the model's size and the
 local ones at 96 px, as the ImageNet recipes make them. MAE's is ``mae_vs_supervised``'s.
 Defaults finish in about a minute on a CPU:
 
@@ -16,13 +16,18 @@ Defaults finish in about a minute on a CPU:
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from device_timing import add_timing_arguments, is_cuda, warm_up
+from hydra import compose, initialize_config_dir
 from mae_vs_supervised import ENCODERS, build_models, median_step_seconds, train_step
+from omegaconf import OmegaConf
 
-from vitlab.tasks.ibot import IBOTTask
+from vitlab.cli import CONFIG_PATH
+from vitlab.models.ibot import IBOT
+from vitlab.models.vit import VisionTransformer
 
 LOCAL_SIZE = 96
 
@@ -36,17 +41,29 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def build_ibot(args: argparse.Namespace) -> IBOTTask:
-    """The ImageNet recipe's task (conf/experiment/ibot_vit_s.yaml) on ``args.device``."""
-    model = {
-        "_target_": "vitlab.models.vit.VisionTransformer",
-        "img_size": args.img_size,
-        "drop_path_rate": 0.1,
-        **ENCODERS[args.model],
-    }
-    optimizer = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 5e-4}
+def ibot_recipe() -> dict[str, Any]:
+    """experiment=ibot_vit_s's task arguments (conf/task/ibot.yaml and the experiment's)."""
+    with initialize_config_dir(CONFIG_PATH, version_base=None):
+        task = compose("train", overrides=["experiment=ibot_vit_s"]).task
+    return OmegaConf.to_container(task)
+
+
+def build_ibot(args: argparse.Namespace, recipe: dict[str, Any]) -> IBOT:
+    """The ImageNet recipe's architecture over ``ENCODERS[args.model]``, on ``args.device``."""
     with torch.device(args.device):
-        return IBOTTask(model, optimizer, head={"norm_last_layer": False})
+        encoder = VisionTransformer(
+            img_size=args.img_size, num_classes=0, drop_path_rate=0.1, **ENCODERS[args.model]
+        )
+        return IBOT(
+            encoder,
+            recipe["head"],
+            recipe["masking"],
+            recipe["patch_objective"],
+            recipe["lambda_cls"],
+            recipe["lambda_patch"],
+            recipe["student_temp"],
+            recipe["center_momentum"],
+        )
 
 
 def main() -> None:
@@ -64,7 +81,9 @@ def main() -> None:
         torch.device(args.device).type, dtype=torch.bfloat16, enabled=is_cuda(args.device)
     )
     supervised, mae = build_models(args.model, args.img_size, args.device)
-    ibot = build_ibot(args)
+    recipe = ibot_recipe()
+    ibot = build_ibot(args, recipe)
+    temperatures = recipe["warmup_teacher_temp"], recipe["warmup_teacher_patch_temp"]
 
     def supervised_loss() -> torch.Tensor:
         with autocast:
@@ -77,13 +96,13 @@ def main() -> None:
     def ibot_loss() -> torch.Tensor:
         masks = ibot.draw_masks(global_views)
         with autocast:
-            return ibot.losses(global_views, local_views, masks)["loss"]
+            return ibot([*global_views, *local_views], *temperatures, masks=masks)["loss"]
 
     ibot_train = train_step(ibot, ibot_loss)
 
     def ibot_step() -> None:
         ibot_train()
-        ibot.teacher.update(ibot.student())
+        ibot.update_teacher(recipe["momentum_teacher"])
 
     steps = {
         "supervised": train_step(supervised, supervised_loss),

@@ -223,3 +223,11 @@ def module_cli(tmp_path_factory: pytest.TempPathFactory) -> CLI:
     """One fresh copy shared by a module's tests, for commands that build on each other."""
     folder = tmp_path_factory.mktemp("module")
     return CLI(fresh_copy(folder / "repo"), folder / "home")
+
+
+@pytest.fixture
+def ibot_recipe() -> dict[str, Any]:
+    """conf/task/ibot.yaml's arguments as the task receives them (``model`` still ``${model}``)."""
+    recipe = OmegaConf.to_container(OmegaConf.load(CONF / "task" / "ibot.yaml"))
+    recipe.pop("_target_")
+    return recipe

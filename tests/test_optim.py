@@ -132,6 +132,7 @@ def test_schedule_drives_lambda_lr_per_group_scale():
         "min_ratio": 0.0,
         "start_ratio": 0.0,
         "warmup_prefix": True,
+        "warmup_endpoint": False,
     }
 
 

@@ -103,6 +103,10 @@ class WarmupCosine:
       start, so the peak is never quite reached: timm's default, with which DeiT's ``main.py``
       builds its per-epoch schedule (``create_scheduler``).
 
+    ``warmup_endpoint`` ends the warmup at the peak on its last step, as
+    ``np.linspace(start, peak, warmup_steps)`` does (DINO's and iBOT's ``cosine_scheduler``),
+    one step before the peak of the default warmup.
+
     A plain picklable callable for ``LambdaLR``, so scheduler state resumes exactly.
     """
 
@@ -111,10 +115,12 @@ class WarmupCosine:
     min_ratio: float = 0.0
     start_ratio: float = 0.0
     warmup_prefix: bool = True
+    warmup_endpoint: bool = False
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return self.start_ratio + (1 - self.start_ratio) * step / self.warmup_steps
+            span = self.warmup_steps - 1 if self.warmup_endpoint else self.warmup_steps
+            return self.start_ratio + (1 - self.start_ratio) * (step / span if span > 0 else 0.0)
         start = self.warmup_steps if self.warmup_prefix else 0
         progress = min(1.0, (step - start) / max(1, self.total_steps - start))
         return self.min_ratio + (1 - self.min_ratio) * self.decay(progress)

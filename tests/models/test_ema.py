@@ -54,3 +54,25 @@ def test_set_restarts_the_average_at_the_models_weights(tiny_vit):
 def test_a_decay_outside_zero_to_one_is_refused(tiny_vit):
     with pytest.raises(ValueError, match=r"decay must be in \[0, 1\), got 1.0"):
         ModelEma(tiny_vit(), 1.0)
+
+
+@pytest.mark.parametrize("average_buffers", [True, False])
+def test_buffers_are_averaged_as_timms_or_left_to_the_average(average_buffers):
+    # timm's ModelEmaV2 (DeiT) averages BatchNorm statistics too; DINO's and iBOT's teacher
+    # averages the parameters only and keeps the statistics of its own forward passes
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8))
+    ours = ModelEma(model, 0.9, average_buffers=average_buffers)
+    reference = ModelEmaV2(model, decay=0.9)
+    model(torch.randn(16, 4) + 3)  # the model's statistics move
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    buffers = {name: tensor.clone() for name, tensor in ours.module.named_buffers()}
+    ours.update(model)
+    reference.update(model)
+    expected = reference.module.state_dict()
+    for name, param in ours.module.named_parameters():
+        torch.testing.assert_close(param, expected[name], rtol=0, atol=0, msg=name)
+    for name, buffer in ours.module.named_buffers():
+        torch.testing.assert_close(buffer, expected[name] if average_buffers else buffers[name])
+    assert not torch.equal(buffers["1.running_mean"], expected["1.running_mean"])

@@ -11,23 +11,37 @@ release (github.com/bytedance/ibot) computes it.
   resampled for crops of another size (local crops);
 - ``IBOTLoss``: the release's ``iBOTLoss``: teacher centering and sharpening, class-token
   cross-entropy across different views, patch cross-entropy on the masked positions of the same
-  view, centers all-reduced across processes.
+  view, centers all-reduced across processes;
+- ``IBOT``: the architecture (dinov2's ``SSLMetaArch`` in shape): student, EMA teacher, heads,
+  masking and loss, ``forward(views, cls_temp, patch_temp) -> losses``; the task
+  (``vitlab.tasks.ibot``) keeps the schedules and the logging.
+
+Collapse diagnostics (``target_entropy``, ``mean_target_entropy``, ``feature_cosine``, logged as
+``train/ibot/teacher_entropy``, ``teacher_mean_entropy``, ``feature_cosine``), on the teacher's
+centred and sharpened class-token targets over K prototypes and its class-token features: a
+uniform collapse (every target flat) shows a target entropy near ln K; a one-hot collapse
+(every image onto the same prototype) a batch-mean entropy near 0 and a feature cosine near 1.
+Healthy training has a low per-image entropy (confident targets) and a high batch-mean entropy
+(different images on different prototypes).
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
+from torchvision.ops import StochasticDepth
 
 from vitlab.errors import UserError
+from vitlab.models.ema import ModelEma
 from vitlab.models.pos_embed import resample
 from vitlab.models.vit import VisionTransformer, init_linear_and_norm, patch_grid
 
@@ -35,6 +49,8 @@ from vitlab.models.vit import VisionTransformer, init_linear_and_norm, patch_gri
 ASPECT_RATIO = (0.3, 1 / 0.3)
 # BEiT's masking generator: up to 10 tries per block
 BLOCK_ATTEMPTS = 10
+# the release's interpolate_pos_encoding scales the table by (new + 0.1) / old per axis
+INTERPOLATE_OFFSET = 0.1
 
 
 def block_mask(
@@ -49,9 +65,9 @@ def block_mask(
     Blocks of area uniform in [(min(H, W) // 3) ** 2, what is left to mask] and log-uniform
     aspect ratio are added while they add at least one patch without passing the target; the
     loop stops at the target or after 10 fruitless tries, so the masked count may fall short of
-    it and never exceeds it."""
+    it and never exceeds it. Drawn in numpy, as the release does (no torch op per block)."""
     height, width = grid
-    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask = np.zeros((height, width), dtype=bool)
     high = ratio * height * width
     log_aspect = (math.log(aspect_ratio[0]), math.log(aspect_ratio[1]))
     count = 0
@@ -70,14 +86,14 @@ def block_mask(
                 block = mask[top : top + h, left : left + w]
                 added = h * w - int(block.sum())
                 if 0 < added <= max_mask:
-                    block.fill_(True)
+                    block[...] = True
                     delta += added
             if delta > 0:
                 break
         if delta == 0:
             break
         count += delta
-    return mask
+    return torch.from_numpy(mask)
 
 
 class MaskGenerator:
@@ -91,9 +107,9 @@ class MaskGenerator:
 
     def __init__(
         self,
-        ratios: Sequence[float] = (0.0, 0.3),
-        ratio_vars: Sequence[float] = (0.0, 0.2),
-        shape: str = "block",
+        ratios: Sequence[float],
+        ratio_vars: Sequence[float],
+        shape: Literal["block", "rand"],
     ):
         if len(ratios) != len(ratio_vars):
             raise ValueError(
@@ -131,9 +147,9 @@ class MaskGenerator:
                 masks.append(block_mask(grid, ratio, rng).flatten())
             else:
                 count = int(ratio * grid[0] * grid[1])
-                mask = torch.zeros(grid[0] * grid[1], dtype=torch.bool)
+                mask = np.zeros(grid[0] * grid[1], dtype=bool)
                 mask[rng.sample(range(len(mask)), count)] = True
-                masks.append(mask)
+                masks.append(torch.from_numpy(mask))
         return torch.stack(masks)
 
 
@@ -161,7 +177,7 @@ def encode(
     if mask is not None:
         tokens = torch.where(mask[..., None], mask_token.to(tokens.dtype), tokens)
     if vit.pos_embed is not None:
-        table = resample(vit.pos_embed, grid, vit.num_prefix_tokens)
+        table = resample(vit.pos_embed, grid, vit.num_prefix_tokens, INTERPOLATE_OFFSET)
         tokens = tokens + table[:, vit.num_prefix_tokens :]
     tokens = vit.pos_drop(vit.prepend_cls(tokens))
     return vit.norm(vit.blocks(tokens))
@@ -173,34 +189,37 @@ class IBOTHead(nn.Module):
     weight-normalised Linear without bias onto ``out_dim`` prototypes, its norm fixed at 1 with
     ``norm_last_layer``. The class token goes through ``last_layer``, the patch tokens through
     the same layer (``shared``) or their own ``last_layer2`` (``patch_out_dim`` prototypes).
-    ``norm="bn"`` puts a BatchNorm after each hidden Linear (the release's ``--norm_in_head
-    bn``; statistics over every token of the batch; ``trainer.sync_batchnorm`` under DDP).
+    ``norm="bn"`` puts one BatchNorm after every hidden Linear, the same module each time, as the
+    release's ``DINOHead`` builds it (``--norm_in_head bn``; statistics over every token of the
+    batch; ``trainer.sync_batchnorm`` under DDP).
 
-    Checkpoint names follow the release's (``mlp.N``, ``last_layer``); the weight norm is torch's
-    parametrization (``last_layer.parametrizations.weight.original0`` is the release's
-    ``weight_g``, ``original1`` its ``weight_v``).
+    Checkpoint names follow the release's (``mlp.N``, ``last_layer``; the shared BatchNorm under
+    each of its positions); the weight norm is torch's parametrization
+    (``last_layer.parametrizations.weight.original0`` is the release's ``weight_g``,
+    ``original1`` its ``weight_v``).
     """
 
     def __init__(
         self,
         in_dim: int,
-        out_dim: int = 8192,
-        patch_out_dim: int = 8192,
-        hidden_dim: int = 2048,
-        bottleneck_dim: int = 256,
-        num_layers: int = 3,
-        norm_last_layer: bool = True,
-        shared: bool = True,
-        norm: Literal["bn"] | None = None,
+        out_dim: int,
+        patch_out_dim: int,
+        hidden_dim: int,
+        bottleneck_dim: int,
+        num_layers: int,
+        norm_last_layer: bool,
+        shared: bool,
+        norm: Literal["bn"] | None,
     ):
         super().__init__()
         if norm not in ("bn", None):
             raise ValueError(f"head norm must be 'bn' or null, got {norm!r}")
+        self.batch_norm = norm == "bn"
+        shared_norm = [nn.BatchNorm1d(hidden_dim)] if self.batch_norm else []
         dims = [in_dim] + [hidden_dim] * (num_layers - 1)
         layers: list[nn.Module] = []
         for fan_in, fan_out in zip(dims[:-1], dims[1:], strict=True):
-            batch_norm = [nn.BatchNorm1d(fan_out)] if norm == "bn" else []
-            layers += [nn.Linear(fan_in, fan_out), *batch_norm, nn.GELU()]
+            layers += [nn.Linear(fan_in, fan_out), *shared_norm, nn.GELU()]
         self.mlp = nn.Sequential(*layers, nn.Linear(dims[-1], bottleneck_dim))
         self.mlp.apply(init_linear_and_norm)
         self.last_layer = prototypes(bottleneck_dim, out_dim, norm_last_layer)
@@ -220,9 +239,12 @@ class IBOTHead(nn.Module):
         patch_layer = self.last_layer if self.last_layer2 is None else self.last_layer2
         return self.last_layer(projected[:, 0]), patch_layer(projected[:, 1:])
 
-    def forward_cls(self, cls: torch.Tensor) -> torch.Tensor:
-        """(B, D) class tokens -> (B, out_dim): the head of the local crops (no patch output)."""
-        return self.last_layer(F.normalize(self.project(cls), dim=-1, p=2))
+    def forward_cls(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + N, D) tokens -> class logits (B, out_dim): the local crops' head. The MLP
+        sees the class tokens only; with BatchNorm, every token, as the release's head does (its
+        statistics are those of all tokens), though only the class logits are used."""
+        seen = tokens if self.batch_norm else tokens[:, :1]
+        return self.last_layer(F.normalize(self.project(seen)[:, 0], dim=-1, p=2))
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """The MLP on the last dimension (BatchNorm over every leading position)."""
@@ -257,20 +279,19 @@ class IBOTLoss(nn.Module):
     logits against the teacher's for the same (unmasked) view, averaged over that image's masked
     positions (images without masked patches add zero), then over images and views. Each is
     weighted (``lambda_cls``, ``lambda_patch``; 0 turns it off). The centers are updated after
-    every call with momentum ``center_momentum`` (0.9) from the batch mean of the teacher
-    outputs (patch center: over the mean of each image's patch outputs), summed over every
-    process.
+    every call with momentum ``center_momentum`` from the batch mean of the teacher outputs
+    (patch center: over the mean of each image's patch outputs), summed over every process.
     """
 
     def __init__(
         self,
         out_dim: int,
         patch_out_dim: int,
-        student_temp: float = 0.1,
-        center_momentum: float = 0.9,
-        patch_center_momentum: float = 0.9,
-        lambda_cls: float = 1.0,
-        lambda_patch: float = 1.0,
+        student_temp: float,
+        center_momentum: float,
+        patch_center_momentum: float,
+        lambda_cls: float,
+        lambda_patch: float,
     ):
         super().__init__()
         self.student_temp = student_temp
@@ -280,6 +301,14 @@ class IBOTLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("patch_center", torch.zeros(1, 1, patch_out_dim))
 
+    def target(
+        self, teacher: torch.Tensor, temp: float, center: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The teacher's centred, sharpened distribution ``softmax((teacher - center) / temp)``
+        (the class center unless another is given), without gradient."""
+        center = self.center if center is None else center
+        return F.softmax((teacher - center) / temp, dim=-1).detach()
+
     def cross_entropy(
         self,
         student: torch.Tensor,
@@ -287,10 +316,8 @@ class IBOTLoss(nn.Module):
         temp: float,
         center: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``-sum(softmax((teacher - center) / temp) * log_softmax(student / student_temp))``
-        over the last dimension (the class center unless another is given)."""
-        center = self.center if center is None else center
-        target = F.softmax((teacher - center) / temp, dim=-1).detach()
+        """``-sum(target * log_softmax(student / student_temp))`` over the last dimension."""
+        target = self.target(teacher, temp, center)
         return torch.sum(-target * F.log_softmax(student / self.student_temp, dim=-1), dim=-1)
 
     def cls_loss(
@@ -342,3 +369,205 @@ class IBOTLoss(nn.Module):
             dist.all_reduce(batch_sum)
             count *= dist.get_world_size()
         return center * momentum + (batch_sum / count).view_as(center) * (1 - momentum)
+
+
+# --- collapse diagnostics ------------------------------------------------------------------------
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """``-sum(p * ln p)`` over the last dimension (0 ln 0 = 0), in nats."""
+    return -torch.special.xlogy(probs, probs).sum(-1)
+
+
+def target_entropy(targets: torch.Tensor) -> torch.Tensor:
+    """The mean entropy of (B, K) target distributions: ln K when every target is uniform."""
+    return entropy(targets.float()).mean()
+
+
+def mean_target_entropy(targets: torch.Tensor) -> torch.Tensor:
+    """The entropy of the batch's mean target: 0 when every image gets the same one-hot one."""
+    return entropy(targets.float().mean(0))
+
+
+def feature_cosine(features: torch.Tensor) -> torch.Tensor:
+    """The mean cosine similarity between the (B, D) features of different rows (the
+    diagonal left out): 1 when every image has the same feature direction."""
+    unit = F.normalize(features.float(), dim=-1)
+    gram, count = unit @ unit.T, len(unit)
+    return (gram.sum() - gram.diagonal().sum()) / (count * (count - 1))
+
+
+# --- the architecture -----------------------------------------------------------------------------
+
+
+class IBOT(nn.Module):
+    """iBOT's architecture (dinov2's ``SSLMetaArch`` in shape): the student (``model``, a ViT
+    encoder; ``head``; the ``mask_token`` of its input; ``pixel_head`` with
+    ``patch_objective="pixel"``), its EMA teacher (``teacher.module.{backbone,head}``: no
+    gradient, no drop path, the parameters averaged and its own BatchNorm statistics, as the
+    release's), the blockwise ``masking`` of the global views and the ``loss`` with its centers.
+
+    ``forward(views, cls_temp, patch_temp)`` returns the losses of a batch of multi-crop views
+    and the teacher's collapse diagnostics; the caller owns the schedules (teacher temperatures
+    and momentum: ``update_teacher`` after each optimizer step). ``patch_objective``:
+    ``distill`` (the teacher's patch outputs, iBOT), ``pixel`` (the masked patches' pixels, a
+    linear head and MSE) or None (no masking, no patch loss: DINO).
+
+    Its state dict is the layout of an iBOT checkpoint: the student encoder as ``model.*``,
+    which fine-tuning, probing and k-NN load.
+    """
+
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        head: Mapping[str, Any],
+        masking: Mapping[str, Any],
+        patch_objective: Literal["distill", "pixel"] | None,
+        lambda_cls: float,
+        lambda_patch: float,
+        student_temp: float,
+        center_momentum: float,
+    ):
+        super().__init__()
+        if patch_objective not in ("distill", "pixel", None):
+            raise ValueError(
+                f"patch_objective must be 'distill', 'pixel' or null, got {patch_objective!r}"
+            )
+        if lambda_cls == 0 and (patch_objective is None or lambda_patch == 0):
+            raise ValueError("lambda_cls and lambda_patch are both off: nothing to train")
+        if encoder.global_pool != "token":
+            raise ValueError("iBOT distils the class token: the model needs global_pool=token")
+        dim = encoder.embed_dim
+        self.model = encoder
+        head_config = dict(head)
+        if patch_objective != "distill":
+            head_config["shared"] = True  # no patch prototypes to train
+        self.head = IBOTHead(dim, **head_config)
+        self.patch_objective = patch_objective
+        self.masking = MaskGenerator(**masking)
+        self.mask_token = nn.Parameter(torch.zeros(1, dim)) if patch_objective else None
+        patch_h, patch_w = encoder.patch_embed.patch_size
+        in_chans = encoder.patch_embed.proj.in_channels
+        self.pixel_head = (
+            nn.Linear(dim, patch_h * patch_w * in_chans) if patch_objective == "pixel" else None
+        )
+        # the momentum is the caller's schedule, given at every update_teacher
+        self.teacher = ModelEma(self.student(), 0.0, average_buffers=False)
+        for module in self.teacher.modules():
+            if isinstance(module, StochasticDepth | nn.Dropout):
+                module.p = 0.0
+        self.loss = IBOTLoss(
+            self.head.last_layer.out_features,
+            self.head.patch_out_dim,
+            student_temp,
+            center_momentum,
+            center_momentum,
+            lambda_cls,
+            lambda_patch,
+        )
+
+    def student(self) -> nn.ModuleDict:
+        """The trained networks as the teacher mirrors them (built on the fly: registered once,
+        under ``model`` and ``head``, their checkpoint keys stay the loaders')."""
+        return nn.ModuleDict({"backbone": self.model, "head": self.head})
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """``teacher = momentum * teacher + (1 - momentum) * student``, parameter by parameter."""
+        self.teacher.decay = momentum
+        self.teacher.update(self.student())
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The student's class token after its final norm (k-NN, linear probing)."""
+        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
+    @staticmethod
+    def split_views(views: Sequence[torch.Tensor]) -> tuple[list, list]:
+        """Global views (those of the first view's size), then the local ones."""
+        if isinstance(views, torch.Tensor):
+            raise UserError(
+                "task=ibot trains on multi-crop views: set data.multi_crop (the ibot experiments "
+                "do, e.g. experiment=digits_ibot)"
+            )
+        size = views[0].shape[-2:]
+        num_global = next((i for i, v in enumerate(views) if v.shape[-2:] != size), len(views))
+        return list(views[:num_global]), list(views[num_global:])
+
+    def draw_masks(
+        self, global_views: Sequence[torch.Tensor], rng: random.Random | None = None
+    ) -> list[torch.Tensor] | None:
+        """One (B, N) mask per global view (None without a patch objective)."""
+        if self.patch_objective is None:
+            return None
+        grid = self.model.patch_embed.grid_size
+        return [
+            self.masking(len(v), grid, rng).to(v.device, non_blocking=True) for v in global_views
+        ]
+
+    def patch_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, C * patch_h * patch_w): each patch's pixels."""
+        patch = self.model.patch_embed.patch_size
+        return F.unfold(images, patch, stride=patch).transpose(1, 2)
+
+    def forward(
+        self,
+        views: Sequence[torch.Tensor],
+        cls_temp: float,
+        patch_temp: float,
+        masks: Sequence[torch.Tensor] | None = None,
+        same_view: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """The losses of a batch of multi-crop ``views`` (global views first): ``loss`` (the
+        weighted sum), ``cls``, ``patch``; and the teacher's collapse diagnostics on the global
+        views' class token (``teacher_entropy``, ``teacher_mean_entropy``, ``feature_cosine``).
+
+        The teacher sees the global views unmasked; the student sees them with ``mask_token``
+        where ``masks`` (drawn when not given) are True, and the local views, all in one batch,
+        unmasked. In training mode the centers move toward this batch's teacher outputs.
+        ``same_view`` (validation, one view): the class token is distilled from the teacher's
+        output for the same view."""
+        global_views, local_views = self.split_views(views)
+        if masks is None:
+            masks = self.draw_masks(global_views)
+        num = len(global_views)
+        images = torch.cat(global_views)
+        mask = torch.cat(list(masks)) if masks is not None else None
+        with torch.no_grad():
+            teacher_tokens = encode(self.teacher.module.backbone, images)
+            teacher_cls, teacher_patch = self.teacher.module.head(teacher_tokens)
+            targets = self.loss.target(teacher_cls, cls_temp)
+            diagnostics = {
+                "teacher_entropy": target_entropy(targets),
+                "teacher_mean_entropy": mean_target_entropy(targets),
+                "feature_cosine": feature_cosine(teacher_tokens[:, 0]),
+            }
+        tokens = encode(self.model, images, mask, self.mask_token)
+        student_cls, student_patch = self.head(tokens)
+        zero = tokens.new_zeros(())
+        cls_loss, patch_loss = zero, zero
+        if self.loss.lambda_cls > 0:
+            if same_view:
+                cls_loss = self.loss.cross_entropy(student_cls, teacher_cls, cls_temp).mean()
+            else:
+                local_cls = (
+                    self.head.forward_cls(encode(self.model, torch.cat(local_views))).chunk(
+                        len(local_views)
+                    )
+                    if local_views
+                    else ()
+                )
+                student_views = [*student_cls.chunk(num), *local_cls]
+                cls_loss = self.loss.cls_loss(student_views, teacher_cls.chunk(num), cls_temp)
+        if self.patch_objective == "distill" and self.loss.lambda_patch > 0:
+            patch_loss = self.loss.patch_loss(
+                student_patch.chunk(num), teacher_patch.chunk(num), masks, patch_temp
+            )
+        elif self.patch_objective == "pixel" and self.loss.lambda_patch > 0:
+            pred = self.pixel_head(tokens[:, 1:]).float()
+            per_patch = (pred - self.patch_pixels(images).float()).pow(2).mean(-1)
+            patch_loss = (per_patch * mask).sum() / mask.sum().clamp(min=1.0)
+        if self.training:
+            distilled = teacher_patch if self.patch_objective == "distill" else None
+            self.loss.update_center(teacher_cls, distilled)
+        loss = self.loss.lambda_cls * cls_loss + self.loss.lambda_patch * patch_loss
+        return {"loss": loss, "cls": cls_loss, "patch": patch_loss} | diagnostics

@@ -55,9 +55,16 @@ def sincos_2d(embed_dim: int, grid_size: tuple[int, int], cls_token: bool = Fals
 
 
 def resample(
-    pos_embed: torch.Tensor, new_grid: tuple[int, int], num_prefix_tokens: int = 1
+    pos_embed: torch.Tensor,
+    new_grid: tuple[int, int],
+    num_prefix_tokens: int = 1,
+    offset: float = 0.0,
 ) -> torch.Tensor:
-    """Resample a (1, prefix + H*W, D) table to a new (H', W') grid, bicubic; prefix tokens kept."""
+    """Resample a (1, prefix + H*W, D) table to a new (H', W') grid, bicubic; prefix tokens kept.
+
+    ``offset`` > 0 interpolates as DINO's and iBOT's ``interpolate_pos_encoding`` do: by a scale
+    factor of ``(new + offset) / old`` per axis, which samples the table at slightly other
+    places than a resize to the new size (timm's ``resample_abs_pos_embed``, ``offset`` 0)."""
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     old_side = int(round(grid.shape[1] ** 0.5))
     if old_side * old_side != grid.shape[1]:
@@ -66,7 +73,11 @@ def resample(
         return pos_embed
     dim = grid.shape[-1]
     grid = grid.reshape(1, old_side, old_side, dim).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
+    if offset:
+        scale = tuple((new + offset) / old_side for new in new_grid)
+        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", align_corners=False)
+    else:
+        grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], dim)
     return torch.cat([prefix, grid.to(prefix.dtype)], dim=1)
 
