@@ -405,10 +405,14 @@ class VisionTransformer(PatchTokens, nn.Module):
         pooled = self.head_drop(self.fc_norm(pooled))
         return pooled if pre_logits else self.head(pooled)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def pre_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled features the head reads, (B, D): what k-NN and probes classify."""
         # token pooling reads the class token only: the patch tokens' last update is skipped
         cls_only = self.global_pool == "token" and self.depth > 0
-        return self.forward_head(self.forward_features(images, cls_only=cls_only))
+        return self.forward_head(self.forward_features(images, cls_only=cls_only), pre_logits=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pre_logits(images))
 
     @torch.no_grad()
     def attention_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
