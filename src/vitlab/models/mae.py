@@ -161,7 +161,7 @@ class MaskedAutoencoderViT(PatchTokens, nn.Module):
         """Encoded [cls, visible patches] (B, 1 + N_visible, D), the mask and restore indices."""
         num_patches = self.patch_embed.num_patches
         keep, mask, ids_restore = random_masking(
-            len(images), num_patches, mask_ratio, images.device, generator
+            images.shape[0], num_patches, mask_ratio, images.device, generator
         )
         latent = self.norm(self.blocks(self.prepare_tokens(images, keep=keep)))
         return latent, mask, ids_restore

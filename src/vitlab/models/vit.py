@@ -253,7 +253,7 @@ class PatchTokens:
         patches = self.patch_embed(images)
         if mask is not None:
             patches = torch.where(mask[..., None], mask_token.to(patches.dtype), patches)
-        cls = self.cls_token.expand(len(images), -1, -1)
+        cls = self.cls_token.expand(images.shape[0], -1, -1)  # len() would fix the batch in export
         tokens = self.position.add(torch.cat([cls, patches], dim=1), self.pos_embed, grid)
         if keep is not None:
             prefix, patches = (
