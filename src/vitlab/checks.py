@@ -29,7 +29,8 @@ HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_a
 def check_model(model_cfg: DictConfig) -> None:
     """Architecture checks that would otherwise fail deep inside instantiation."""
     try:
-        patch_grid(model_cfg.img_size, model_cfg.patch_size)
+        if "patch_size" in model_cfg:  # a ViT (a CNN takes any size)
+            patch_grid(model_cfg.img_size, model_cfg.patch_size)
     except ValueError as error:
         raise UserError(f"model: {error}") from None
     pos_embed = model_cfg.get("pos_embed", "learned")

@@ -1,6 +1,7 @@
 """The k-NN monitor against scikit-learn's KNeighborsClassifier on the same features: DINO's
 temperature-weighted vote (a distance-weight function of sklearn's cosine distance) and the
-plain vote; under a real Trainer, the logged accuracy is sklearn's on the model's features."""
+plain vote; under a real Trainer, the logged accuracy is sklearn's on the model's features;
+every task's features, and the pretraining encoders, made by the ViT's one token path."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from sklearn.neighbors import KNeighborsClassifier
 from vitlab.callbacks.knn import KNNMonitor, knn_predict
 from vitlab.data.digits import DigitsDataModule
 from vitlab.errors import UserError
+from vitlab.models.ibot import encode
+from vitlab.models.vit import PatchTokens
+from vitlab.tasks.base import build_task
 from vitlab.tasks.classification import ClassificationTask
 
 
@@ -70,3 +74,41 @@ def test_the_logged_accuracy_is_sklearns_on_the_models_features(
 def test_a_task_without_features_is_refused_with_the_callback_named():
     with pytest.raises(UserError, match="callbacks.knn: Linear has no features"):
         KNNMonitor().setup(None, torch.nn.Linear(1, 1), "fit")
+
+
+def zero_every_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A change of ``prepare_tokens``: every token it makes zeroed, so whatever is computed
+    from its tokens no longer depends on the images."""
+    prepare = PatchTokens.prepare_tokens
+    monkeypatch.setattr(
+        PatchTokens, "prepare_tokens", lambda self, *args, **kw: 0 * prepare(self, *args, **kw)
+    )
+
+
+@pytest.mark.parametrize("task", ["classification", "mae_pretrain", "ibot"])
+def test_features_and_pretraining_encoders_take_their_tokens_from_prepare_tokens(
+    compose_config, monkeypatch, task
+):
+    """k-NN's features of every task with an encoder of its own, MAE's encoder (visible
+    patches) and iBOT's (masked patches, local crops) change with ``prepare_tokens``."""
+    torch.manual_seed(0)
+    module = build_task(compose_config(f"task={task}").task).eval()
+    images = torch.randn(2, 1, 8, 8)
+    vit = module.model
+
+    def outputs() -> list[torch.Tensor]:
+        with torch.no_grad():
+            made = [module.features(images)]
+            if task == "mae_pretrain":
+                made.append(vit.forward_encoder(images, 0.5, torch.Generator().manual_seed(0))[0])
+            if task == "ibot":
+                mask = torch.rand(2, 16, generator=torch.Generator().manual_seed(0)) < 0.5
+                made += [
+                    encode(vit, images, mask, torch.randn(vit.embed_dim)),
+                    encode(vit, images[..., :4, :4]),
+                ]
+            return made
+
+    assert all(not torch.allclose(out[0], out[1]) for out in outputs())
+    zero_every_token(monkeypatch)
+    assert all(torch.allclose(out[0], out[1]) for out in outputs())

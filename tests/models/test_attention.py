@@ -12,7 +12,7 @@ def test_attention_maps_match_a_plain_softmax_of_scaled_query_key_products(tiny_
     images = torch.randn(2, 1, 8, 8)
     maps = model.attention_maps(images)
     assert len(maps) == 3 and maps[0].shape == (2, 4, 17, 17)
-    tokens = model.prepend_cls(model.embed(images))
+    tokens = model.prepare_tokens(images)
     for block, attention in zip(model.blocks, maps, strict=True):
         x = block.norm1(tokens)
         weight, bias = block.attn.qkv.weight, block.attn.qkv.bias

@@ -282,7 +282,7 @@ def release_interpolate_pos_encoding(pos_embed: torch.Tensor, h: int, w: int) ->
 def test_the_position_table_is_interpolated_as_the_releases(side, crop):
     torch.manual_seed(0)
     table = torch.randn(1, 1 + side * side, 24)
-    ours = resample(table, crop, 1, INTERPOLATE_OFFSET)
+    ours = resample(table, crop, 1, offset=INTERPOLATE_OFFSET)
     torch.testing.assert_close(ours, release_interpolate_pos_encoding(table, *crop))
     # a plain resize to the crop's grid samples elsewhere
     assert not torch.allclose(resample(table, crop, 1), ours)

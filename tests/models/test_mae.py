@@ -42,15 +42,17 @@ def test_random_masking_draws_and_keeps_what_the_releases_does(length: int, mask
     torch.manual_seed(0)
     expected = mae_release.random_masking(tokens, mask_ratio)
     torch.manual_seed(0)
-    actual = random_masking(tokens, mask_ratio)
+    keep, mask, ids_restore = random_masking(3, length, mask_ratio)
+    visible = tokens.gather(1, keep[..., None].expand(-1, -1, 4))
     names = ("visible", "mask", "ids_restore")
-    for name, value, reference in zip(names, actual, expected, strict=True):
+    for name, value, reference in zip(names, (visible, mask, ids_restore), expected, strict=True):
         torch.testing.assert_close(value, reference, rtol=0, atol=0, msg=name)
 
 
-def test_random_masking_returns_the_visible_tokens_and_how_to_restore_the_order():
+def test_random_masking_returns_the_kept_indices_and_how_to_restore_the_order():
     tokens = torch.arange(2 * 10, dtype=torch.float32).reshape(2, 10, 1)
-    visible, mask, ids_restore = random_masking(tokens, 0.6)
+    keep, mask, ids_restore = random_masking(2, 10, 0.6)
+    visible = tokens.gather(1, keep[..., None])
     assert visible.shape == (2, 4, 1)
     for sample in range(2):
         kept = tokens[sample, mask[sample] == 0, 0]
@@ -61,21 +63,44 @@ def test_random_masking_returns_the_visible_tokens_and_how_to_restore_the_order(
 
 
 def test_masks_differ_between_samples():
-    _, mask, _ = random_masking(torch.randn(8, 16, 4), 0.75)
+    _, mask, _ = random_masking(8, 16, 0.75)
     assert len({tuple(row.tolist()) for row in mask}) > 1
 
 
 def test_a_seeded_generator_draws_the_same_masks_and_leaves_the_global_rng_alone():
-    tokens = torch.randn(4, 16, 8)
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    first = random_masking(tokens, 0.75, seeded(5))
-    again = random_masking(tokens, 0.75, seeded(5))
-    other = random_masking(tokens, 0.75, seeded(6))
+    first = random_masking(4, 16, 0.75, generator=seeded(5))
+    again = random_masking(4, 16, 0.75, generator=seeded(5))
+    other = random_masking(4, 16, 0.75, generator=seeded(6))
     assert torch.equal(torch.rand(3), expected)
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not torch.equal(first[1], other[1])
+
+
+@pytest.mark.parametrize("pos_embed", ["sincos", "learned"])
+def test_the_encoder_takes_the_vits_prepared_tokens_of_the_visible_patches(
+    tiny_mae, tiny_vit, pos_embed
+):
+    """MAE's tokens are the encoder ViT's ``prepare_tokens`` with ``keep``, which equal the
+    release's: patches plus their position, gathered, after the class token plus its own."""
+    encoder = tiny_vit(pos_embed=pos_embed)
+    model = tiny_mae(encoder=encoder)
+    images = torch.randn(3, 1, 8, 8)
+    seen = []
+    model.blocks[0].register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    with torch.no_grad():
+        _, mask, ids_restore = model.forward_encoder(images, 0.75, seeded())
+    keep = ids_restore.argsort(dim=1)[:, :4]
+    assert torch.equal(mask.gather(1, keep), torch.zeros(3, 4))
+    with torch.no_grad():
+        expected = encoder.prepare_tokens(images, keep=keep)
+        patches = encoder.patch_embed(images) + encoder.pos_embed[:, 1:]
+        visible = patches.gather(1, keep[..., None].expand(-1, -1, 32))
+        cls = (encoder.cls_token + encoder.pos_embed[:, :1]).expand(3, -1, -1)
+    torch.testing.assert_close(seen[0], expected, rtol=0, atol=0)
+    torch.testing.assert_close(expected, torch.cat([cls, visible], dim=1), rtol=0, atol=0)
 
 
 def test_unpatchify_inverts_patchify(tiny_mae, tiny_vit):

@@ -7,6 +7,7 @@ from timm.models.twins import PosConv
 
 from vitlab.models.pos_embed import (
     POS_EMBEDS,
+    POSITION_ENCODINGS,
     PositionEncodingGenerator,
     resample,
     sincos_1d,
@@ -118,7 +119,7 @@ def test_a_conditional_vit_applies_the_peg_once_after_its_first_block(tiny_vit):
     images = torch.randn(2, 1, 8, 8)
     peg, model.blocks[0].peg = model.blocks[0].peg, None
     with torch.no_grad():
-        tokens = model.blocks[0](model.prepend_cls(model.embed(images)))
+        tokens = model.blocks[0](model.prepare_tokens(images))
         expected = model.norm(model.blocks[1:](peg(tokens)))
         unconditioned = model.forward_features(images)
         model.blocks[0].peg = peg
@@ -141,7 +142,7 @@ def test_attention_maps_reproduce_the_fused_attention_of_every_variant(tiny_vit,
                 param.normal_()
     images = torch.randn(2, 1, 8, 8)
     maps = model.attention_maps(images)
-    tokens = model.prepend_cls(model.embed(images))
+    tokens = model.prepare_tokens(images)
     with torch.no_grad():
         for block, weights in zip(model.blocks, maps, strict=True):
             x = block.norm1(tokens)
@@ -166,6 +167,19 @@ def test_position_parameters_are_exempt_from_weight_decay(tiny_vit):
     assert "blocks.1.attn.relative_position_bias_table" in relative
     conditional = tiny_vit(pos_embed="conditional").no_weight_decay()
     assert {"blocks.0.peg.proj.weight", "blocks.0.peg.proj.bias"} <= conditional
+
+
+@pytest.mark.parametrize("pos_embed", POS_EMBEDS)
+def test_each_variant_is_one_module_shared_by_every_attention_that_stores_nothing(
+    tiny_vit, pos_embed
+):
+    """Chosen once at construction; its learned tensors keep timm's names at their owners."""
+    model = tiny_vit(pos_embed=pos_embed)
+    assert type(model.position) is POSITION_ENCODINGS[pos_embed]
+    assert model.pos_embed_type == pos_embed
+    assert all(block.attn.position is model.position for block in model.blocks)
+    assert not any("position." in name for name in model.state_dict())
+    assert ("pos_embed" in model.state_dict()) == (pos_embed in ("learned", "sincos"))
 
 
 def test_an_unknown_variant_is_refused_with_the_choices(tiny_vit):

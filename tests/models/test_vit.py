@@ -4,6 +4,8 @@ import pytest
 import timm
 import torch
 
+from vitlab.errors import UserError
+from vitlab.models.pos_embed import resample
 from vitlab.models.vit import Attention, VisionTransformer, patch_grid
 
 # name: (embed_dim, depth, heads, patch, parameters with a 1000-class head at 224x224)
@@ -61,9 +63,63 @@ def test_patch_that_does_not_divide_the_image_is_refused_with_the_valid_sizes():
         patch_grid(8, 0)
 
 
-def test_wrong_input_size_is_refused():
-    with pytest.raises(ValueError, match="does not match"):
-        small_vit()(torch.randn(1, 3, 32, 32))
+@pytest.mark.parametrize(("model_size", "image_size"), [(16, (32, 20)), ((16, 24), (8, 12))])
+def test_prepare_tokens_at_another_grid_add_the_table_resampled_to_it(model_size, image_size):
+    """Any image the patch tiles: the table resampled to its grid (bicubic, the class token's row
+    kept; ``resample``, as checkpoints are), up or down, from a square grid or not."""
+    model = small_vit(img_size=model_size)
+    images = torch.randn(2, 3, *image_size)
+    grid = (image_size[0] // 4, image_size[1] // 4)
+    with torch.no_grad():
+        tokens = model.prepare_tokens(images)
+        table = resample(model.pos_embed, grid, 1, model.patch_embed.grid_size)
+        patches = model.patch_embed.proj(images).flatten(2).transpose(1, 2)
+    assert tokens.shape == (2, 1 + grid[0] * grid[1], 32)
+    torch.testing.assert_close(tokens[:, 1:], patches + table[:, 1:])
+    torch.testing.assert_close(
+        tokens[:, 0], (model.cls_token + model.pos_embed[:, 0])[0].expand(2, -1)
+    )
+    assert model(images).shape == (2, 7)
+
+
+def test_prepare_tokens_put_the_mask_token_where_masked_and_then_the_position():
+    model = small_vit(pos_embed="sincos")
+    images = torch.randn(2, 3, 16, 16)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, [1, 5]] = mask[1, 15] = True
+    mask_token = torch.randn(32)
+    with torch.no_grad():
+        tokens = model.prepare_tokens(images, mask, mask_token)
+        plain = model.prepare_tokens(images)
+    table = model.pos_embed[0, 1:]
+    patches, plain_patches = tokens[:, 1:], plain[:, 1:]
+    torch.testing.assert_close(patches[mask], mask_token + table[mask.nonzero()[:, 1]])
+    torch.testing.assert_close(patches[~mask], plain_patches[~mask])
+    torch.testing.assert_close(tokens[:, 0], plain[:, 0])
+
+
+def test_prepare_tokens_keep_equals_gathering_the_full_sequence():
+    model = small_vit()
+    images = torch.randn(2, 3, 16, 16)
+    keep = torch.tensor([[3, 0, 9], [15, 7, 1]])
+    with torch.no_grad():
+        full, kept = model.prepare_tokens(images), model.prepare_tokens(images, keep=keep)
+    expected = torch.cat(
+        [full[:, :1], full[:, 1:].gather(1, keep[..., None].expand(-1, -1, 32))], 1
+    )
+    torch.testing.assert_close(kept, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("pos_embed", ["relative", "conditional", "rope"])
+def test_a_grid_bound_position_encoding_refuses_another_grid_naming_the_key(pos_embed):
+    model = small_vit(pos_embed=pos_embed)
+    with pytest.raises(UserError, match=rf"^model.pos_embed={pos_embed} encodes the \(4, 4\)"):
+        model(torch.randn(1, 3, 32, 32))
+
+
+def test_an_image_the_patch_does_not_tile_is_refused():
+    with pytest.raises(ValueError, match="patch size 4x4 does not divide image size 18x16"):
+        small_vit()(torch.randn(1, 3, 18, 16))
 
 
 def test_token_pooling_classifies_the_normed_class_token():

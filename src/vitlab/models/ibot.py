@@ -42,8 +42,7 @@ from torchvision.ops import StochasticDepth
 
 from vitlab.errors import UserError
 from vitlab.models.ema import ModelEma
-from vitlab.models.pos_embed import resample
-from vitlab.models.vit import VisionTransformer, init_linear_and_norm, patch_grid
+from vitlab.models.vit import VisionTransformer, init_linear_and_norm
 
 # the release's pred_aspect_ratio (main_ibot.py passes (0.3, 1 / 0.3))
 ASPECT_RATIO = (0.3, 1 / 0.3)
@@ -161,25 +160,10 @@ def encode(
 ) -> torch.Tensor:
     """All tokens of ``vit`` after its final norm, (B, 1 + N, D), with ``mask_token`` (D,)
     replacing the patch embeddings where ``mask`` (B, N) is True, before the position encoding
-    (the release's ``mask_model``). Unmasked, it is ``vit.forward_features``: the class token,
-    position encoding (a table, or the blocks' relative bias / PEG / rotary embedding), blocks
-    and norm are the model's own. Crops of another size (local crops) need a position table,
+    (the release's ``mask_model``): the ViT's ``prepare_tokens``, blocks and norm. Unmasked, it
+    is ``vit.forward_features``. Crops of another size (local crops) need a position table,
     resampled bicubically to their grid as the release's ``interpolate_pos_encoding`` does."""
-    grid = patch_grid(images.shape[-2:], vit.patch_embed.patch_size)
-    if grid != vit.patch_embed.grid_size and vit.pos_embed is None:
-        raise UserError(
-            f"model.pos_embed={vit.pos_embed_type} encodes the {vit.patch_embed.grid_size} patch "
-            f"grid only, not a {tuple(images.shape[-2:])} crop's {grid}: use learned or sincos, "
-            "or data.multi_crop.local_crops=0"
-        )
-    # PatchEmbed's projection, for any size its patches tile
-    tokens = vit.patch_embed.proj(images).flatten(2).transpose(1, 2)
-    if mask is not None:
-        tokens = torch.where(mask[..., None], mask_token.to(tokens.dtype), tokens)
-    if vit.pos_embed is not None:
-        table = resample(vit.pos_embed, grid, vit.num_prefix_tokens, INTERPOLATE_OFFSET)
-        tokens = tokens + table[:, vit.num_prefix_tokens :]
-    tokens = vit.pos_drop(vit.prepend_cls(tokens))
+    tokens = vit.prepare_tokens(images, mask, mask_token, interpolate_offset=INTERPOLATE_OFFSET)
     return vit.norm(vit.blocks(tokens))
 
 

@@ -2,7 +2,8 @@
 
 The encoder is any ``VisionTransformer`` (the ``model`` group's), of which the MAE keeps the
 parts the release names at its top level (``patch_embed``, ``cls_token``, ``pos_embed``,
-``blocks``, ``norm``) and only feeds the visible patches; its classifier is not used. A light
+``blocks``, ``norm``, and the checkpoint-free ``position`` and ``pos_drop``) and only feeds the
+visible patches, made by the ViT's own ``prepare_tokens``; its classifier is not used. A light
 decoder (``decoder_*``) receives the encoded visible tokens plus ``mask_token`` at every masked
 position and predicts the pixels of all patches. The loss is the mean squared error on the
 masked patches only.
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 from vitlab.models.pos_embed import sincos_2d
-from vitlab.models.vit import Block, Blocks, LayerNorm, VisionTransformer
+from vitlab.models.vit import Block, Blocks, LayerNorm, PatchTokens, VisionTransformer
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
@@ -24,26 +25,29 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
 
 
 def random_masking(
-    tokens: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
+    batch: int,
+    length: int,
+    mask_ratio: float,
+    device: torch.device | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Keep a random ``1 - mask_ratio`` of each sample's tokens (the ones with the least noise).
+    """Keep a random ``1 - mask_ratio`` of each sample's ``length`` tokens (the ones with the
+    least noise).
 
-    Returns the visible tokens (B, ``num_visible(N, r)``, D), the mask (B, N; 1 = removed) and
-    the indices that restore the original token order from [visible, removed]. ``generator``
-    draws the noise (seeded evaluation masks); the global RNG otherwise, in the same draw as the
-    release's ``random_masking``.
+    Returns the indices of the kept tokens (B, ``num_visible(N, r)``; ``prepare_tokens``'s
+    ``keep``), the mask (B, N; 1 = removed, float) and the indices that restore the original
+    token order from [visible, removed]. ``generator`` draws the noise (seeded evaluation masks);
+    the global RNG otherwise, in the same draw as the release's ``random_masking``.
     """
-    batch, length, dim = tokens.shape
     num_keep = num_visible(length, mask_ratio)
-    noise = torch.rand(batch, length, device=tokens.device, generator=generator)
+    noise = torch.rand(batch, length, device=device, generator=generator)
     ids_shuffle = noise.argsort(dim=1)
     ids_restore = ids_shuffle.argsort(dim=1)
-    visible = tokens.gather(1, ids_shuffle[:, :num_keep, None].expand(-1, -1, dim))
-    mask = (ids_restore >= num_keep).to(tokens.dtype)
-    return visible, mask, ids_restore
+    mask = (ids_restore >= num_keep).float()
+    return ids_shuffle[:, :num_keep], mask, ids_restore
 
 
-class MaskedAutoencoderViT(nn.Module):
+class MaskedAutoencoderViT(PatchTokens, nn.Module):
     """ViT encoder over visible patches + transformer decoder that reconstructs masked pixels.
 
     ``encoder`` gives the architecture (size, patch, position embeddings, drop path); its final
@@ -77,6 +81,8 @@ class MaskedAutoencoderViT(nn.Module):
         self.patch_embed = encoder.patch_embed
         self.cls_token = encoder.cls_token
         self.pos_embed = encoder.pos_embed
+        self.position = encoder.position
+        self.pos_drop = encoder.pos_drop
         self.blocks = encoder.blocks
         self.norm = (
             encoder.norm if isinstance(encoder.norm, nn.LayerNorm) else LayerNorm(encoder.embed_dim)
@@ -153,10 +159,11 @@ class MaskedAutoencoderViT(nn.Module):
         self, images: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Encoded [cls, visible patches] (B, 1 + N_visible, D), the mask and restore indices."""
-        patches = self.patch_embed(images) + self.pos_embed[:, 1:]
-        visible, mask, ids_restore = random_masking(patches, mask_ratio, generator)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(len(images), -1, -1)
-        latent = self.norm(self.blocks(torch.cat([cls, visible], dim=1)))
+        num_patches = self.patch_embed.num_patches
+        keep, mask, ids_restore = random_masking(
+            images.shape[0], num_patches, mask_ratio, images.device, generator
+        )
+        latent = self.norm(self.blocks(self.prepare_tokens(images, keep=keep)))
         return latent, mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:

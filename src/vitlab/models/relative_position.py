@@ -3,9 +3,9 @@ for every 2-D offset between two patches, added to the attention logits.
 
 A grid of H x W patches has (2H - 1)(2W - 1) offsets; the table holds one row per offset plus
 three for the class token (class -> patch, patch -> class, class -> class), in BEiT's order.
-Each block has its own table (BEiT's ``use_rel_pos_bias``), under timm's names
-``blocks.N.attn.relative_position_bias_table`` and the non-persistent
-``relative_position_index``.
+Each block has its own table (BEiT's ``use_rel_pos_bias``), under timm's name
+``blocks.N.attn.relative_position_bias_table``; the index, which follows from the grid, is the
+``relative`` position encoding's (``vitlab.models.pos_embed.RelativeBias``) and not stored.
 """
 
 from __future__ import annotations

@@ -40,8 +40,9 @@ def axial_angles(
 class AxialRotaryEmbedding(nn.Module):
     """Rotates the patch tokens of q or k, (B, heads, T, head_dim), leaving prefix tokens as is.
 
-    One instance serves every block; its sin/cos tables are buffers that a checkpoint does not
-    store (they follow from the grid).
+    One instance (the ``rope`` position encoding's, ``vitlab.models.pos_embed.Rotary``) serves
+    every block; its sin/cos tables are buffers that a checkpoint does not store (they follow
+    from the grid).
     """
 
     def __init__(self, head_dim: int, grid_size: tuple[int, int], num_prefix_tokens: int = 1):

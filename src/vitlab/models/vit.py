@@ -18,18 +18,11 @@ from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 from vitlab.models.pos_embed import (
-    ABSOLUTE_POS_EMBEDS,
     POS_EMBEDS,
+    POSITION_ENCODINGS,
     PosEmbed,
-    PositionEncodingGenerator,
-    sincos_2d,
+    PositionEncoding,
 )
-from vitlab.models.relative_position import (
-    num_relative_positions,
-    relative_position_bias,
-    relative_position_index,
-)
-from vitlab.models.rope import AxialRotaryEmbedding
 
 Size2d = int | Sequence[int]
 # every norm of the standard ViT (timm, the MAE release)
@@ -60,7 +53,8 @@ def patch_grid(img_size: Size2d, patch_size: Size2d) -> tuple[int, int]:
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patches, linearly projected: (B, C, H, W) -> (B, N, D)."""
+    """Non-overlapping patches, linearly projected: (B, C, H, W) -> (B, N, D), for any image
+    size the patch tiles (``img_size`` and ``grid_size`` are the model's own)."""
 
     def __init__(self, img_size: Size2d, patch_size: Size2d, in_chans: int, embed_dim: int):
         super().__init__()
@@ -73,19 +67,15 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if tuple(images.shape[-2:]) != self.img_size:
-            raise ValueError(
-                f"input size {tuple(images.shape[-2:])} does not match the model's {self.img_size}"
-            )
         return self.proj(images).flatten(2).transpose(1, 2)
 
 
 class Attention(nn.Module):
     """Multi-head self-attention with a fused qkv projection.
 
-    Position-aware variants (``pos_embed``): ``rel_pos_grid`` gives it BEiT's relative position
-    bias table for that patch grid, passed to the fused kernel as its additive mask; ``rope``
-    rotates q and k (a module shared by every block) before the kernel.
+    ``position`` (the ViT's ``PositionEncoding``, shared by its blocks) may rotate q and k
+    (``rope``) and bias the logits (``relative``: this attention's own
+    ``relative_position_bias_table``, passed to the fused kernel as its additive mask).
     """
 
     def __init__(
@@ -94,8 +84,7 @@ class Attention(nn.Module):
         num_heads: int,
         qkv_bias: bool = True,
         attn_drop: float = 0.0,
-        rel_pos_grid: tuple[int, int] | None = None,
-        rope: AxialRotaryEmbedding | None = None,
+        position: PositionEncoding | None = None,
     ):
         super().__init__()
         if dim % num_heads:
@@ -106,32 +95,22 @@ class Attention(nn.Module):
         self.attn_drop = attn_drop
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.rope = rope
-        if rel_pos_grid is None:
-            self.relative_position_bias_table = None
-        else:
-            self.relative_position_bias_table = nn.Parameter(
-                torch.zeros(num_relative_positions(rel_pos_grid), num_heads)
-            )
-            self.register_buffer(
-                "relative_position_index", relative_position_index(rel_pos_grid), persistent=False
-            )
+        self.position = position
+        self.relative_position_bias_table = None if position is None else position.bias_table()
 
     def _split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if self.rope is not None:
-            q, k = self.rope(q), self.rope(k)
+        if self.position is not None:
+            q, k = self.position.rotate(q), self.position.rotate(k)
         return q, k, v
 
     def position_bias(self) -> torch.Tensor | None:
         """The relative position bias added to the logits, (heads, T, T), or None."""
-        if self.relative_position_bias_table is None:
+        if self.position is None:
             return None
-        return relative_position_bias(
-            self.relative_position_bias_table, self.relative_position_index
-        )
+        return self.position.bias(self.relative_position_bias_table)
 
     def forward(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
         """(B, T, D) -> (B, T, D); with ``num_queries`` only the first that many tokens attend
@@ -183,8 +162,8 @@ class LayerScale(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)), with drop path.
 
-    ``rel_pos_grid`` and ``rope`` go to its ``Attention``; ``peg`` (CPVT's position-encoding
-    generator, in the first block only) is applied to the block's output. ``layer_scale_init``
+    ``position`` goes to its ``Attention``; ``peg`` (the position encoding's ``generator``, CPVT's
+    in the first block only) is applied to the block's output. ``layer_scale_init``
     scales each branch by a ``LayerScale`` (``ls1``, ``ls2``, timm's names) started at that
     value; None: no scaling, no parameters.
     """
@@ -198,14 +177,13 @@ class Block(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
-        rel_pos_grid: tuple[int, int] | None = None,
-        rope: AxialRotaryEmbedding | None = None,
-        peg: PositionEncodingGenerator | None = None,
+        position: PositionEncoding | None = None,
+        peg: nn.Module | None = None,
         layer_scale_init: float | None = None,
     ):
         super().__init__()
         self.norm1 = LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, rel_pos_grid, rope)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, position)
         self.ls1 = nn.Identity() if layer_scale_init is None else LayerScale(dim, layer_scale_init)
         self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
@@ -246,19 +224,61 @@ class Blocks(nn.Sequential):
         return x
 
 
-class VisionTransformer(nn.Module):
+class PatchTokens:
+    """``prepare_tokens``, the one place a ViT encoder's tokens are made, for the modules that
+    hold the encoder's parts under timm's names at their top level: ``VisionTransformer``, and
+    MAE's ``MaskedAutoencoderViT``, which keeps them there as the release does."""
+
+    num_prefix_tokens = 1
+    patch_embed: PatchEmbed
+    cls_token: nn.Parameter
+    pos_embed: nn.Parameter | None
+    position: PositionEncoding
+    pos_drop: nn.Module
+
+    def prepare_tokens(
+        self,
+        images: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
+        interpolate_offset: float = 0.0,
+    ) -> torch.Tensor:
+        """The tokens the blocks take, (B, 1 + N, D), from images of any size the patch tiles
+        (dinov2's ``prepare_tokens_with_masks``, timm's ``_pos_embed``): the patch embeddings,
+        ``mask_token`` (D,) in place of those where ``mask`` (B, N) is True (iBOT's masked
+        patches), the class token before them, the position encoding (a table resampled to the
+        images' patch grid), then with ``keep`` (B, K) only the patches it indexes, in its order
+        (MAE's visible patches): (B, 1 + K, D). ``interpolate_offset`` > 0 resamples the table as
+        DINO's and iBOT's ``interpolate_pos_encoding`` do (``pos_embed.resample``)."""
+        grid = patch_grid(images.shape[-2:], self.patch_embed.patch_size)
+        patches = self.patch_embed(images)
+        if mask is not None:
+            patches = torch.where(mask[..., None], mask_token.to(patches.dtype), patches)
+        cls = self.cls_token.expand(images.shape[0], -1, -1)  # len() would fix the batch in export
+        tokens = torch.cat([cls, patches], dim=1)
+        tokens = self.position.add(tokens, self.pos_embed, grid, interpolate_offset)
+        if keep is not None:
+            prefix, patches = (
+                tokens[:, : self.num_prefix_tokens],
+                tokens[:, self.num_prefix_tokens :],
+            )
+            patches = patches.gather(1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
+            tokens = torch.cat([prefix, patches], dim=1)
+        return self.pos_drop(tokens)
+
+
+class VisionTransformer(PatchTokens, nn.Module):
     """ViT classifier. ``num_classes=0`` gives a feature extractor (``head`` is the identity).
 
     ``global_pool="token"`` classifies the class token after the final ``norm``;
     ``global_pool="avg"`` averages the patch tokens and normalises them with ``fc_norm``
     (the final ``norm`` is then the identity, as in timm and the MAE fine-tuning recipe).
-    ``pos_embed`` chooses the position encoding (``vitlab.models.pos_embed``); only ``learned``
-    and ``sincos`` have a ``pos_embed`` table, which is None otherwise. ``layer_scale_init``
-    (None: off) gives every block's branches a ``LayerScale`` started at that value (CaiT,
-    DeiT III, BEiT, EVA).
+    ``pos_embed`` chooses the position encoding, ``position`` (``vitlab.models.pos_embed``); only
+    ``learned`` and ``sincos`` have a ``pos_embed`` table, which is None otherwise.
+    ``layer_scale_init`` (None: off) gives every block's branches a ``LayerScale`` started at
+    that value (CaiT, DeiT III, BEiT, EVA). Tokens come from ``prepare_tokens``.
     """
-
-    num_prefix_tokens = 1
 
     def __init__(
         self,
@@ -282,7 +302,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-        if pos_embed not in POS_EMBEDS:
+        if pos_embed not in POSITION_ENCODINGS:
             raise ValueError(
                 f"pos_embed: expected one of {', '.join(POS_EMBEDS)}; got {pos_embed!r}"
             )
@@ -292,20 +312,10 @@ class VisionTransformer(nn.Module):
         self.global_pool = global_pool
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed_type = pos_embed
-        grid = self.patch_embed.grid_size
-        if pos_embed in ABSOLUTE_POS_EMBEDS:
-            self.pos_embed = nn.Parameter(
-                torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, embed_dim),
-                requires_grad=pos_embed == "learned",
-            )
-        else:
-            self.pos_embed = None
-        self.rope = (
-            AxialRotaryEmbedding(embed_dim // num_heads, grid, self.num_prefix_tokens)
-            if pos_embed == "rope"
-            else None
+        self.position = POSITION_ENCODINGS[pos_embed](
+            embed_dim, num_heads, self.patch_embed.grid_size, self.num_prefix_tokens
         )
+        self.pos_embed = self.position.table()
         self.pos_drop = nn.Dropout(drop_rate)
         # stochastic depth grows linearly with depth, from 0 to drop_path_rate
         drop_paths = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
@@ -319,11 +329,8 @@ class VisionTransformer(nn.Module):
                     drop_rate,
                     attn_drop_rate,
                     dp,
-                    rel_pos_grid=grid if pos_embed == "relative" else None,
-                    rope=self.rope,
-                    peg=PositionEncodingGenerator(embed_dim, grid, self.num_prefix_tokens)
-                    if pos_embed == "conditional" and i == 0
-                    else None,
+                    position=self.position,
+                    peg=self.position.generator() if i == 0 else None,
                     layer_scale_init=layer_scale_init,
                 )
                 for i, dp in enumerate(drop_paths)
@@ -335,18 +342,19 @@ class VisionTransformer(nn.Module):
         self.fc_norm = LayerNorm(embed_dim) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self._init_weights(pos_embed)
+        self._init_weights()
 
     @property
     def depth(self) -> int:
         return len(self.blocks)
 
-    def _init_weights(self, pos_embed: str) -> None:
-        if pos_embed == "sincos":
-            table = sincos_2d(self.embed_dim, self.patch_embed.grid_size, cls_token=True)
-            self.pos_embed.data.copy_(table)
-        elif pos_embed == "learned":
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+    @property
+    def pos_embed_type(self) -> str:
+        """The ``pos_embed`` choice (``model.pos_embed``) this model was built with."""
+        return self.position.name
+
+    def _init_weights(self) -> None:
+        self.position.init_table(self.pos_embed)
         nn.init.normal_(self.cls_token, std=0.02)
         weight = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
@@ -366,24 +374,11 @@ class VisionTransformer(nn.Module):
         """Activation checkpointing per block (``Blocks``), as timm's models switch it."""
         self.blocks.grad_checkpointing = enable
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch tokens with their position embeddings (if a table): (B, N, D), no class token."""
-        tokens = self.patch_embed(images)
-        if self.pos_embed is None:
-            return tokens
-        return tokens + self.pos_embed[:, self.num_prefix_tokens :]
-
-    def prepend_cls(self, tokens: torch.Tensor) -> torch.Tensor:
-        cls = self.cls_token
-        if self.pos_embed is not None:
-            cls = cls + self.pos_embed[:, : self.num_prefix_tokens]
-        return torch.cat([cls.expand(tokens.shape[0], -1, -1), tokens], dim=1)
-
     def forward_features(self, images: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
         """All tokens after the encoder: (B, 1 + N, D). With ``cls_only`` just the class token,
         (B, 1, D): the last block then updates that token alone, which saves most of that block's
         compute and gives the same class token (``benchmarks/vit_vs_timm.py`` measures it)."""
-        tokens = self.pos_drop(self.prepend_cls(self.embed(images)))
+        tokens = self.prepare_tokens(images)
         return self.norm(self.blocks(tokens, self.num_prefix_tokens if cls_only else None))
 
     def forward_intermediates(
@@ -395,8 +390,8 @@ class VisionTransformer(nn.Module):
         blocks after the last one taken are not run. timm's
         ``forward_intermediates(images, indices, norm=norm, intermediates_only=True)``."""
         take = take_indices(indices, self.depth)
-        tokens = self.pos_drop(self.prepend_cls(self.embed(images)))
-        grid_h, grid_w = self.patch_embed.grid_size
+        tokens = self.prepare_tokens(images)
+        grid_h, grid_w = patch_grid(images.shape[-2:], self.patch_embed.patch_size)
         maps = []
         for index, block in enumerate(self.blocks[: max(take) + 1]):
             tokens = block(tokens)
@@ -413,15 +408,19 @@ class VisionTransformer(nn.Module):
         pooled = self.head_drop(self.fc_norm(pooled))
         return pooled if pre_logits else self.head(pooled)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def pre_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled features the head reads, (B, D): what k-NN and probes classify."""
         # token pooling reads the class token only: the patch tokens' last update is skipped
         cls_only = self.global_pool == "token" and self.depth > 0
-        return self.forward_head(self.forward_features(images, cls_only=cls_only))
+        return self.forward_head(self.forward_features(images, cls_only=cls_only), pre_logits=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pre_logits(images))
 
     @torch.no_grad()
     def attention_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Attention weights of every block, each (B, heads, T, T), computed explicitly."""
-        tokens = self.prepend_cls(self.embed(images))
+        tokens = self.prepare_tokens(images)
         maps = []
         for block in self.blocks:
             maps.append(block.attn.attention_weights(block.norm1(tokens)))

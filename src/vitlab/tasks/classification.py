@@ -32,7 +32,8 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
 class ClassificationTask(RecipeTask):
     """Cross-entropy with label smoothing; targets are class indices or soft (mixed) labels.
 
-    ``model`` is the config of a ``VisionTransformer``. ``pretrained`` (a vitlab, MAE or timm
+    ``model`` is the config of a classifier with ``num_classes`` and ``pre_logits`` (a
+    ``VisionTransformer``, or a CNN: ``vitlab.models.cnn``). ``pretrained`` (a vitlab, MAE or timm
     checkpoint) is loaded into it when fitting starts, and the classifier then initialised for
     fine-tuning (``init_head``), so evaluating or resuming a fine-tuned checkpoint never needs
     that file. ``compile`` compiles ``model`` in place (checkpoint keys unchanged).
@@ -107,9 +108,7 @@ class ClassificationTask(RecipeTask):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The pooled features the classifier reads (k-NN: callbacks/knn)."""
-        cls_only = self.model.global_pool == "token"
-        tokens = self.model.forward_features(images, cls_only=cls_only)
-        return self.model.forward_head(tokens, pre_logits=True)
+        return self.model.pre_logits(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)

@@ -71,9 +71,6 @@ class LinearProbeTask(ClassificationTask):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # token pooling reads the class token only: the last block updates that token alone
-        cls_only = self.model.global_pool == "token"
         with torch.no_grad():
-            tokens = self.model.forward_features(images, cls_only=cls_only)
-            features = self.model.forward_head(tokens, pre_logits=True)
+            features = self.model.pre_logits(images)
         return self.model.head(features)

@@ -68,9 +68,7 @@ class MAEPretrainTask(RecipeTask):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The encoder's class token over every patch, no masking (k-NN: callbacks/knn)."""
         model = self.model
-        patches = model.patch_embed(images) + model.pos_embed[:, 1:]
-        cls = (model.cls_token + model.pos_embed[:, :1]).expand(len(images), -1, -1)
-        return model.norm(model.blocks(torch.cat([cls, patches], dim=1)))[:, 0]
+        return model.norm(model.blocks(model.prepare_tokens(images)))[:, 0]
 
     def _losses(
         self, batch: Batch, generator: torch.Generator | None = None
