@@ -121,3 +121,14 @@ def test_digit_canvases_have_one_box_per_digit_around_its_mask(tmp_path: Path):
     expected = [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
     assert target["boxes"].tolist() == [[float(v) for v in expected]]
     assert target["labels"].tolist() == [int(mask.max())]
+
+
+def test_predict_transform_of_an_image_file_is_its_letterboxed_evaluation_input(tmp_path: Path):
+    root = write_coco_tree(tmp_path / "coco")
+    datamodule = CocoDetectionDataModule(root, img_size=32, num_classes=3, batch_size=2)
+    datamodule.setup("fit")
+    with Image.open(root / "val" / "wide.png") as file:
+        prepared = datamodule.predict_transform()(file)
+    pixels, targets = datamodule.splits["val"][0]
+    (expected,), _ = datamodule.on_after_batch_transfer((pixels[None], [targets]), 0)
+    assert torch.equal(prepared, expected)

@@ -43,10 +43,10 @@ def default_num_workers(processes_per_node: int = 1) -> int:
     return max(0, min(16, (cpus or 1) // processes_per_node - 1))
 
 
-def carve_split(size: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """A fixed random (kept, held-out) split of ``range(size)``: the same for every run and rank."""
+def carve_split(size: int, held_out: int, seed: int) -> tuple[list[int], list[int]]:
+    """A fixed random (kept, held-out) split of ``range(size)``, ``held_out`` indices held out:
+    the same for every run and rank."""
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
-    held_out = round(size * fraction)
     return sorted(order[held_out:]), sorted(order[:held_out])
 
 

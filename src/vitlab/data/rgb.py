@@ -18,6 +18,7 @@ from vitlab.data.base import SplitsDataModule
 from vitlab.data.multicrop import ibot_rgb_views
 from vitlab.data.sampler import RepeatedAugSampler
 from vitlab.data.transforms import (
+    ERASE_KEYS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     BatchStep,
@@ -27,9 +28,6 @@ from vitlab.data.transforms import (
     collate_present,
     eval_resize_size,
 )
-
-# the train_transform keys that configure the batch step's random erasing
-ERASE_KEYS = ("erase_prob", "erase_mode")
 
 
 class ImageDataModule(SplitsDataModule):
