@@ -94,11 +94,6 @@ class LoaderSettings:
                 f"batch_size: expected a whole number of at least 1, got {self.batch_size!r}"
             )
 
-    def workers(self, processes_per_node: int) -> int:
-        if self.num_workers is not None:
-            return self.num_workers
-        return default_num_workers(processes_per_node)
-
     def pin(self) -> bool:
         return torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
 
@@ -215,7 +210,9 @@ class SplitsDataModule(NamedClasses, L.LightningDataModule):
         return default_collate(samples)
 
     def loader_workers(self) -> int:
-        return self.loading.workers(self.trainer.num_devices if self.trainer is not None else 1)
+        if self.loading.num_workers is not None:
+            return self.loading.num_workers
+        return default_num_workers(self.trainer.num_devices if self.trainer is not None else 1)
 
     def loader(self, split: str, sampler: Sampler | None = None, train: bool = False) -> DataLoader:
         workers = self.loader_workers()
