@@ -84,9 +84,9 @@ class LoaderSettings:
     ``persistent_workers`` keeps the evaluation loaders' workers between epochs."""
 
     batch_size: int
-    num_workers: int | None = 0
-    pin_memory: bool | None = None
-    persistent_workers: bool = True
+    num_workers: int | None
+    pin_memory: bool | None
+    persistent_workers: bool
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
