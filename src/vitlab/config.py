@@ -10,6 +10,8 @@
   clear error when the table has none.
 - ``${vitlab.options:<group>}``: the options of a packaged config group, comma-separated (what
   an entry point's ``--help`` lists for the groups it takes).
+- ``${vitlab.first_dir:<folder>,...}``: the first of these folders that exists, else the last
+  (e.g. a dataset's system-wide install, else the project's data folder).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def group_options(group: str) -> str:
     return ", ".join(sorted(path.stem for path in (Path(CONFIG_PATH) / group).glob("*.yaml")))
 
 
+def first_dir(*folders: str) -> str:
+    return next((folder for folder in folders if Path(folder).is_dir()), folders[-1])
+
+
 def register_resolvers() -> None:
     resolvers = {
         "vitlab.cwd": os.getcwd,
@@ -64,6 +70,7 @@ def register_resolvers() -> None:
         "vitlab.optuna_direction": optuna_direction,
         "vitlab.per_model": per_model,
         "vitlab.options": group_options,
+        "vitlab.first_dir": first_dir,
     }
     for name, resolver in resolvers.items():
         OmegaConf.register_new_resolver(name, resolver, replace=True)

@@ -85,27 +85,27 @@ def test_wandb_gets_the_8bit_grid_that_the_png_path_writes(
     np.testing.assert_array_equal(logged_pixels, pixels(written))
 
 
-class MirroringTask(ClassificationTask):
-    """Mirrors every batch once it is on the device (Lightning calls the model's hook when the
-    DataModule has none)."""
+class MirroringDigits(DigitsDataModule):
+    """Mirrors every batch once it is on the device, after the batch step."""
 
     def on_after_batch_transfer(self, batch: Batch, dataloader_idx: int) -> Batch:
-        images, targets = batch
+        images, targets = super().on_after_batch_transfer(batch, dataloader_idx)
         return images.flip(-1), targets
 
 
-@pytest.mark.filterwarnings("ignore:You have overridden `on_after_batch_transfer`")
 def test_the_images_are_the_first_validation_batch_as_delivered_and_stay_fixed(
     tmp_path, vit_config, optimizer_config, quiet_trainer
 ):
-    datamodule = DigitsDataModule(batch_size=8)
+    datamodule = MirroringDigits(batch_size=8)
     callback = AttentionMaps(num_images=3)
     trainer = quiet_trainer(
         default_root_dir=tmp_path, max_epochs=2, limit_train_batches=2, callbacks=[callback]
     )
-    trainer.fit(MirroringTask(vit_config(), optimizer_config()), datamodule=datamodule)
-    first_batch, _ = next(iter(datamodule.val_dataloader()))
-    assert torch.equal(callback.images, first_batch[:3].flip(-1))
+    trainer.fit(ClassificationTask(vit_config(), optimizer_config()), datamodule=datamodule)
+    first_batch = next(iter(datamodule.val_dataloader()))
+    delivered, _ = datamodule.on_after_batch_transfer(first_batch, 0)
+    assert torch.equal(callback.images, delivered[:3])
+    assert torch.equal(delivered, datamodule.batch_step(first_batch, train=False)[0].flip(-1))
     first, second = (pixels(tmp_path / "attention" / f"epoch_{n:03d}.png") for n in (0, 1))
     # the first tile of each row is the image itself (8x8 tiles after 2 pixels of padding)
     np.testing.assert_array_equal(first[:, :10], second[:, :10])

@@ -54,7 +54,8 @@ def test_the_logged_accuracy_is_sklearns_on_the_models_features(
     with torch.no_grad():
 
         def features(loader):
-            pairs = [(task.features(images), labels) for images, labels in loader]
+            batches = (data.on_after_batch_transfer(batch, 0) for batch in loader)
+            pairs = [(task.features(images), labels) for images, labels in batches]
             return torch.cat([f for f, _ in pairs]).numpy(), torch.cat(
                 [y for _, y in pairs]
             ).numpy()

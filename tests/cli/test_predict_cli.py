@@ -66,7 +66,7 @@ def test_predictions_match_the_model_applied_to_the_preprocessed_images(
     assert [row["path"] for row in rows] == [str(path) for path in paths]
 
     model = checkpoint_model(digits_checkpoint)
-    normalize = DigitsDataModule().eval_transform()
+    normalize = DigitsDataModule().image.normalize()
     from_files = (images * 255).round() / 255  # what 8-bit files hold
     with torch.no_grad():
         expected = model(normalize(from_files)).softmax(dim=-1).topk(TOP_K)

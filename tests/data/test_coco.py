@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from vitlab.data.coco import CocoDetectionDataModule
+from vitlab.data.digit_canvas import DigitCanvasDetectionDataModule
 
 
 def write_coco_tree(root: Path) -> Path:
@@ -60,11 +61,18 @@ def write_coco_tree(root: Path) -> Path:
 
 
 def test_boxes_are_letterboxed_with_their_image_and_an_image_may_have_none(tmp_path: Path):
-    datamodule = CocoDetectionDataModule(write_coco_tree(tmp_path / "coco"), 32, 3, batch_size=2)
+    datamodule = CocoDetectionDataModule(
+        write_coco_tree(tmp_path / "coco"), img_size=32, num_classes=3, batch_size=2
+    )
     datamodule.setup("fit")
     assert datamodule.class_names == ["background", "cat", "dog"]
-    images, targets = next(iter(datamodule.val_dataloader()))
+    pixels, targets = next(iter(datamodule.val_dataloader()))
+    assert pixels.dtype == torch.uint8
+    images, same_targets = datamodule.on_after_batch_transfer((pixels, targets), 0)
     assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
+    assert same_targets is targets
+    std, mean = torch.tensor([0.229, 0.224, 0.225]), torch.tensor([0.485, 0.456, 0.406])
+    torch.testing.assert_close(images[0, :, 0, 0], -mean / std)  # the padding, standardised
     wide, empty = targets
     # 40x20 -> 32x16, padded by 8 rows above and below; crowd left out; ids 7, 3 -> labels 2, 1
     torch.testing.assert_close(
@@ -77,27 +85,30 @@ def test_boxes_are_letterboxed_with_their_image_and_an_image_may_have_none(tmp_p
 
 
 def test_a_missing_annotation_file_names_the_layout(tmp_path: Path):
-    datamodule = CocoDetectionDataModule(tmp_path, 32, 3, split_names={"train": "train2017"})
+    datamodule = CocoDetectionDataModule(
+        tmp_path, img_size=32, num_classes=3, split_names={"train": "train2017"}
+    )
     with pytest.raises(FileNotFoundError, match="annotations/instances_train2017.json"):
         datamodule.setup("fit")
 
 
 def test_a_wrong_number_of_classes_is_refused(tmp_path: Path):
-    datamodule = CocoDetectionDataModule(write_coco_tree(tmp_path / "coco"), 32, 81)
+    datamodule = CocoDetectionDataModule(
+        write_coco_tree(tmp_path / "coco"), img_size=32, num_classes=81
+    )
     with pytest.raises(ValueError, match="set it to 3"):
         datamodule.setup("fit")
 
 
 def test_digit_canvases_have_one_box_per_digit_around_its_mask(tmp_path: Path):
     sizes = {"train": 4, "val": 2, "test": 2}
-    datamodule = CocoDetectionDataModule(
+    datamodule = DigitCanvasDetectionDataModule(
         tmp_path / "canvas",
-        32,
-        11,
+        img_size=32,
+        num_classes=11,
         in_chans=1,
         mean=[0.0],
         std=[1.0],
-        generate=True,
         split_sizes=sizes,
     )
     datamodule.prepare_data()
@@ -110,3 +121,14 @@ def test_digit_canvases_have_one_box_per_digit_around_its_mask(tmp_path: Path):
     expected = [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]
     assert target["boxes"].tolist() == [[float(v) for v in expected]]
     assert target["labels"].tolist() == [int(mask.max())]
+
+
+def test_predict_transform_of_an_image_file_is_its_letterboxed_evaluation_input(tmp_path: Path):
+    root = write_coco_tree(tmp_path / "coco")
+    datamodule = CocoDetectionDataModule(root, img_size=32, num_classes=3, batch_size=2)
+    datamodule.setup("fit")
+    with Image.open(root / "val" / "wide.png") as file:
+        prepared = datamodule.predict_transform()(file)
+    pixels, targets = datamodule.splits["val"][0]
+    (expected,), _ = datamodule.on_after_batch_transfer((pixels[None], [targets]), 0)
+    assert torch.equal(prepared, expected)

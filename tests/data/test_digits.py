@@ -1,6 +1,6 @@
-"""The digits DataModule: a fixed stratified split, standardised with fixed statistics, light
-augmentation when asked, and the predict transform that prepares an image file as evaluation
-prepares a digit."""
+"""The digits DataModule: a fixed stratified split in [0, 1], standardised with fixed statistics
+by the batch step, light augmentation when asked, and the predict transform that prepares an
+image file as evaluation prepares a digit."""
 
 from __future__ import annotations
 
@@ -32,12 +32,19 @@ def test_split_is_fixed_stratified_and_disjoint(digits):
     assert torch.equal(again.splits["test"].labels, digits.splits["test"].labels)
 
 
-def test_batches_are_standardised_images(digits):
+def evaluated(datamodule: DigitsDataModule, images: torch.Tensor) -> torch.Tensor:
+    """``images`` (B, 1, H, W) as an evaluation batch leaves the batch step."""
+    return datamodule.on_after_batch_transfer((images, torch.zeros(len(images))), 0)[0]
+
+
+def test_loaders_yield_digits_in_0_1_and_the_batch_step_standardises_them(digits):
     images, labels = next(iter(digits.test_dataloader()))
     assert images.shape == (16, 1, 8, 8) and labels.shape == (16,)
-    standardise = digits.splits["val"].transform  # the train transform also augments
-    all_train = torch.stack([standardise(x) for x in digits.splits["train"].images])
-    assert all_train.mean().abs() < 1e-4 and (all_train.std() - 1).abs() < 1e-3
+    assert images.min() >= 0 and images.max() <= 1
+    resize = digits.splits["val"].transform  # the train transform also augments
+    all_train = torch.stack([resize(x) for x in digits.splits["train"].images])
+    standardised = evaluated(digits, all_train)
+    assert standardised.mean().abs() < 1e-4 and (standardised.std() - 1).abs() < 1e-3
 
 
 def test_training_batches_are_augmented_and_full(digits):
@@ -71,7 +78,7 @@ def test_the_standardisation_is_the_fixed_mean_and_std_given():
     datamodule.setup()
     val = datamodule.splits["val"]
     image, _ = val[0]
-    torch.testing.assert_close(image, (val.images[0] - 0.5) / 0.25)
+    torch.testing.assert_close(evaluated(datamodule, image[None])[0], (val.images[0] - 0.5) / 0.25)
 
 
 def as_file(pixels: torch.Tensor, mode: str) -> Image.Image:
@@ -88,7 +95,7 @@ def test_predict_transform_of_a_digit_image_is_the_eval_splits_tensor(mode: str,
     val = datamodule.splits["val"]
     prepare = datamodule.predict_transform()
     for index in range(5):
-        expected, _ = val[index]
+        expected = evaluated(datamodule, val[index][0][None])[0]
         prepared = prepare(as_file(val.images[index], mode))
         assert prepared.shape == expected.shape == (1, img_size, img_size)
         assert prepared.dtype == torch.float32

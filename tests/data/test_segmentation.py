@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from vitlab.data.digit_canvas import write_digit_canvas
+from vitlab.data.digit_canvas import DigitCanvasDataModule, write_digit_canvas
 from vitlab.data.segmentation import IGNORE_INDEX, SegmentationDataModule
 
 SIZES = {"train": 6, "val": 3, "test": 3}
@@ -22,14 +22,19 @@ def canvas_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_digit_canvas(tmp_path_factory.mktemp("canvas") / "digits", SIZES, seed=1)
 
 
-def test_datamodule_yields_standardised_images_and_class_masks(canvas_root: Path):
+def test_loaders_yield_uint8_images_and_class_masks_the_batch_step_standardises(
+    canvas_root: Path,
+):
     datamodule = SegmentationDataModule(canvas_root, img_size=16, num_classes=11, batch_size=4)
     datamodule.setup()
-    images, masks = next(iter(datamodule.val_dataloader()))
-    assert images.shape == (3, 1, 16, 16) and images.dtype == torch.float32
+    pixels, masks = next(iter(datamodule.val_dataloader()))
+    assert pixels.shape == (3, 1, 16, 16) and pixels.dtype == torch.uint8
     assert masks.shape == (3, 16, 16) and masks.dtype == torch.int64
-    assert type(masks) is torch.Tensor
+    assert type(pixels) is type(masks) is torch.Tensor
     assert masks.max() <= 10 and set(masks.unique().tolist()) <= set(range(11))
+    images, same_masks = datamodule.on_after_batch_transfer((pixels, masks), 0)
+    torch.testing.assert_close(images, (pixels / 255 - 0.076) / 0.229)
+    assert same_masks is masks
 
 
 def test_training_images_are_not_augmented(canvas_root: Path):
@@ -47,20 +52,22 @@ def test_predict_transform_of_an_image_file_is_its_eval_tensor(canvas_root: Path
     image_path, _ = val.pairs[0]
     with Image.open(image_path) as image:
         prepared = datamodule.predict_transform()(image)
-    assert torch.equal(prepared, val[0][0])
+    (expected,), _ = datamodule.on_after_batch_transfer((val[0][0][None], None), 0)
+    assert torch.equal(prepared, expected)
 
 
-def test_generate_writes_the_canvases_into_a_missing_root(tmp_path: Path):
+def test_the_digit_canvas_datamodule_writes_the_canvases_into_a_missing_root(tmp_path: Path):
     root = tmp_path / "new" / "canvas"
-    datamodule = SegmentationDataModule(
-        root, img_size=32, num_classes=11, generate=True, split_sizes=SIZES
-    )
-    assert (
-        datamodule.generated_sizes == SIZES and not root.exists()
-    )  # the constructor wrote nothing
+    datamodule = DigitCanvasDataModule(root, img_size=32, num_classes=11, split_sizes=SIZES)
+    assert not root.exists()  # the constructor wrote nothing
     datamodule.prepare_data()
     datamodule.setup()
     assert datamodule.dataset_sizes() == SIZES
+
+
+def test_the_readers_take_no_generation_options(tmp_path: Path):
+    with pytest.raises(TypeError, match="split_sizes"):
+        SegmentationDataModule(tmp_path, img_size=32, num_classes=11, split_sizes=SIZES)
 
 
 def test_a_missing_root_names_the_expected_layout(tmp_path: Path):

@@ -12,13 +12,16 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 from timm.data.random_erasing import RandomErasing as TimmRandomErasing
+from torchvision.transforms import v2
 
 from vitlab.cli import CONFIG_PATH
 from vitlab.data.synthetic import synthetic_image
 from vitlab.data.transforms import (
     DEIT_AUTO_AUGMENT,
     BatchMix,
+    BatchResizedCrop,
     BatchStep,
+    Normalize,
     RandomErasing,
     build_erasing,
     build_eval_transform,
@@ -205,3 +208,33 @@ def test_collate_drops_skipped_samples():
     samples = [(torch.full((1, 8, 8), k), k) for k in range(2)]
     images, labels = collate_present([*samples, None])
     assert images.shape == (2, 1, 8, 8) and labels.tolist() == [0, 1]
+
+
+def test_normalize_is_torchvisions_to_dtype_and_normalize_bit_for_bit():
+    pixels = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    reference = v2.Normalize(mean, std)(v2.ToDtype(torch.float32, scale=True)(pixels))
+    assert torch.equal(Normalize(mean, std)(pixels), reference)
+    floats = pixels / 255
+    assert torch.equal(Normalize(mean, std)(floats), v2.Normalize(mean, std)(floats))
+    assert floats.equal(pixels / 255)  # a float batch is not changed in place
+
+
+def test_batch_resized_crop_of_the_whole_image_is_the_image_or_its_mirror():
+    images = torch.randn(4, 2, 12, 12)
+    whole = BatchResizedCrop(12, scale=(1, 1), ratio=(1, 1), hflip=0.0)(images)
+    torch.testing.assert_close(whole, images, atol=1e-5, rtol=0)
+    mirrored = BatchResizedCrop(12, scale=(1, 1), ratio=(1, 1), hflip=1.0)(images)
+    torch.testing.assert_close(mirrored, images.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_batch_resized_crop_takes_a_box_of_the_drawn_area_inside_each_image():
+    # each pixel holds its column: a crop of a quarter of the area (half the side) resized to
+    # the full side steps half a column per pixel (its outermost pixels may touch the image's
+    # edge, which bilinear resizing clamps), and stays within the image's columns
+    columns = torch.arange(16.0).expand(8, 1, 16, 16)
+    cropped = BatchResizedCrop(16, scale=(0.25, 0.25), ratio=(1, 1), hflip=0.0)(columns)
+    steps = (cropped[..., 1:] - cropped[..., :-1])[..., 1:-1]
+    torch.testing.assert_close(steps, torch.full_like(steps, 0.5))
+    assert cropped.min() >= 0 and cropped.max() <= 15
+    assert len({round(row[0].item(), 3) for row in cropped[:, 0, 0]}) > 1  # boxes differ

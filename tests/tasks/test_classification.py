@@ -211,7 +211,8 @@ def test_training_reduces_the_loss_on_digits_and_learns_where_to_attend(digits_t
     assert trainer.callback_metrics["val/loss"] < 2.30  # below chance, ln(10)
     # the freshly initialised attention is uniform to 1e-4, and stays so if queries and keys
     # get no gradient (as with attention broken to a plain mean, which still fits the digits)
-    images, _ = next(iter(trainer.datamodule.val_dataloader()))
+    batch = next(iter(trainer.datamodule.val_dataloader()))
+    images, _ = trainer.datamodule.on_after_batch_transfer(batch, 0)
     assert attention_below_uniform(task.eval(), images) > 0.02  # measured: 0.05
 
 

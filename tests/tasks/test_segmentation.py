@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from vitlab.data.digit_canvas import write_digit_canvas
 from vitlab.data.segmentation import IGNORE_INDEX, SegmentationDataModule
@@ -54,7 +54,11 @@ def test_fitting_a_few_canvases_segments_them_well_above_all_background(
     )
     trainer.fit(task, datamodule=datamodule)
 
-    train_set = DataLoader(datamodule.splits["train"], batch_size=64)
+    train_set = DataLoader(
+        datamodule.splits["train"],
+        batch_size=64,
+        collate_fn=lambda samples: datamodule.batch_step(default_collate(samples), train=False),
+    )
     (scores,) = trainer.test(task, dataloaders=train_set, verbose=False)
     masks = next(iter(train_set))[1]
     baseline = background_miou(masks)

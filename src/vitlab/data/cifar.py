@@ -105,6 +105,6 @@ class CIFARDataModule(ImageDataModule):
         self.class_names = list(train.classes)
         if self.val_fraction <= 0:
             return {"train": train, "val": test, "test": test}
-        kept, held_out = carve_split(len(train), self.val_fraction, self.seed)
+        kept, held_out = carve_split(len(train), round(len(train) * self.val_fraction), self.seed)
         val = Subset(dataset(True, eval_transform), held_out)
         return {"train": Subset(train, kept), "val": val, "test": test}

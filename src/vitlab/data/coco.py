@@ -11,13 +11,13 @@ then padded with zeros around it), its boxes moved with it; crowd annotations ar
 Category ids (any, e.g. COCO's 1..90 with gaps) become labels 1..K in id order; 0 is
 background, as torchvision's detection models expect, so ``num_classes`` = K + 1. A batch is
 ``(images (B, C, H, W), [{"boxes": (n, 4) xyxy float, "labels": (n,) int64}, ...])``.
-``vitlab.data.digit_canvas`` writes such a tree (``generate=true``).
+``vitlab.data.digit_canvas`` writes such a tree and reads it with this DataModule.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from vitlab.data.base import SPLITS, SplitsDataModule
-from vitlab.data.digit_canvas import DEFAULT_SPLIT_SIZES, GeneratesDigitCanvas
+from vitlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 Target = dict[str, torch.Tensor]
 
@@ -38,13 +38,13 @@ def layout_message(root: Path, names: Mapping[str, str]) -> str:
     example = next(iter(names.values()))
     return (
         f"expected {root}/annotations/instances_{example}.json and the images it names under "
-        f"{root}/{example}/ (COCO format), one per split of data.split_names {dict(names)}; "
-        "or data.generate=true to write the digit canvases there"
+        f"{root}/{example}/ (COCO format), one per split of data.split_names {dict(names)} "
+        "(data=digit_canvas_detection writes such a tree)"
     )
 
 
 class CocoDetectionFiles(Dataset):
-    """One COCO split: (image (C, H, W) float, {"boxes", "labels"}); ``labels`` maps category
+    """One COCO split: (image (C, H, W) uint8, {"boxes", "labels"}); ``labels`` maps category
     ids to labels."""
 
     def __init__(
@@ -85,57 +85,40 @@ class CocoDetectionFiles(Dataset):
         }
 
 
-class CocoDetectionDataModule(GeneratesDigitCanvas, SplitsDataModule):
-    """COCO-format splits (see the module docstring), letterboxed to ``img_size`` and
-    standardised, without augmentation. ``split_names`` names each split's json and image
-    folder; ``generate=True`` writes the digit canvases into ``root`` when it does not exist
-    yet (``GeneratesDigitCanvas``)."""
+class CocoDetectionDataModule(SplitsDataModule):
+    """COCO-format splits (see the module docstring), letterboxed to ``img_size`` without
+    augmentation; the batch step standardises the images. ``split_names`` names each split's
+    json and image folder."""
 
     def __init__(
         self,
         root: str | os.PathLike,
-        img_size: int,
-        num_classes: int,
-        in_chans: int = 3,
-        batch_size: int = 16,
-        mean: Sequence[float] = (0.485, 0.456, 0.406),
-        std: Sequence[float] = (0.229, 0.224, 0.225),
+        *,
         split_names: Mapping[str, str] | None = None,
+        in_chans: int = 3,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        batch_size: int = 16,
         augment: bool = False,
-        generate: bool = False,
-        split_sizes: Mapping[str, int] = DEFAULT_SPLIT_SIZES,
-        canvas: int = 32,
-        generate_seed: int = 0,
-        num_workers: int | None = 0,
-        epoch_seed: int | None = None,
+        **shared: Any,
     ):
         super().__init__(
-            img_size,
-            in_chans,
-            num_classes,
-            batch_size,
-            mean,
-            std,
-            augment,
-            num_workers,
-            epoch_seed=epoch_seed,
+            in_chans=in_chans,
+            mean=mean,
+            std=std,
+            batch_size=batch_size,
+            augment=augment,
+            **shared,
         )
         self.root = Path(root).expanduser()
         self.split_names = dict(split_names or {split: split for split in SPLITS})
         self.mode = "L" if in_chans == 1 else "RGB"
-        self.set_generation(generate, split_sizes, canvas, generate_seed)
 
     def letterbox(self) -> v2.Compose:
         """Longer side to ``img_size`` (boxes scaled with it), zero padding around it to a
-        square (``CenterCrop`` pads), [0, 1], standardised."""
-        return v2.Compose(
-            [
-                v2.Resize(None, max_size=self.img_size, antialias=True),
-                v2.CenterCrop(self.img_size),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(list(self.mean), list(self.std)),
-            ]
-        )
+        square (``CenterCrop`` pads)."""
+        size = self.image.size
+        return v2.Compose([v2.Resize(None, max_size=size, antialias=True), v2.CenterCrop(size)])
 
     def eval_transform(self) -> v2.Compose:
         """``letterbox``, then boxes as xyxy, empty ones dropped."""
@@ -143,9 +126,12 @@ class CocoDetectionDataModule(GeneratesDigitCanvas, SplitsDataModule):
             [self.letterbox(), v2.ConvertBoundingBoxFormat("XYXY"), v2.SanitizeBoundingBoxes()]
         )
 
-    def predict_transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        transform = self.letterbox()
-        return lambda image: transform(v2.functional.pil_to_tensor(image.convert(self.mode)))
+    def read_image(self, image: Image.Image) -> torch.Tensor:
+        return v2.functional.pil_to_tensor(image.convert(self.mode))
+
+    def predict_geometry(self) -> v2.Compose:
+        """``letterbox``: an image without boxes."""
+        return self.letterbox()
 
     def collate(self, samples: list[Any]) -> tuple[torch.Tensor, list[Target]]:
         images, targets = zip(*samples, strict=True)

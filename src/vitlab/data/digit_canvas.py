@@ -2,7 +2,10 @@
 mask marking each digit's bright pixels with its class + 1 (0 is background), as the image/mask
 PNG tree that ``SegmentationDataModule`` reads, and the box around those pixels (category
 ``digit + 1``, named after the digit) as the COCO ``annotations/instances_<split>.json`` that
-``CocoDetectionDataModule`` reads (``file_name`` relative to ``<root>/<split>``)."""
+``CocoDetectionDataModule`` reads (``file_name`` relative to ``<root>/<split>``).
+
+Its DataModules (``DigitCanvasDataModule``: masks, ``DigitCanvasDetectionDataModule``: boxes)
+are those readers that write the tree first when it is missing."""
 
 from __future__ import annotations
 
@@ -11,10 +14,14 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
+
+from vitlab.data.coco import CocoDetectionDataModule
+from vitlab.data.segmentation import SegmentationDataModule
 
 DIGIT_SIZE = 16  # the 8x8 digits, each pixel repeated 2x2
 # a digit pixel belongs to the mask from a quarter of full intensity (4 of 16) upwards: a
@@ -120,23 +127,38 @@ def write_digit_canvas(
     return root
 
 
-class GeneratesDigitCanvas:
-    """What a DataModule needs to write the digit canvases into its ``root`` (the image/mask
-    tree and the COCO annotations are one tree, so the segmentation and the detection
-    DataModules share it): ``generate``, ``split_sizes`` images per split, ``canvas`` pixels a
-    side, ``generate_seed``; written in ``prepare_data`` when ``root`` does not exist yet."""
+class WritesDigitCanvas:
+    """What makes a reader of the canvases' tree (masks or boxes) the digit-canvas DataModule:
+    ``split_sizes`` images per split, ``canvas`` pixels a side, ``generate_seed``, written in
+    ``prepare_data`` when ``root`` does not exist yet. The readers themselves write nothing."""
 
     root: Path
 
-    def set_generation(
-        self, generate: bool, split_sizes: Mapping[str, int], canvas: int, seed: int
-    ) -> None:
-        self.generate = generate
-        self.generated_sizes = dict(split_sizes)
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        split_sizes: Mapping[str, int] = DEFAULT_SPLIT_SIZES,
+        canvas: int = 32,
+        generate_seed: int = 0,
+        **reader: Any,
+    ):
+        super().__init__(root, **reader)
+        self.split_sizes = dict(split_sizes)
         self.canvas = canvas
-        self.generate_seed = seed
+        self.generate_seed = generate_seed
 
     def prepare_data(self) -> None:
         # Lightning runs this on one process per node: the only place that writes files
-        if self.generate and not self.root.exists():
-            write_digit_canvas(self.root, self.generated_sizes, self.canvas, self.generate_seed)
+        if not self.root.exists():
+            write_digit_canvas(self.root, self.split_sizes, self.canvas, self.generate_seed)
+
+
+class DigitCanvasDataModule(WritesDigitCanvas, SegmentationDataModule):
+    """data=digit_canvas: the canvases and their masks (11 classes, 0 the background),
+    written into ``root`` on first use."""
+
+
+class DigitCanvasDetectionDataModule(WritesDigitCanvas, CocoDetectionDataModule):
+    """data=digit_canvas_detection: the canvases and their boxes in COCO format (the same tree
+    as ``DigitCanvasDataModule``), written into ``root`` on first use."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -34,12 +34,13 @@ class TensorImages(Dataset):
 
 
 class DigitsDataModule(SplitsDataModule):
-    """Fixed stratified train/val/test split of the digits (grayscale in [0, 1]), standardised
-    with ``mean``/``std``.
+    """Fixed stratified train/val/test split of the digits, grayscale in [0, 1] (the batch
+    step standardises them with ``mean``/``std``).
 
     ``img_size`` resizes the 8x8 digits (bilinear, antialiased) for models that expect other
     inputs; with ``augment`` the train split gets a light random affine (small shifts, rotations
-    and scalings), with ``multi_crop`` random resized crops instead (``crop_views``). ``epoch_seed`` reseeds every RNG at each epoch's train loader (see
+    and scalings), with ``multi_crop`` random resized crops instead (``crop_views``).
+    ``epoch_seed`` reseeds every RNG at each epoch's train loader (see
     ``vitlab.data.epoch_seed``).
     """
 
@@ -47,19 +48,17 @@ class DigitsDataModule(SplitsDataModule):
 
     def __init__(
         self,
-        img_size: int = NATIVE_SIZE,
-        in_chans: int = 1,
-        num_classes: int = 10,
-        batch_size: int = 64,
-        mean: Sequence[float] = DIGITS_MEAN,
-        std: Sequence[float] = DIGITS_STD,
-        augment: bool = True,
+        *,
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         split_seed: int = 0,
-        num_workers: int = 0,
-        epoch_seed: int | None = None,
-        multi_crop: Mapping[str, Any] | None = None,
+        img_size: int = NATIVE_SIZE,
+        in_chans: int = 1,
+        num_classes: int = 10,
+        mean: Sequence[float] = DIGITS_MEAN,
+        std: Sequence[float] = DIGITS_STD,
+        batch_size: int = 64,
+        **shared: Any,
     ):
         if (in_chans, num_classes) != (1, 10):
             raise ValueError(
@@ -67,61 +66,49 @@ class DigitsDataModule(SplitsDataModule):
                 f"got in_chans={in_chans}, num_classes={num_classes}"
             )
         super().__init__(
-            img_size,
-            in_chans,
-            num_classes,
-            batch_size,
-            mean,
-            std,
-            augment,
-            num_workers,
-            epoch_seed=epoch_seed,
-            multi_crop=multi_crop,
+            img_size=img_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            mean=mean,
+            std=std,
+            batch_size=batch_size,
+            **shared,
         )
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_seed = split_seed
 
-    def eval_transform(self) -> v2.Compose:
-        """Grayscale in [0, 1], (1, H, W), of any size: resized to ``img_size``, standardised."""
-        return v2.Compose(
-            [
-                v2.Resize([self.img_size, self.img_size], antialias=True),
-                v2.Normalize(list(self.mean), list(self.std)),
-            ]
-        )
+    def eval_transform(self) -> v2.Resize:
+        """Grayscale in [0, 1], (1, H, W), of any size: resized to ``img_size``."""
+        size = self.image.size
+        return v2.Resize([size, size], antialias=True)
 
     def train_transform(self) -> Callable:
         if self.multi_crop is not None:
-            # crops resized to their size, standardised: colour jitter means nothing here
-            normalize = v2.Normalize(list(self.mean), list(self.std))
-            return crop_views(self.img_size, self.multi_crop, [normalize])
+            # crops resized to their size: colour jitter means nothing here
+            return crop_views(self.image.size, self.multi_crop)
         if not self.augment:
             return self.eval_transform()
         augment = v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1))
         return v2.Compose([augment, self.eval_transform()])
 
-    def predict_transform(self) -> Callable[[Image.Image], torch.Tensor]:
+    def read_image(self, image: Image.Image) -> torch.Tensor:
         """Grayscale, box-averaged (area) to the digits' native 8x8 grid, which is how the digits
         were made (block averages of 32x32 bitmaps), so that a digit upscaled by a whole factor
-        comes back exactly; then ``eval_transform``."""
-        transform = self.eval_transform()
-
-        def prepare(image: Image.Image) -> torch.Tensor:
-            native = image.convert("L").resize((NATIVE_SIZE, NATIVE_SIZE), Image.Resampling.BOX)
-            gray = v2.functional.pil_to_tensor(native)
-            return transform(v2.functional.to_dtype(gray, torch.float32, scale=True))
-
-        return prepare
+        comes back exactly; in [0, 1]."""
+        native = image.convert("L").resize((NATIVE_SIZE, NATIVE_SIZE), Image.Resampling.BOX)
+        gray = v2.functional.pil_to_tensor(native)
+        return v2.functional.to_dtype(gray, torch.float32, scale=True)
 
     def preprocessing(self) -> list[dict[str, Any]]:
+        size = self.image.size
         return [
             {"op": "convert", "mode": "L"},
             {"op": "resize", "size": [NATIVE_SIZE, NATIVE_SIZE], "interpolation": "box"},
             {"op": "to_tensor"},
             {"op": "scale"},
-            {"op": "resize", "size": [self.img_size, self.img_size], "interpolation": "bilinear"},
-            self.normalize_step(),
+            {"op": "resize", "size": [size, size], "interpolation": "bilinear"},
+            self.image.normalize_step(),
         ]
 
     def build_splits(self) -> dict[str, Dataset]:

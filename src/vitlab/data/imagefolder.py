@@ -171,7 +171,9 @@ class ImageFolderDataModule(ImageDataModule):
         if has_val:
             val = self.scan("val")
         else:
-            kept, held_out = carve_split(len(train), self.val_fraction, self.seed)
+            kept, held_out = carve_split(
+                len(train), round(len(train) * self.val_fraction), self.seed
+            )
             train, val = [train[i] for i in kept], [train[i] for i in held_out]
         test = self.scan("test") if has_test else val
         log.debug(

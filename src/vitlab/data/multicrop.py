@@ -8,7 +8,7 @@ stay plain ``(images, targets)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,14 +119,12 @@ def ibot_rgb_views(img_size: int, config: MultiCropConfig, blur_kernel: int = 23
     )
 
 
-def crop_views(
-    img_size: int, config: MultiCropConfig, finish: Sequence[Callable] = ()
-) -> MultiCrop:
-    """Crops only (bilinear, antialiased), each followed by ``finish``: for images where colour
-    augmentation means nothing (the one-channel digits)."""
+def crop_views(img_size: int, config: MultiCropConfig) -> MultiCrop:
+    """Crops only (bilinear, antialiased): for images where colour augmentation means nothing
+    (the one-channel digits). Normalisation follows per batch, on its device."""
 
-    def view(size: int, scale: tuple[float, float]) -> v2.Compose:
-        return v2.Compose([v2.RandomResizedCrop(size, scale=scale, antialias=True), *finish])
+    def view(size: int, scale: tuple[float, float]) -> v2.RandomResizedCrop:
+        return v2.RandomResizedCrop(size, scale=scale, antialias=True)
 
     globals_ = view(img_size, config.global_scale)
     return MultiCrop(globals_, globals_, view(config.local_size, config.local_scale), config)

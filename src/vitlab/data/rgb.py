@@ -10,15 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import v2
 
-from vitlab.data.base import Batch, SplitsDataModule
+from vitlab.data.base import SplitsDataModule
 from vitlab.data.multicrop import ibot_rgb_views
 from vitlab.data.sampler import RepeatedAugSampler
 from vitlab.data.transforms import (
+    ERASE_KEYS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     BatchStep,
@@ -28,9 +28,6 @@ from vitlab.data.transforms import (
     collate_present,
     eval_resize_size,
 )
-
-# the train_transform keys that configure the batch step's random erasing
-ERASE_KEYS = ("erase_prob", "erase_mode")
 
 
 class ImageDataModule(SplitsDataModule):
@@ -51,43 +48,24 @@ class ImageDataModule(SplitsDataModule):
 
     def __init__(
         self,
-        img_size: int,
-        num_classes: int | None,
-        in_chans: int = 3,
-        batch_size: int = 128,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        augment: bool = True,
+        *,
         train_transform: Mapping[str, Any] | None = None,
         eval_crop_pct: float | None = 0.875,
         mix: Mapping[str, float] | None = None,
         repeated_aug: int = 1,
         fast_path: bool = True,
-        num_workers: int | None = None,
-        pin_memory: bool | None = None,
-        persistent_workers: bool = True,
         seed: int = 0,
-        epoch_seed: int | None = None,
-        multi_crop: Mapping[str, Any] | None = None,
+        in_chans: int = 3,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        batch_size: int = 128,
+        **shared: Any,
     ):
         if in_chans != 3:
             raise ValueError(
                 f"{type(self).__name__} yields RGB images: in_chans must be 3, got {in_chans}"
             )
-        super().__init__(
-            img_size,
-            in_chans,
-            num_classes,
-            batch_size,
-            mean,
-            std,
-            augment,
-            num_workers,
-            pin_memory,
-            persistent_workers,
-            epoch_seed,
-            multi_crop,
-        )
+        super().__init__(in_chans=in_chans, mean=mean, std=std, batch_size=batch_size, **shared)
         self.train_transform_cfg = dict(train_transform or {})
         self.erase_cfg = {
             key: self.train_transform_cfg.pop(key)
@@ -95,11 +73,10 @@ class ImageDataModule(SplitsDataModule):
             if key in self.train_transform_cfg
         }
         self.eval_crop_pct = eval_crop_pct
-        self.mix = dict(mix) if mix is not None and augment else None
+        self.mix = dict(mix) if mix is not None and self.augment else None
         self.repeated_aug = repeated_aug
         self.fast_path = fast_path
         self.seed = seed
-        self.batch_step: BatchStep | None = None
 
     def build_rgb_splits(
         self, train_transform: Callable, eval_transform: Callable
@@ -108,48 +85,42 @@ class ImageDataModule(SplitsDataModule):
         raise NotImplementedError
 
     def build_splits(self) -> dict[str, Dataset]:
-        splits = self.build_rgb_splits(self.train_transform(), self.eval_transform())
-        # the class count may come from the data (an image-folder tree)
+        return self.build_rgb_splits(self.train_transform(), self.eval_transform())
+
+    def make_batch_step(self) -> BatchStep:
         erase = build_erasing(**self.erase_cfg) if self.augment else None
-        self.batch_step = BatchStep(self.mean, self.std, self.num_classes, self.mix, erase)
-        return splits
+        return BatchStep(self.image.mean, self.image.std, self.num_classes, self.mix, erase)
 
     def train_transform(self) -> Callable:
         if self.multi_crop is not None:
-            return ibot_rgb_views(self.img_size, self.multi_crop)
+            return ibot_rgb_views(self.image.size, self.multi_crop)
         if not self.augment:
             return self.eval_transform()
         return build_train_transform(
-            self.img_size, self.mean, fast=self.fast_path, **self.train_transform_cfg
+            self.image.size, self.image.mean, fast=self.fast_path, **self.train_transform_cfg
         )
 
     def eval_transform(self) -> v2.Compose:
-        return build_eval_transform(self.img_size, self.eval_crop_pct, self.fast_path)
+        return build_eval_transform(self.image.size, self.eval_crop_pct, self.fast_path)
 
-    def predict_transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        step = BatchStep(self.mean, self.std, num_classes=0)
-        transform = self.eval_transform()
-        return lambda image: step.normalize(transform(image.convert("RGB")))
+    def read_image(self, image: Image.Image) -> Image.Image:
+        return image.convert("RGB")
 
     def preprocessing(self) -> list[dict[str, Any]]:
         """``build_eval_transform``: PIL or tensor geometry, as ``fast_path`` chooses."""
-        size = eval_resize_size(self.img_size, self.eval_crop_pct)
+        size = eval_resize_size(self.image.size, self.eval_crop_pct)
         geometry = [
             {"op": "resize", "size": size, "interpolation": "bicubic"},
-            {"op": "center_crop", "size": [self.img_size, self.img_size]},
+            {"op": "center_crop", "size": [self.image.size, self.image.size]},
         ]
         to_tensor = [{"op": "to_tensor"}]
         steps = to_tensor + geometry if self.fast_path else geometry + to_tensor
-        return [{"op": "convert", "mode": "RGB"}, *steps, {"op": "scale"}, self.normalize_step()]
-
-    def on_after_batch_transfer(
-        self, batch: Batch | torch.Tensor, dataloader_idx: int
-    ) -> Batch | torch.Tensor:
-        if isinstance(batch, torch.Tensor):
-            # the model summary's example input: images as the model takes them already
-            return batch
-        training = self.trainer is not None and self.trainer.training
-        return self.batch_step(batch, train=training)
+        return [
+            {"op": "convert", "mode": "RGB"},
+            *steps,
+            {"op": "scale"},
+            self.image.normalize_step(),
+        ]
 
     def train_sampler(self, shuffle_seed: int | None) -> Sampler | None:
         """Repeated augmentation when asked; else the base's seeded (or plain) shuffle."""

@@ -14,15 +14,16 @@ configured for (``conf/data``)::
                   255 ignored)
 
 A mask pixel equal to ``ignore_index`` (255) counts for neither the loss nor the metrics
-(``vitlab.tasks.segmentation``). ``vitlab.data.digit_canvas.write_digit_canvas`` writes the
-first layout offline (the digit canvases).
+(``vitlab.tasks.segmentation``). ``vitlab.data.digit_canvas`` writes the first layout offline
+(the digit canvases) and reads it with this DataModule.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,6 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from vitlab.data.base import SPLITS, SplitsDataModule
-from vitlab.data.digit_canvas import DEFAULT_SPLIT_SIZES, GeneratesDigitCanvas
 
 # pixel statistics of the generated canvases (1 digit on 32x32), scaled to [0, 1]
 CANVAS_MEAN, CANVAS_STD = (0.076,), (0.229,)
@@ -50,7 +50,7 @@ def reduce_zero_label(mask: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.
 
 
 class SegmentationFiles(Dataset):
-    """Image/mask pairs: (image (C, H, W) float, mask (H, W) int64 class indices)."""
+    """Image/mask pairs: (image (C, H, W) uint8, mask (H, W) int64 class indices)."""
 
     def __init__(
         self,
@@ -75,33 +75,25 @@ class SegmentationFiles(Dataset):
         mask = tv_tensors.Mask(torch.from_numpy(labels.astype(np.int64)))
         # v2 resizes a Mask with nearest neighbours: class indices stay class indices
         image, mask = self.transform(image, mask)
-        return image, mask.as_subclass(torch.Tensor)
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
 
 
-class SegmentationDataModule(GeneratesDigitCanvas, SplitsDataModule):
+class SegmentationDataModule(SplitsDataModule):
     """Image/mask pairs (see the module docstring for the layouts), resized to ``img_size``
-    square and standardised for evaluation.
+    square for evaluation; the batch step standardises the images.
 
     ``train_short_side`` (``[low, high]``) turns on mmsegmentation's training augmentation when
     ``augment`` is true: the shorter side resized to a random length in that range (aspect
     kept), a random ``img_size`` square crop (padded with 0 and ``ignore_index`` where the image
     is smaller), a random horizontal flip. Without it the training images are prepared as for
-    evaluation (the digit canvases). ``generate=True`` writes the digit canvases into ``root``
-    when it does not exist yet (``GeneratesDigitCanvas``), so the default config runs offline.
-    ``epoch_seed`` reseeds every RNG at each epoch's train loader (see
-    ``vitlab.data.epoch_seed``) for exact resume.
+    evaluation (the digit canvases). ``epoch_seed`` reseeds every RNG at each epoch's train
+    loader (see ``vitlab.data.epoch_seed``) for exact resume.
     """
 
     def __init__(
         self,
         root: str | os.PathLike,
-        img_size: int,
-        num_classes: int,
-        in_chans: int = 1,
-        batch_size: int = 64,
-        mean: Sequence[float] = CANVAS_MEAN,
-        std: Sequence[float] = CANVAS_STD,
-        augment: bool = True,
+        *,
         images: str = "{split}/images",
         masks: str = "{split}/masks",
         image_suffix: str = ".png",
@@ -110,24 +102,13 @@ class SegmentationDataModule(GeneratesDigitCanvas, SplitsDataModule):
         reduce_zero_label: bool = False,
         ignore_index: int = IGNORE_INDEX,
         train_short_side: Sequence[int] | None = None,
-        generate: bool = False,
-        split_sizes: Mapping[str, int] = DEFAULT_SPLIT_SIZES,
-        canvas: int = 32,
-        generate_seed: int = 0,
-        num_workers: int | None = 0,
-        epoch_seed: int | None = None,
+        in_chans: int = 1,
+        mean: Sequence[float] = CANVAS_MEAN,
+        std: Sequence[float] = CANVAS_STD,
+        batch_size: int = 64,
+        **shared: Any,
     ):
-        super().__init__(
-            img_size,
-            in_chans,
-            num_classes,
-            batch_size,
-            mean,
-            std,
-            augment,
-            num_workers,
-            epoch_seed=epoch_seed,
-        )
+        super().__init__(in_chans=in_chans, mean=mean, std=std, batch_size=batch_size, **shared)
         self.root = Path(root).expanduser()
         self.mode = "L" if in_chans == 1 else "RGB"
         self.images, self.masks = images, masks
@@ -136,7 +117,6 @@ class SegmentationDataModule(GeneratesDigitCanvas, SplitsDataModule):
         self.reduce_zero_label = reduce_zero_label
         self.ignore_index = ignore_index
         self.train_short_side = tuple(train_short_side) if train_short_side else None
-        self.set_generation(generate, split_sizes, canvas, generate_seed)
 
     def layout_message(self) -> str:
         split = next(iter(self.split_names.values()))
@@ -144,8 +124,8 @@ class SegmentationDataModule(GeneratesDigitCanvas, SplitsDataModule):
             f"expected images {self.root}/{self.images.format(split=split)}/<name>"
             f"{self.image_suffix} and masks {self.root}/{self.masks.format(split=split)}/<name>"
             f"{self.mask_suffix} (mask pixel = class index), one pair of folders per split of "
-            f"data.split_names {self.split_names}; set data.root to such a tree, or "
-            "data.generate=true to write the digit canvases there"
+            f"data.split_names {self.split_names}; set data.root to such a tree "
+            "(data=digit_canvas writes one)"
         )
 
     def scan_pairs(self, split: str) -> list[Pair]:
@@ -177,16 +157,10 @@ class SegmentationDataModule(GeneratesDigitCanvas, SplitsDataModule):
             )
         return [(images[name], masks[name]) for name in sorted(images)]
 
-    def eval_transform(self) -> v2.Compose:
+    def eval_transform(self) -> v2.Resize:
         """A uint8 image (and its mask) of any size: resized to ``img_size`` (the mask by nearest
-        neighbours, as v2 resizes a ``Mask``), scaled to [0, 1] and standardised."""
-        return v2.Compose(
-            [
-                v2.Resize([self.img_size, self.img_size], antialias=True),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(list(self.mean), list(self.std)),
-            ]
-        )
+        neighbours, as v2 resizes a ``Mask``)."""
+        return v2.Resize([self.image.size, self.image.size], antialias=True)
 
     def train_transform(self) -> v2.Compose:
         """``eval_transform``, or with ``augment`` and ``train_short_side``: random rescale,
@@ -198,19 +172,16 @@ class SegmentationDataModule(GeneratesDigitCanvas, SplitsDataModule):
             [
                 v2.RandomShortestSize(list(range(low, high + 1)), antialias=True),
                 v2.RandomCrop(
-                    self.img_size,
+                    self.image.size,
                     pad_if_needed=True,
                     fill={tv_tensors.Image: 0, tv_tensors.Mask: self.ignore_index},
                 ),
                 v2.RandomHorizontalFlip(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(list(self.mean), list(self.std)),
             ]
         )
 
-    def predict_transform(self) -> Callable[[Image.Image], torch.Tensor]:
-        transform = self.eval_transform()
-        return lambda image: transform(v2.functional.pil_to_tensor(image.convert(self.mode)))
+    def read_image(self, image: Image.Image) -> torch.Tensor:
+        return v2.functional.pil_to_tensor(image.convert(self.mode))
 
     def build_splits(self) -> dict[str, Dataset]:
         if not self.root.is_dir():

@@ -145,10 +145,10 @@ class ShardsDataModule(ImageDataModule):
         dataset = self.stream(FOLDERS[split], transform, train, seed)
         return streaming_loader_class()(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.loading.batch_size,
             num_workers=self.loader_workers(),
             collate_fn=self.collate,
-            pin_memory=self.pin_memory,
+            pin_memory=self.loading.pin(),
             drop_last=train,
         )
 

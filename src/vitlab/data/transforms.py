@@ -3,7 +3,8 @@
 The split keeps the loader workers' share small: per sample, on the CPU, only what differs per
 image (crop, flip, augmentation policy) and on uint8, so batches leave the workers at a quarter
 of float32's size. Per batch, wherever the batch lands (the GPU in training), the conversion to
-float, normalisation, random erasing and MixUp/CutMix (``BatchStep``).
+float, normalisation, random erasing and MixUp/CutMix (``BatchStep``; every DataModule
+normalises there, ``vitlab.data.base``).
 
 Transforms accept PIL images (decoded files, CIFAR arrays) or uint8 CHW tensors (decoded JPEGs)
 and return uint8 CHW tensors. The fast path keeps tensors from decode to batch: torchvision's
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -98,22 +100,25 @@ def eval_resize_size(img_size: int, crop_pct: float | None) -> int:
 
 
 class Normalize:
-    """uint8 images (one or a batch) to float32, standardised with ``mean``/``std`` (in [0, 1]).
+    """Images (one or a batch; uint8 in 0-255 or float in [0, 1]) to float32, standardised
+    with ``mean``/``std`` (in [0, 1] units).
 
-    One conversion and two in-place passes: on a CPU batch, much faster than ``v2.ToDtype`` +
-    ``v2.Normalize``, whose two fresh 19 MB buffers (32 images of 224) dominate.
+    The arithmetic of ``v2.ToDtype(torch.float32, scale=True)`` + ``v2.Normalize`` (bit for
+    bit), with one fresh buffer instead of two: the conversion's, then passes in place.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        std_ = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        self.scale = 1 / (255 * std_)
-        self.shift = -torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) / std_
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if self.scale.device != images.device:
+        if self.mean.device != images.device:
             # moved once: a blocking copy to a GPU each batch would synchronise every step
-            self.scale, self.shift = self.scale.to(images.device), self.shift.to(images.device)
-        return images.float().mul_(self.scale).add_(self.shift)
+            self.mean, self.std = self.mean.to(images.device), self.std.to(images.device)
+        scaled = v2.functional.to_dtype(images, torch.float32, scale=True)
+        if scaled is images:
+            scaled = images.clone()
+        return scaled.sub_(self.mean).div_(self.std)
 
 
 class BatchMix:
@@ -213,6 +218,52 @@ class RandomErasing:
         return colour.normal_() if self.mode == "rand" else colour.zero_()
 
 
+class BatchResizedCrop:
+    """``RandomResizedCrop(size, scale, ratio)`` + a horizontal flip (probability ``hflip``) of
+    every image of a float batch at once, on the batch's device: one bilinear ``grid_sample``
+    for the whole batch instead of a transform per image.
+
+    Per image, as torchvision draws a crop: an area fraction uniform in ``scale`` and an aspect
+    ratio log-uniform in ``ratio``, the box placed uniformly inside the image; a box wider or
+    taller than the image is clipped to it (torchvision redraws it, up to 10 times). The draws
+    come from torch's generator on the device (seeded per epoch like every other draw).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        scale: Sequence[float] = (0.08, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        hflip: float = 0.5,
+    ):
+        self.size, self.scale, self.hflip = size, tuple(scale), hflip
+        self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        batch = len(images)
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return torch.empty(batch, 1, device=images.device).uniform_(low, high)
+
+        area, ratio = uniform(*self.scale), uniform(*self.log_ratio).exp()
+        # half-sides in grid_sample's [-1, 1] coordinates: a box spans its centre -/+ these
+        width, height = (area * ratio).sqrt().clamp(max=1), (area / ratio).sqrt().clamp(max=1)
+        centre_x, centre_y = uniform(-1, 1) * (1 - width), uniform(-1, 1) * (1 - height)
+        width = torch.where(uniform(0, 1) < self.hflip, -width, width)
+        # the output pixels' centres in [-1, 1] (align_corners=False), mapped into each box
+        steps = torch.arange(self.size, device=images.device) * (2 / self.size) + (
+            1 / self.size - 1
+        )
+        x = (steps * width + centre_x)[:, None, :].expand(-1, self.size, -1)
+        y = (steps * height + centre_y)[:, :, None].expand(-1, -1, self.size)
+        grid = torch.stack([x, y], dim=-1)
+        return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
+
+
+# the train_transform keys that configure the batch step's random erasing
+ERASE_KEYS = ("erase_prob", "erase_mode")
+
+
 def build_erasing(erase_prob: float = 0.25, erase_mode: str = "pixel") -> RandomErasing | None:
     """The batch step's random erasing for ``train_transform.erase_prob`` / ``erase_mode``
     (timm's ``re_prob`` / ``re_mode``; the defaults are DeiT's); None when ``erase_prob`` is 0."""
@@ -220,31 +271,35 @@ def build_erasing(erase_prob: float = 0.25, erase_mode: str = "pixel") -> Random
 
 
 class BatchStep:
-    """What a uint8 batch still needs once it is on its device: normalisation, and for training
-    batches random erasing (``erase``; None: none) and then the MixUp/CutMix of ``mix`` (a
-    ``BatchMix`` config; null: labels stay indices), in timm's order. A list of multi-crop
-    views is normalised view by view, nothing else."""
+    """What a batch still needs once it is on its device, for every DataModule: normalisation,
+    and for training batches a batched crop and flip (``crop``, a ``BatchResizedCrop``; None:
+    none), random erasing (``erase``; None: none) and then the MixUp/CutMix of ``mix`` (a
+    ``BatchMix`` config for ``num_classes``; null: labels stay indices), in timm's order. A list of multi-crop views is normalised view by view, nothing else; targets
+    of any kind (indices, masks, box lists) pass through unless mixed."""
 
     def __init__(
         self,
         mean: Sequence[float],
         std: Sequence[float],
-        num_classes: int,
+        num_classes: int | None = None,
         mix: Mapping[str, float] | None = None,
         erase: RandomErasing | None = None,
+        crop: BatchResizedCrop | None = None,
     ):
         self.normalize = Normalize(mean, std)
         self.mix = None if mix is None else BatchMix(num_classes, **mix)
         self.erase = erase
+        self.crop = crop
 
-    def __call__(
-        self, batch: tuple[torch.Tensor, torch.Tensor], train: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: tuple[Any, Any], train: bool) -> tuple[Any, Any]:
         images, labels = batch
         if isinstance(images, list):
             # multi-crop views (vitlab.data.multicrop): normalised only
             return [self.normalize(view) for view in images], labels
         images = self.normalize(images)
+        if train and self.crop is not None:
+            # bilinear resampling commutes with the per-channel affine normalisation
+            images = self.crop(images)
         if train and self.erase is not None:
             images = self.erase(images)
         if train and self.mix is not None:
