@@ -30,14 +30,12 @@ from torch import nn
 from vitlab.checkpoint_file import RUN_CONFIG_KEY, read_checkpoint
 from vitlab.errors import UserError, existing_file
 from vitlab.extras import require
-from vitlab.loggers import check_wandb_source, wandb_checkpoint
+from vitlab.loggers import WANDB_SOURCE, check_wandb_source, wandb_checkpoint
 from vitlab.models.checkpoint import fitted_state, load_pretrained
 
 KEY = "task.pretrained"
 # weights by name, through timm
 NAMED = ("timm:", "hf-hub:")
-# a checkpoint logged as a W&B artifact
-WANDB = "wandb:"
 
 
 def check_source(source: str, key: str = KEY) -> None:
@@ -46,7 +44,7 @@ def check_source(source: str, key: str = KEY) -> None:
     malformed or cannot be downloaded (no credentials)."""
     if source.startswith(NAMED):
         require("timm", key)
-    elif source.startswith(WANDB):
+    elif source.startswith(WANDB_SOURCE):
         check_wandb_source(source, key)
     else:
         read_checkpoint(existing_file(source, key), key)
@@ -56,7 +54,7 @@ def check_fits(target: nn.Module, source: str, key: str = KEY) -> None:
     """A ``UserError`` naming ``key`` when the checkpoint file ``source`` does not fit ``target``
     (whose shapes alone are read: a copy on the meta device will do), naming the task a vitlab
     checkpoint was trained for. Named and W&B weights are checked when they are loaded."""
-    if source.startswith((*NAMED, WANDB)):
+    if source.startswith((*NAMED, WANDB_SOURCE)):
         return
     checkpoint = read_checkpoint(existing_file(source, key), key)
     try:
@@ -81,7 +79,7 @@ def load_weights(target: nn.Module, source: str, key: str = KEY) -> None:
 def fetch(source: str, key: str = KEY) -> str:
     """What to read ``source`` from on this machine: a W&B artifact's checkpoint file once
     downloaded; a file or a timm name as it is."""
-    if source.startswith(WANDB):
+    if source.startswith(WANDB_SOURCE):
         return wandb_checkpoint(source, key)
     return source
 
