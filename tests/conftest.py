@@ -8,6 +8,7 @@ the whole suite. A test that needs a setting passes it where it can be read.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import vitlab.config  # noqa: F401  (the resolvers the config groups use)
@@ -28,6 +30,7 @@ from vitlab.cli import CONFIG_PATH
 from vitlab.data.synthetic import write_image_tree
 from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.models.vit import VisionTransformer
+from vitlab.tasks.base import build_task
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(CONFIG_PATH)
@@ -146,6 +149,26 @@ def compose_config(tmp_path: Path) -> Callable[..., DictConfig]:
         return cfg
 
     return composer
+
+
+@pytest.fixture
+def trained_checkpoint(compose_config, quiet_trainer, tmp_path: Path) -> Callable[..., Path]:
+    """``trained_checkpoint(*overrides)``: the checkpoint of the run train.py composes from
+    ``overrides`` after two training steps, with the run config in it as train.py stores it
+    (each call a run of its own: ``<tmp>/run_<n>/checkpoints/last.ckpt``)."""
+    runs = itertools.count()
+
+    def train(*overrides: str) -> Path:
+        cfg = compose_config(*overrides)
+        task = build_task(cfg.task)
+        task.run_config = OmegaConf.to_container(cfg, resolve=True)
+        trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
+        trainer.fit(task, datamodule=instantiate(cfg.data))
+        path = tmp_path / f"run_{next(runs)}" / "checkpoints" / "last.ckpt"
+        trainer.save_checkpoint(path)
+        return path
+
+    return train
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ from vitlab.checks import (
 )
 from vitlab.errors import UserError
 
+CLASSIFIER = "vitlab.tasks.classification.ClassificationTask"
+
 
 def test_number_arguments_given_text_are_refused_with_their_path():
     cfg = OmegaConf.create(
@@ -127,15 +129,15 @@ def test_checkpoint_size_counts_weights_and_two_moments():
 def test_resuming_a_checkpoint_with_another_class_count_is_refused(tmp_path: Path):
     path = tmp_path / "last.ckpt"
     torch.save({RUN_CONFIG_KEY: {"data": {"num_classes": 10}}}, path)
-    check_checkpoint_matches(str(path), 10)
+    check_checkpoint_matches(str(path), CLASSIFIER, 10)
     with pytest.raises(UserError, match="was trained for 10 classes, but the data has 3"):
-        check_checkpoint_matches(str(path), 3)
+        check_checkpoint_matches(str(path), CLASSIFIER, 3)
 
 
 def test_a_checkpoint_without_a_run_config_is_not_refused(tmp_path: Path):
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": {}}, path)
-    check_checkpoint_matches(str(path), 3)
+    check_checkpoint_matches(str(path), CLASSIFIER, 3)
 
 
 def test_the_monitored_metric_must_be_one_the_task_logs():

@@ -4,7 +4,6 @@ config.json from which a consumer without vitlab's data code computes what predi
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ import onnxruntime
 import pytest
 import torch
 from export_consumer import load_export, probabilities
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 from predictions import read_predictions
@@ -29,7 +27,6 @@ from vitlab.export import (
 )
 from vitlab.models.vit import VisionTransformer
 from vitlab.predict import predict
-from vitlab.tasks.base import build_task
 from vitlab.tasks.linear_probe import LinearProbeTask
 
 DIGITS_PREPROCESSING = [
@@ -42,28 +39,10 @@ DIGITS_PREPROCESSING = [
 ]
 
 
-@pytest.fixture
-def checkpoint(compose_config, quiet_trainer, tmp_path: Path) -> Callable[..., Path]:
-    """``checkpoint(*overrides)``: the checkpoint of the run train.py composes from
-    ``overrides`` after two training steps, with the run config in it as train.py stores it."""
-
-    def train(*overrides: str) -> Path:
-        cfg = compose_config(*overrides)
-        task = build_task(cfg.task)
-        task.run_config = OmegaConf.to_container(cfg, resolve=True)
-        trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
-        trainer.fit(task, datamodule=instantiate(cfg.data))
-        path = tmp_path / "checkpoints" / "last.ckpt"
-        trainer.save_checkpoint(path)
-        return path
-
-    return train
-
-
 def test_a_linear_probe_exports_as_a_plain_vit_computing_the_probes_logits(
-    checkpoint, tmp_path: Path
+    trained_checkpoint, tmp_path: Path
 ):
-    ckpt_path = checkpoint("task=linear_probe", "task.pretrained=null")
+    ckpt_path = trained_checkpoint("task=linear_probe", "task.pretrained=null")
     export(ckpt_path, tmp_path / "export")
     model, _ = load_export(tmp_path / "export")
     assert type(model.head) is nn.Linear
@@ -77,9 +56,9 @@ def test_a_linear_probe_exports_as_a_plain_vit_computing_the_probes_logits(
 
 
 def test_the_files_hold_the_classifier_its_class_names_and_preprocessing(
-    checkpoint, tmp_path: Path
+    trained_checkpoint, tmp_path: Path
 ):
-    ckpt_path = checkpoint()
+    ckpt_path = trained_checkpoint()
     export(ckpt_path, tmp_path / "export")
     model, config = load_export(tmp_path / "export")
     assert config["class_names"] == [str(digit) for digit in range(10)]
@@ -107,10 +86,10 @@ def rgb_inputs(tree: Path, folder: Path) -> list[Path]:
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["tensor", "pil"])
 def test_a_consumer_of_config_json_gets_predict_pys_probabilities_for_rgb_data(
-    checkpoint, image_tree, tmp_path: Path, fast_path: bool
+    trained_checkpoint, image_tree, tmp_path: Path, fast_path: bool
 ):
     tree = image_tree("tree", {"train": 4, "val": 1})
-    ckpt_path = checkpoint(
+    ckpt_path = trained_checkpoint(
         "data=imagefolder",
         f"data.root={tree}",
         "data.num_classes=3",
@@ -135,8 +114,8 @@ def test_a_consumer_of_config_json_gets_predict_pys_probabilities_for_rgb_data(
             assert prob == pytest.approx(probs[index].item(), abs=1e-5)
 
 
-def test_onnx_is_one_file_that_runs_alone_and_matches_pytorch(checkpoint, tmp_path: Path):
-    ckpt_path = checkpoint()
+def test_onnx_is_one_file_that_runs_alone_and_matches_pytorch(trained_checkpoint, tmp_path: Path):
+    ckpt_path = trained_checkpoint()
     written = export(ckpt_path, tmp_path / "export", onnx=True)
     assert written["onnx"] == tmp_path / "export" / ONNX_FILE
     assert sorted(p.name for p in (tmp_path / "export").iterdir()) == sorted(
@@ -180,9 +159,13 @@ def test_only_weights_of_2_gb_or_more_go_beside_the_onnx_file():
     ids=["mae", "segmentation"],
 )
 def test_a_checkpoint_without_a_classifier_is_refused_in_one_line_naming_its_task(
-    checkpoint, tmp_path: Path, capsys: pytest.CaptureFixture, overrides: list[str], task: str
+    trained_checkpoint,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    overrides: list[str],
+    task: str,
 ):
-    ckpt_path = checkpoint(*overrides, f"paths.data_dir={tmp_path / 'data'}")
+    ckpt_path = trained_checkpoint(*overrides, f"paths.data_dir={tmp_path / 'data'}")
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
         main([str(ckpt_path), str(tmp_path / "out")])

@@ -124,9 +124,17 @@ def targets(node: Any, path: str = "") -> Iterator[tuple[str, DictConfig]]:
             yield from targets(item, f"{path}[{index}]")
 
 
-def check_checkpoint_matches(ckpt_path: str, num_classes: int) -> None:
-    """A checkpoint to resume from must have been trained for the same number of classes."""
+def check_checkpoint_matches(ckpt_path: str, task_target: str, num_classes: int) -> None:
+    """A checkpoint to resume from must have been trained for the same task and number of
+    classes."""
     run_config = read_checkpoint(ckpt_path).get(RUN_CONFIG_KEY) or {}
+    stored_task = run_config.get("task", {}).get("_target_")
+    if stored_task is not None and stored_task != task_target:
+        raise UserError(
+            f"ckpt_path: {ckpt_path} is a checkpoint of {stored_task.rsplit('.', 1)[-1]}, but this "
+            f"run trains {task_target.rsplit('.', 1)[-1]}: resume a run of the same task, or "
+            f"start from its weights with task.pretrained={ckpt_path}"
+        )
     stored_classes = run_config.get("data", {}).get("num_classes")
     if stored_classes is not None and stored_classes != num_classes:
         raise UserError(

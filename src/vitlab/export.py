@@ -59,15 +59,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_class, instantiate
 from safetensors.torch import save_file
 
-from vitlab.checkpoint_file import load_task, read_checkpoint, stored_class_names, stored_config
+from vitlab.checkpoint_file import load_run
 from vitlab.data.base import SplitsDataModule
 from vitlab.errors import UserError, existing_file, exit_on_user_error
 from vitlab.extras import require
 from vitlab.models.vit import VisionTransformer
-from vitlab.tasks.classification import ClassificationTask
 
 WEIGHTS_FILE, CONFIG_FILE, ONNX_FILE = "model.safetensors", "config.json", "model.onnx"
 # fp32 kernels of ONNX Runtime and PyTorch agree far closer than this on a ViT's logits
@@ -93,24 +91,20 @@ class TrainedClassifier:
 
 
 def trained_classifier(ckpt_path: Path) -> TrainedClassifier:
-    """The classifier of a train.py checkpoint: its task, of the class named in the stored run
-    config, is rebuilt by Lightning (``load_from_checkpoint``) and asked for its classifier."""
-    checkpoint = read_checkpoint(ckpt_path)
-    run_cfg = stored_config(checkpoint, ckpt_path)
-    if not issubclass(get_class(run_cfg.task._target_), ClassificationTask):
+    """The classifier of a train.py checkpoint: its run rebuilt (``load_run``), and its task, if it
+    predicts classes, asked for its classifier."""
+    trained = load_run(ckpt_path)
+    if trained.task.prediction != "classes":
         raise UserError(
-            f"ckpt_path: {ckpt_path} is a checkpoint of {run_cfg.task._target_}, which has no "
+            f"ckpt_path: {ckpt_path} is a checkpoint of {trained.task_name}, which has no "
             "classifier; give one of a classification, fine-tuning or linear-probe run"
         )
-    task = load_task(ckpt_path, run_cfg)
-    model = task.classifier()
-    names = stored_class_names(checkpoint, run_cfg.data._target_)
-    model_config = {k: v for k, v in task.hparams["model"].items() if k != "_target_"}
+    model_config = {k: v for k, v in trained.task.hparams["model"].items() if k != "_target_"}
     return TrainedClassifier(
-        model=model,
+        model=trained.task.classifier(),
         model_config=model_config,
-        data=instantiate(run_cfg.data),
-        class_names=names or [str(index) for index in range(model.num_classes)],
+        data=trained.data,
+        class_names=trained.class_names,
     )
 
 

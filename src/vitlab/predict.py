@@ -2,10 +2,12 @@
 
     python predict.py ckpt_path=<run dir>/checkpoints/last.ckpt inputs=<image or folder>
 
-The checkpoint is one of a classification, fine-tuning or linear-probe run; Lightning rebuilds
-its task from it and the task's classifier predicts. Class names come from the checkpoint, so
-the training data need not be here. A segmentation or detection checkpoint writes overlays and
-masks or boxes instead, beside ``output`` (see ``vitlab.predict_dense``).
+The trained run is rebuilt from the checkpoint alone (``checkpoint_file.load_run``): its task
+predicts (``predict_outputs``) and says what its predictions are (``prediction``), which picks
+what is written. Class names come from the checkpoint, so the training data need not be here.
+A classification, fine-tuning or linear-probe run's top-k classes go to a CSV (``output``) and a
+table; a segmentation or detection run writes overlays and masks or boxes beside ``output``
+(``vitlab.predict_dense``).
 
 Images: ``inputs`` is one image file (any format PIL reads), or a folder searched recursively
 for files named .jpg, .jpeg, .png, .webp, .bmp, .ppm, .tif or .tiff. They may have any size and
@@ -25,6 +27,7 @@ import csv
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from omegaconf import DictConfig
@@ -32,13 +35,14 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from vitlab.checkpoint_file import TrainedRun, load_run
 from vitlab.data.decode import DECODE_ERRORS, is_image
 from vitlab.errors import UserError, existing_file, exit_on_user_error
-from vitlab.export import trained_classifier
-from vitlab.predict_dense import predict_dense, trained_dense
+from vitlab.predict_dense import BoxWriter, MaskWriter
 
 log = logging.getLogger(__name__)
 Preprocess = Callable[[Path], torch.Tensor]
+Row = tuple[str, list[float], list[int]]
 # rows shown on the console; the CSV holds them all
 TABLE_ROWS = 50
 
@@ -61,29 +65,60 @@ def predict(cfg: DictConfig) -> None:
     paths = image_paths(Path(cfg.inputs).expanduser())
     ckpt_path = existing_file(cfg.ckpt_path, "ckpt_path")
     device = torch.device(resolve_device(cfg.device))
-    dense = trained_dense(ckpt_path)
-    if dense is not None:
-        out_dir = Path(cfg.output).expanduser().parent
-        predict_dense(*dense, paths, out_dir, device, cfg.score_thresh)
-        Console().print(f"{len(paths)} overlays written to {out_dir / 'overlays'}")
-        return
-    trained = trained_classifier(ckpt_path)
-    model = trained.model.to(device)
+    trained = load_run(ckpt_path)
+    writer = prediction_writer(trained, ckpt_path, cfg)
+    task = trained.task.to(device).eval()
     preprocess = file_preprocessing(trained.data.predict_transform())
-
-    top_k = min(cfg.top_k, model.num_classes)
-    rows = []
     for batch_paths in batched(paths, cfg.batch_size):
         images = torch.stack([load(preprocess, path) for path in batch_paths]).to(device)
         with torch.inference_mode():
-            probs, classes = model(images).float().softmax(dim=-1).topk(top_k, dim=-1)
-        rows += [
+            outputs = task.predict_outputs(images)
+        writer.add(batch_paths, outputs)
+    writer.close()
+
+
+class Writer(Protocol):
+    """Writes a task's predictions (``predict_outputs`` of batches of images) as files."""
+
+    def __init__(self, trained: TrainedRun, cfg: DictConfig): ...
+
+    def add(self, paths: Sequence[Path], outputs: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def prediction_writer(trained: TrainedRun, ckpt_path: Path, cfg: DictConfig) -> Writer:
+    """The writer of what the trained task predicts (its ``prediction``)."""
+    writer = WRITERS.get(trained.task.prediction)
+    if writer is None:
+        raise UserError(
+            f"ckpt_path: {ckpt_path} is a checkpoint of {trained.task_name}, which predicts "
+            "nothing; give one of a classification, fine-tuning, linear-probe, segmentation or "
+            "detection run"
+        )
+    return writer(trained, cfg)
+
+
+class ClassTable:
+    """Classification (``prediction = "classes"``): the ``top_k`` classes of each image, most
+    probable first, as a CSV at ``output`` and a table on the console."""
+
+    def __init__(self, trained: TrainedRun, cfg: DictConfig):
+        self.names = trained.class_names
+        self.top_k = min(cfg.top_k, len(self.names))
+        self.output = Path(cfg.output).expanduser()
+        self.rows: list[Row] = []
+
+    def add(self, paths: Sequence[Path], probabilities: torch.Tensor) -> None:
+        probs, classes = probabilities.topk(self.top_k, dim=-1)
+        self.rows += [
             (str(path), p.tolist(), c.tolist())
-            for path, p, c in zip(batch_paths, probs.cpu(), classes.cpu(), strict=True)
+            for path, p, c in zip(paths, probs.cpu(), classes.cpu(), strict=True)
         ]
-    output = Path(cfg.output).expanduser()
-    write_csv(output, rows, trained.class_names, top_k)
-    print_table(rows, trained.class_names, output)
+
+    def close(self) -> None:
+        write_csv(self.output, self.rows, self.names, self.top_k)
+        print_table(self.rows, self.names, self.output)
 
 
 def file_preprocessing(prepare: Callable[[Image.Image], torch.Tensor]) -> Preprocess:
@@ -133,9 +168,6 @@ def batched(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield items[start : start + size]
 
 
-Row = tuple[str, list[float], list[int]]
-
-
 def write_csv(output: Path, rows: list[Row], names: list[str], top_k: int) -> None:
     """One line per image: ``path``, then ``class_r``, ``name_r``, ``prob_r`` for ranks 1..k."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -162,3 +194,7 @@ def print_table(rows: list[Row], names: list[str], output: Path) -> None:
     if len(rows) > TABLE_ROWS:
         console.print(f"... {len(rows) - TABLE_ROWS} more")
     console.print(f"{len(rows)} predictions written to {output}")
+
+
+# what predict.py writes, by the task's ``prediction``
+WRITERS: dict[str, type[Writer]] = {"classes": ClassTable, "masks": MaskWriter, "boxes": BoxWriter}

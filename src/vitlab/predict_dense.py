@@ -1,6 +1,5 @@
-"""predict.py for segmentation and detection checkpoints: overlays to look at, files to parse.
-
-For each image, under the directory of ``output``:
+"""What predict.py writes for tasks that predict masks or boxes (``RecipeTask.prediction``):
+overlays to look at, files to parse. For each image, under the directory of ``output``:
 
 - segmentation: ``masks/<stem>.png`` (one channel, pixel = class index, at the image's own
   size: the logits are resized back before the argmax) and ``overlays/<stem>.png`` (the image
@@ -13,35 +12,19 @@ For each image, under the directory of ``output``:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig
 from PIL import Image
+from rich.console import Console
 from torchvision import tv_tensors
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from vitlab.checkpoint_file import load_task, read_checkpoint, stored_class_names, stored_config
-from vitlab.tasks.detection import DetectionTask
-from vitlab.tasks.segmentation import SegmentationTask
-
-DenseTask = SegmentationTask | DetectionTask
-
-
-def trained_dense(ckpt_path: Path) -> tuple[DenseTask, Any, list[str]] | None:
-    """The task, DataModule and class names of a segmentation or detection checkpoint; None for
-    any other task."""
-    checkpoint = read_checkpoint(ckpt_path)
-    run_cfg = stored_config(checkpoint, ckpt_path)
-    if not issubclass(get_class(run_cfg.task._target_), (SegmentationTask, DetectionTask)):
-        return None
-    task = load_task(ckpt_path, run_cfg)
-    names = stored_class_names(checkpoint, run_cfg.data._target_)
-    num_classes = task.model.num_classes
-    return task, instantiate(run_cfg.data), names or [str(c) for c in range(num_classes)]
+from vitlab.checkpoint_file import TrainedRun
 
 
 def palette(num_classes: int) -> list[tuple[int, int, int]]:
@@ -64,13 +47,64 @@ def save_png(pixels: torch.Tensor, path: Path) -> None:
     Image.fromarray(array).save(path)
 
 
-@torch.inference_mode()
+class Overlays:
+    """What a dense prediction writes of every image: ``overlays/<stem>.png`` beside ``output``."""
+
+    def __init__(self, trained: TrainedRun, cfg: DictConfig):
+        self.names = trained.class_names
+        self.out_dir = Path(cfg.output).expanduser().parent
+        self.count = 0
+
+    def save_overlay(self, overlay: torch.Tensor, path: Path) -> None:
+        save_png(overlay, self.out_dir / "overlays" / f"{path.stem}.png")
+        self.count += 1
+
+    def close(self) -> None:
+        Console().print(f"{self.count} overlays written to {self.out_dir / 'overlays'}")
+
+
+class MaskWriter(Overlays):
+    """Segmentation (``prediction = "masks"``): ``masks/<stem>.png`` and an overlay per image."""
+
+    def add(self, paths: Sequence[Path], logits: torch.Tensor) -> None:
+        for path, image_logits in zip(paths, logits, strict=True):
+            original = rgb_pixels(path)
+            mask, overlay = segment(image_logits, original, self.names)
+            save_png(mask, self.out_dir / "masks" / f"{path.stem}.png")
+            self.save_overlay(overlay, path)
+
+
+class BoxWriter(Overlays):
+    """Detection (``prediction = "boxes"``): an overlay per image and ``boxes.json`` for all."""
+
+    def __init__(self, trained: TrainedRun, cfg: DictConfig):
+        super().__init__(trained, cfg)
+        self.transform = trained.data.eval_transform()
+        self.score_thresh = cfg.score_thresh
+        self.boxes: dict[str, list[dict]] = {}
+
+    def add(self, paths: Sequence[Path], detections: list[dict[str, torch.Tensor]]) -> None:
+        for path, found in zip(paths, detections, strict=True):
+            original = rgb_pixels(path)
+            placement = letterbox_inverse(self.transform, *original.shape[-2:])
+            self.boxes[str(path)], overlay = detect(
+                found, original, self.names, placement, self.score_thresh
+            )
+            self.save_overlay(overlay, path)
+
+    def close(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "boxes.json").write_text(json.dumps(self.boxes, indent=1))
+        super().close()
+
+
 def segment(
-    task: SegmentationTask, image: torch.Tensor, original: torch.Tensor, names: list[str]
+    logits: torch.Tensor, original: torch.Tensor, names: list[str]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The class mask (H, W) uint8 at the original image's size, and the overlay."""
-    logits = task(image[None])
-    mask = F.interpolate(logits, size=original.shape[-2:], mode="bilinear").argmax(1)[0].cpu()
+    """The class mask (H, W) uint8 at the original image's size, from one image's logits
+    (C, h, w), and the overlay."""
+    resized = F.interpolate(logits[None].float(), size=original.shape[-2:], mode="bilinear")
+    mask = resized.argmax(1)[0].cpu()
     classes = torch.arange(1, len(names))  # background stays clear
     overlay = draw_segmentation_masks(
         original, mask[None] == classes[:, None, None], alpha=0.5, colors=palette(len(names))[1:]
@@ -90,17 +124,15 @@ def letterbox_inverse(transform, height: int, width: int) -> tuple[float, float,
     return left, top, (right - left) / width
 
 
-@torch.inference_mode()
 def detect(
-    task: DetectionTask,
-    image: torch.Tensor,
+    found: dict[str, torch.Tensor],
     original: torch.Tensor,
     names: list[str],
     placement: tuple[float, float, float],
     score_thresh: float,
 ) -> tuple[list[dict], torch.Tensor]:
-    """The detections above ``score_thresh`` in the original image's pixels, and the overlay."""
-    (found,) = task(image[None])
+    """One image's detections above ``score_thresh`` in the original image's pixels, and the
+    overlay."""
     keep = found["scores"] >= score_thresh
     left, top, scale = placement
     boxes = (found["boxes"][keep].cpu() - torch.tensor([left, top, left, top])) / scale
@@ -122,33 +154,3 @@ def detect(
         colors=[colours[label] for label in labels],
     )
     return detections, overlay
-
-
-def predict_dense(
-    task: DenseTask,
-    datamodule: Any,
-    names: list[str],
-    paths: list[Path],
-    out_dir: Path,
-    device: torch.device,
-    score_thresh: float,
-) -> None:
-    """Overlays and masks or boxes of every image in ``paths`` under ``out_dir``."""
-    task = task.to(device).eval()
-    prepare = datamodule.predict_transform()
-    boxes = {}
-    for path in paths:
-        with Image.open(path) as file:
-            image = prepare(file).to(device)
-        original = rgb_pixels(path)
-        if isinstance(task, SegmentationTask):
-            mask, overlay = segment(task, image, original, names)
-            save_png(mask, out_dir / "masks" / f"{path.stem}.png")
-        else:
-            placement = letterbox_inverse(datamodule.eval_transform(), *original.shape[-2:])
-            boxes[str(path)], overlay = detect(
-                task, image, original, names, placement, score_thresh
-            )
-        save_png(overlay, out_dir / "overlays" / f"{path.stem}.png")
-    if isinstance(task, DetectionTask):
-        (out_dir / "boxes.json").write_text(json.dumps(boxes, indent=1))

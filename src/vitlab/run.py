@@ -30,7 +30,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 import vitlab.config  # noqa: F401  (registers the resolvers the config groups use)
-from vitlab.checkpoint_file import load_task, read_checkpoint, stored_config
+from vitlab.checkpoint_file import load_run
 from vitlab.checks import (
     check_arguments,
     check_checkpoint_matches,
@@ -42,16 +42,9 @@ from vitlab.checks import (
 )
 from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job, take_launcher_rank
 from vitlab.errors import UserError, existing_file, exit_on_user_error
-from vitlab.loggers import (
-    WANDB_SOURCE,
-    WandbLogger,
-    check_logger_packages,
-    check_wandb_source,
-    finish_loggers,
-    instantiate_loggers,
-)
-from vitlab.models.checkpoint import check_source
+from vitlab.loggers import WandbLogger, check_logger_packages, finish_loggers, instantiate_loggers
 from vitlab.tasks.base import RecipeTask, build_task
+from vitlab.weights import check_source
 
 log = logging.getLogger(__name__)
 # Lightning's own use of a deprecated torch API, printed on every run; nothing a user can change
@@ -147,10 +140,7 @@ def check_config(cfg: DictConfig) -> str | None:
     pretrained = cfg.task.get("pretrained")
     if pretrained and not ckpt_path:
         # loaded when fitting starts; a resumed run restores its own weights instead
-        if str(pretrained).startswith(WANDB_SOURCE):
-            check_wandb_source(pretrained, "task.pretrained")
-        else:
-            check_source(pretrained, "task.pretrained")
+        check_source(str(pretrained))
     return ckpt_path
 
 
@@ -165,8 +155,10 @@ def build_run(
         # data read the class count from its files; the model's num_classes interpolates it
         cfg.data.num_classes = datamodule.num_classes
     if ckpt_path:
-        check_checkpoint_matches(ckpt_path, cfg.data.num_classes)
+        check_checkpoint_matches(ckpt_path, cfg.task._target_, cfg.data.num_classes)
     task = build(cfg.task, "task", build_task)
+    if not ckpt_path:
+        task.check_pretrained()
     check_monitor(task.monitor, task.val_metric_names())
     trainer = build_trainer(cfg)
     sizes, world = datamodule.dataset_sizes(), trainer.world_size
@@ -188,17 +180,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in ("test", "val"):
         raise UserError(f"split: expected 'test' or 'val', got {cfg.split!r}")
     ckpt_path = existing_file(cfg.ckpt_path, "ckpt_path")
-    run_cfg = stored_config(read_checkpoint(ckpt_path), ckpt_path)
     changes = {key: value for key, value in (cfg.get("data") or {}).items() if value is not None}
-    run_cfg.data = OmegaConf.merge(run_cfg.data, changes)
-    print_config(OmegaConf.merge(run_cfg, {"trainer": cfg.trainer}))
     prepare_process(cfg)
-
-    datamodule = build(run_cfg.data, "data")
-    task = load_task(ckpt_path, run_cfg)
+    trained = load_run(ckpt_path, changes, lambda data: build(data, "data"))
+    print_config(OmegaConf.merge(trained.config, {"trainer": cfg.trainer}))
     trainer = build_trainer(cfg)
     run_split = trainer.validate if cfg.split == "val" else trainer.test
-    run_split(task, datamodule=datamodule, verbose=False)
+    run_split(trained.task, datamodule=trained.data, verbose=False)
     metrics = scalar_metrics(trainer.callback_metrics)
     report(metrics, str(ckpt_path), Path(cfg.paths.output_dir), time.perf_counter() - started)
     finish_loggers()

@@ -15,11 +15,12 @@ import torch
 
 from vitlab.data.digits import DigitsDataModule
 from vitlab.errors import UserError
-from vitlab.models.checkpoint import check_source, load_pretrained, read_state_dict
+from vitlab.models.checkpoint import load_pretrained, read_state_dict
 from vitlab.models.pos_embed import resample
 from vitlab.models.vit import VisionTransformer
 from vitlab.tasks.classification import ClassificationTask
 from vitlab.tasks.mae import MAEPretrainTask
+from vitlab.weights import check_source
 
 
 def encoder_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -190,14 +191,14 @@ def test_fine_tuning_layer_decay_scales_every_parameter_by_its_depth(
 
 LOAD_BY_NAME = """
 import sys, torch
-from vitlab.models.checkpoint import load_pretrained
 from vitlab.models.vit import VisionTransformer
+from vitlab.weights import load_weights
 
 for name, out in zip(sys.argv[1::2], sys.argv[2::2]):
     model = VisionTransformer(
         img_size=160, patch_size=16, embed_dim=64, depth=6, num_heads=2, mlp_ratio=3, num_classes=10
     )
-    load_pretrained(model, name)
+    load_weights(model, name)
     torch.save(model.state_dict(), out)
 """
 

@@ -1,5 +1,6 @@
 """What every task shares: step values logged on logging steps only, tasks built from configs and
-restored from their checkpoints, the run config in checkpoints, the monitored metric."""
+restored from their checkpoints, the run config in checkpoints, the monitored metric, pretrained
+weights loaded into each task's target when fitting starts."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 
 from vitlab.checkpoint_file import RUN_CONFIG_KEY
@@ -24,6 +26,15 @@ TASKS = {
     "classification": ClassificationTask,
     "linear_probe": LinearProbeTask,
     "mae_pretrain": MAEPretrainTask,
+}
+
+
+# the digits recipes whose task takes pretrained weights, and the module that receives them
+PRETRAINED_TARGETS: dict[str, Callable[[RecipeTask], torch.nn.Module]] = {
+    "digits_mae_finetune": lambda task: task.model,
+    "digits_linear_probe": lambda task: task.model,
+    "digits_segmentation": lambda task: task.model.backbone,
+    "digits_detection": lambda task: task.model.vit,
 }
 
 
@@ -161,3 +172,28 @@ def test_monitor_and_mode_are_kept_and_a_mode_other_than_min_or_max_is_refused(
     assert (default.monitor, default.mode) == ("val/acc1", "max")
     with pytest.raises(ValueError, match="mode must be 'min' or 'max', got 'best'"):
         ClassificationTask(vit_config(), optimizer_config(), mode="best")
+
+
+@pytest.mark.parametrize("experiment", PRETRAINED_TARGETS)
+def test_fitting_starts_from_the_pretrained_weights_in_the_tasks_target(
+    experiment: str, compose_config, tiny_vit, quiet_trainer, tmp_path: Path
+):
+    overrides = [
+        f"experiment={experiment}",
+        f"task.pretrained={tmp_path / 'encoder.pth'}",
+        "task.optimizer.lr=0",  # the step taken changes no weight
+        f"paths.data_dir={tmp_path / 'data'}",
+        "data.batch_size=4",
+    ]
+    if experiment in ("digits_segmentation", "digits_detection"):
+        overrides.append("data.split_sizes={train:8,val:4,test:4}")  # a few digit canvases
+    cfg = compose_config(*overrides)
+    # a ViT of the recipe's shape (model=vit_digits), its own random weights
+    encoder = tiny_vit(embed_dim=64, depth=4, patch_size=cfg.model.patch_size)
+    torch.save(encoder.state_dict(), tmp_path / "encoder.pth")
+    task = build_task(cfg.task)
+    quiet_trainer(max_steps=1, limit_val_batches=0).fit(task, datamodule=instantiate(cfg.data))
+    loaded = PRETRAINED_TARGETS[experiment](task).state_dict()
+    for name, tensor in encoder.state_dict().items():
+        if name.startswith("blocks."):
+            torch.testing.assert_close(loaded[name], tensor, rtol=0, atol=0, msg=name)

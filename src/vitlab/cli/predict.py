@@ -1,5 +1,5 @@
-"""``vitlab-predict`` (``python predict.py``): predict classes of image files,
-``vitlab-predict ckpt_path=path/to/best.ckpt inputs=images/``.
+"""``vitlab-predict`` (``python predict.py``): what a trained task predicts for image files
+(classes, masks or boxes), ``vitlab-predict ckpt_path=path/to/best.ckpt inputs=images/``.
 
 See ``vitlab.predict`` (and ``--help``) for the images it accepts.
 """

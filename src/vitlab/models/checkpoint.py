@@ -1,15 +1,13 @@
 """Pretrained weights into a ``VisionTransformer``: vitlab, official MAE and timm checkpoints.
 
-Accepted files (all read with ``torch.load(weights_only=True)``):
+Accepted checkpoints (files read with ``torch.load(weights_only=True)``, or their contents):
 
 - a vitlab Lightning checkpoint: ``{"state_dict": {"model.<name>": ...}, ...}``;
 - an MAE release checkpoint: ``{"model": {<name>: ...}}``;
-- a plain state dict, e.g. a timm ViT's ``model.state_dict()``;
+- a plain state dict, e.g. a timm ViT's ``model.state_dict()``.
 
-or a name (with the ``timm`` extra installed): ``timm:<model name>[.<tag>]`` is the weights timm
-publishes for it (``timm:vit_base_patch16_224.augreg_in21k``), ``hf-hub:<repo>`` a timm model
-on the Hugging Face Hub; both are downloaded once into the Hugging Face cache
-(``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads only the cache).
+Where a job's weights come from (a file, ``timm:``/``hf-hub:`` names, W&B artifacts) is
+``vitlab.weights``'s concern; this module only converts and loads.
 
 The MAE decoder (``mask_token``, ``decoder_*``) is dropped, ``torch.compile``'s ``_orig_mod.``
 is stripped, and the classifier (``head``, ``fc_norm``) is never loaded: it keeps the model's
@@ -26,11 +24,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
-from vitlab.errors import existing_file
-from vitlab.extras import require
 from vitlab.models.pos_embed import resample
 from vitlab.models.relative_position import resample_table
 from vitlab.models.vit import VisionTransformer
@@ -43,37 +41,14 @@ LIGHTNING_MODEL_PREFIX = "model."
 # the keys that exist for some pos_embed choices only
 POSITION_KEYS = ("pos_embed", "relative_position_bias_table", ".peg.proj.weight", ".peg.proj.bias")
 LAYER_SCALE_KEYS = (".ls1.gamma", ".ls2.gamma")
-# pretrained weights by name, through timm
-NAMED = ("timm:", "hf-hub:")
+Checkpoint = str | os.PathLike | Mapping[str, Any]
 
 
-def check_source(source: str | os.PathLike, key: str) -> None:
-    """A ``UserError`` naming ``key`` when ``source`` can be no checkpoint: a missing file, or a
-    name without timm installed."""
-    if str(source).startswith(NAMED):
-        require("timm", key)
-    else:
-        existing_file(source, key)
-
-
-def named_state_dict(name: str) -> dict[str, torch.Tensor]:
-    """The weights timm loads for ``timm:<model name>`` or ``hf-hub:<repo>``."""
-    import timm
-
-    try:
-        model = timm.create_model(name.removeprefix("timm:"), pretrained=True)
-    except (RuntimeError, OSError) as error:  # an unknown name; no such repository or file
-        raise ValueError(f"{name}: {str(error).splitlines()[0]}") from None
-    return model.state_dict()
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The encoder weights of a checkpoint file (or named weights) under timm names, without
-    the MAE decoder."""
-    if str(path).startswith(NAMED):
-        checkpoint = named_state_dict(str(path))
-    else:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+def read_state_dict(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    """The encoder weights of a checkpoint (a file, or what ``torch.load`` read from one) under
+    timm names, without the MAE decoder."""
+    if isinstance(checkpoint, str | os.PathLike):
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if "state_dict" in checkpoint:
         state = {
             name.removeprefix(LIGHTNING_MODEL_PREFIX): tensor
@@ -88,38 +63,65 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {name: tensor for name, tensor in state.items() if not name.startswith(DECODER_PREFIXES)}
 
 
-def load_pretrained(model: VisionTransformer, path: str | os.PathLike) -> None:
-    """Load a checkpoint's encoder into ``model``; any key mismatch beyond the classifier fails.
+def fitted_state(
+    model: VisionTransformer, checkpoint: Checkpoint, name: object = None
+) -> dict[str, torch.Tensor]:
+    """A checkpoint's encoder as ``model`` loads it (renamed, position tables resampled to its
+    grid); a ``ValueError`` naming the keys (``name``: the checkpoint, in the message) when it does
+    not fit beyond the classifier. Only shapes are read from ``model``, so a weightless copy
+    (on the meta device) checks a checkpoint without loading it.
 
     The classifier keys of ``model`` are expected to be missing; with ``global_pool="avg"``
     the checkpoint's final ``norm`` is expected to be left over (``fc_norm`` replaces it).
     """
+    name = checkpoint if name is None else name
     state = {
-        name: tensor
-        for name, tensor in read_state_dict(path).items()
-        if not name.startswith(CLASSIFIER_PREFIXES)
+        key: tensor
+        for key, tensor in read_state_dict(checkpoint).items()
+        if not key.startswith(CLASSIFIER_PREFIXES)
     }
     state = rename_layer_scale(fuse_qkv_bias(state))
     grid = model.patch_embed.grid_size
     if "pos_embed" in state and model.pos_embed is not None:
         state["pos_embed"] = resample(state["pos_embed"], grid, model.num_prefix_tokens)
-    for name in [name for name in state if name.endswith("relative_position_bias_table")]:
-        state[name] = resample_table(state[name], grid)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [name for name in missing if not name.startswith(CLASSIFIER_PREFIXES)]
+    for key in [key for key in state if key.endswith("relative_position_bias_table")]:
+        state[key] = resample_table(state[key], grid)
+    expected = model.state_dict()
+    missing = [
+        key for key in expected if key not in state and not key.startswith(CLASSIFIER_PREFIXES)
+    ]
+    unexpected = [key for key in state if key not in expected]
     if model.global_pool == "avg":
-        unexpected = [name for name in unexpected if not name.startswith("norm.")]
+        unexpected = [key for key in unexpected if not key.startswith("norm.")]
     if missing or unexpected:
         hint = ""
-        if any(name.endswith(POSITION_KEYS) for name in missing + unexpected):
+        if any(key.endswith(POSITION_KEYS) for key in missing + unexpected):
             hint = f"; was it trained with another model.pos_embed than {model.pos_embed_type!r}?"
-        elif any(name.endswith(LAYER_SCALE_KEYS) for name in missing + unexpected):
+        elif any(key.endswith(LAYER_SCALE_KEYS) for key in missing + unexpected):
             hint = "; layer scale in one and not the other: set model.layer_scale_init?"
         raise ValueError(
-            f"{path} does not fit the model: missing {preview(missing)}, "
+            f"{name} does not fit the model: missing {preview(missing)}, "
             f"unexpected {preview(unexpected)}{hint}"
         )
-    log.debug("loaded %d tensors from %s; classifier left at its initialisation", len(state), path)
+    reshaped = [
+        f"{key} {tuple(tensor.shape)} for {tuple(expected[key].shape)}"
+        for key, tensor in state.items()
+        if key in expected and tensor.shape != expected[key].shape
+    ]
+    if reshaped:
+        raise ValueError(
+            f"{name} does not fit the model: {preview(reshaped)} of another shape; "
+            "was it trained with another model (embed_dim, depth, patch_size, in_chans)?"
+        )
+    return {key: tensor for key, tensor in state.items() if key in expected}
+
+
+def load_pretrained(model: VisionTransformer, checkpoint: Checkpoint, name: object = None) -> None:
+    """Load a checkpoint's encoder into ``model`` (``fitted_state``): any key or shape that does
+    not fit beyond the classifier fails, naming ``name`` (default: the checkpoint's path)."""
+    state = fitted_state(model, checkpoint, name)
+    model.load_state_dict(state, strict=False)
+    log.debug("loaded %d tensors from %s; classifier left at its initialisation", len(state), name)
 
 
 def fuse_qkv_bias(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

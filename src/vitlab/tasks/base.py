@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -21,10 +21,9 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from vitlab.checkpoint_file import RUN_CONFIG_KEY
 from vitlab.errors import UserError
-from vitlab.loggers import WANDB_SOURCE, wandb_checkpoint
-from vitlab.models.checkpoint import load_pretrained
 from vitlab.optim import WarmupCosine, WarmupPoly, effective_batch_size, param_groups, scaled_lr
 from vitlab.tasks.nonfinite import NonFiniteWatch, Place
+from vitlab.weights import check_fits, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +54,11 @@ class RecipeTask(L.LightningModule):
     start (timm's ``CosineLRScheduler`` as DeiT uses it). Each parameter group's lr is its layer
     decay scale times that schedule, warmup and floor included, as in the MAE release.
 
+    ``pretrained`` names initial weights (a file, ``timm:``/``hf-hub:`` names or a W&B artifact:
+    ``vitlab.weights``) for the module that ``pretrained_target`` names (the classifier's ViT, a
+    segmenter's or detector's backbone): they are loaded when fitting starts (``setup``), so
+    evaluating or resuming never needs them again, and a resumed run restores its own weights.
+
     ``monitor`` is the validation metric that picks the best checkpoint (and stops early, and
     scores sweeps) and ``mode`` says whether higher (``max``) or lower (``min``) is better.
     ``skip_nonfinite`` skips steps whose loss is NaN or infinite instead of stopping.
@@ -69,6 +73,9 @@ class RecipeTask(L.LightningModule):
     ``run_config`` is set.
     """
 
+    # what predict.py makes of ``predict_outputs``: "classes", "masks" or "boxes"; None: nothing
+    prediction: ClassVar[str | None] = None
+
     def __init__(
         self,
         optimizer: Config,
@@ -82,6 +89,7 @@ class RecipeTask(L.LightningModule):
         lr_mult: Mapping[str, float] | None = None,
         compile: bool = False,
         skip_nonfinite: bool = False,
+        pretrained: str | None = None,
         monitor: str = "val/loss",
         mode: Literal["min", "max"] = "min",
     ):
@@ -106,6 +114,7 @@ class RecipeTask(L.LightningModule):
         self.lr_mult = dict(lr_mult or {})
         self.compile_model = compile
         self.skip_nonfinite = skip_nonfinite
+        self.pretrained = pretrained
         self.monitor = monitor
         self.mode = mode
         self.run_config: dict[str, Any] | None = None
@@ -121,6 +130,44 @@ class RecipeTask(L.LightningModule):
     def trained_module(self) -> nn.Module:
         """The module whose parameters the optimizer updates."""
         raise NotImplementedError
+
+    def pretrained_target(self) -> nn.Module | None:
+        """The ``VisionTransformer`` that ``pretrained`` weights load into; None: this task takes
+        none."""
+        return None
+
+    def check_pretrained(self) -> None:
+        """Before any work: a ``UserError`` when ``pretrained`` is set on a task that takes no
+        weights or names a checkpoint file that does not fit its target, checked on a copy of
+        this task on the meta device (no weights, nothing loaded)."""
+        if self.pretrained is None:
+            return
+        self.weights_target()
+        with torch.device("meta"):
+            target = type(self)(**self.hparams).pretrained_target()
+        check_fits(target, self.pretrained)
+
+    def setup(self, stage: str) -> None:
+        # a resumed run restores its own weights: the pretrained ones are not needed again
+        if stage == "fit" and self.pretrained is not None and self.trainer.ckpt_path is None:
+            self.load_pretrained()
+
+    def load_pretrained(self) -> None:
+        """``pretrained`` loaded into ``pretrained_target()``; a task that prepares more around
+        the loaded weights (a fresh head) extends this."""
+        load_weights(self.weights_target(), self.pretrained)
+
+    def weights_target(self) -> nn.Module:
+        """``pretrained_target()``; a ``UserError`` for a task that takes no weights."""
+        target = self.pretrained_target()
+        if target is None:
+            raise UserError(f"task.pretrained: {type(self).__name__} loads no pretrained weights")
+        return target
+
+    def predict_outputs(self, images: torch.Tensor) -> Any:
+        """What predict.py reports for a batch of preprocessed images, in the form its
+        ``prediction`` names (the task in eval mode, without autograd)."""
+        return self(images)
 
     def flops_forward(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """A scalar from ``model`` (this task's model, or its copy on the meta device) on a batch
@@ -307,14 +354,3 @@ def fused_adam(factory: Callable[..., Optimizer], groups: Iterable[dict]) -> dic
     devices = {p.device for p in params}
     supported = len(devices) == 1 and next(iter(devices)).type in FUSED_ADAM_DEVICES
     return {"fused": True} if supported and all(p.is_floating_point() for p in params) else {}
-
-
-def load_pretrained_weights(module: nn.Module, path: str) -> None:
-    """``load_pretrained`` (a W&B artifact downloaded first), with a checkpoint that does not
-    fit reported as a one-line error."""
-    if path.startswith(WANDB_SOURCE):
-        path = wandb_checkpoint(path)
-    try:
-        load_pretrained(module, path)
-    except ValueError as error:
-        raise UserError(f"task.pretrained: {error}") from None

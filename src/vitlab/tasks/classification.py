@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from vitlab.models.ema import ModelEma
-from vitlab.tasks.base import Config, RecipeTask, load_pretrained_weights
+from vitlab.tasks.base import Config, RecipeTask
 
 # the std of a fine-tuned classifier's fresh weights: the MAE release's fine-tuning
 # (main_finetune.py: "manually initialize fc layer", trunc_normal_(model.head.weight, std=2e-5))
@@ -33,10 +33,9 @@ class ClassificationTask(RecipeTask):
     """Cross-entropy with label smoothing; targets are class indices or soft (mixed) labels.
 
     ``model`` is the config of a classifier with ``num_classes`` and ``pre_logits`` (a
-    ``VisionTransformer``, or a CNN: ``vitlab.models.cnn``). ``pretrained`` (a vitlab, MAE or timm
-    checkpoint) is loaded into it when fitting starts, and the classifier then initialised for
-    fine-tuning (``init_head``), so evaluating or resuming a fine-tuned checkpoint never needs
-    that file. ``compile`` compiles ``model`` in place (checkpoint keys unchanged).
+    ``VisionTransformer``, or a CNN: ``vitlab.models.cnn``), the target of ``pretrained``
+    weights (``RecipeTask``), after which the classifier is initialised for fine-tuning
+    (``init_head``). ``compile`` compiles ``model`` in place (checkpoint keys unchanged).
 
     ``ema_decay`` keeps an exponential moving average of the model's weights beside it
     (``model_ema``, updated after every optimizer step), as DeiT does: the model is what trains,
@@ -47,12 +46,13 @@ class ClassificationTask(RecipeTask):
     names an ``val_ema/`` metric.
     """
 
+    prediction = "classes"
+
     def __init__(
         self,
         model: Config,
         optimizer: Config,
         label_smoothing: float = 0.1,
-        pretrained: str | None = None,
         monitor: str = "val/acc1",
         mode: Literal["min", "max"] = "max",
         ema_decay: float | None = None,
@@ -60,7 +60,6 @@ class ClassificationTask(RecipeTask):
     ):
         super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
         self.model = self.build_model(model)
-        self.pretrained = pretrained
         self.label_smoothing = label_smoothing
         num_classes = self.model.num_classes
         # the mean of per-image top-1 hits without a NaN check (a host sync on GPU): it updates
@@ -77,13 +76,15 @@ class ClassificationTask(RecipeTask):
         """The classifier that trains, from its config."""
         return instantiate(config, _convert_="all")
 
-    def setup(self, stage: str) -> None:
-        # a resumed run restores its own weights: the pretrained file is not needed again
-        if stage == "fit" and self.pretrained is not None and self.trainer.ckpt_path is None:
-            load_pretrained_weights(self.model, self.pretrained)
-            self.init_head()
-            if self.model_ema is not None:
-                self.model_ema.set(self.model)
+    def pretrained_target(self) -> nn.Module:
+        return self.model
+
+    def load_pretrained(self) -> None:
+        """The encoder's weights, a fresh head, and the EMA restarted at the result."""
+        super().load_pretrained()
+        self.init_head()
+        if self.model_ema is not None:
+            self.model_ema.set(self.model)
 
     def init_head(self) -> None:
         """The classifier on a loaded encoder: truncated-normal weights of std 2e-5 and zero
@@ -112,6 +113,10 @@ class ClassificationTask(RecipeTask):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
+
+    def predict_outputs(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, num_classes), in float32."""
+        return self(images).float().softmax(dim=-1)
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int

@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 
 from vitlab.models.detector import ViTDetFCOS
-from vitlab.tasks.base import Config, RecipeTask, load_pretrained_weights
+from vitlab.tasks.base import Config, RecipeTask
 
 Targets = list[dict[str, torch.Tensor]]
 Batch = tuple[torch.Tensor, Targets]
@@ -30,28 +30,27 @@ class DetectionTask(RecipeTask):
     """The sum of the detector's losses (FCOS: focal classification, GIoU box regression,
     centerness); ``{stage}/map``, ``map_50`` and ``map_75`` over each evaluation epoch.
 
-    ``model`` is the config of a ``ViTDetFCOS``; ``pretrained`` (a vitlab, MAE or timm ViT
-    checkpoint) is loaded into its ViT when fitting starts, and ``layer_decay`` decays the ViT's
+    ``model`` is the config of a ``ViTDetFCOS``; ``pretrained`` weights (``RecipeTask``) load into
+    its ViT, and ``layer_decay`` decays the ViT's
     lr by depth (the pyramid and head get the full lr), as ViTDet fine-tunes.
     """
+
+    prediction = "boxes"
 
     def __init__(
         self,
         model: Config,
         optimizer: Config,
-        pretrained: str | None = None,
         monitor: str = "val/map",
         mode: Literal["min", "max"] = "max",
         **recipe: Any,
     ):
         super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
         self.model: ViTDetFCOS = instantiate(model, _convert_="all")
-        self.pretrained = pretrained
         self.metrics = nn.ModuleDict({"val": detection_metric(), "test": detection_metric()})
 
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.pretrained is not None and self.trainer.ckpt_path is None:
-            load_pretrained_weights(self.model.vit, self.pretrained)
+    def pretrained_target(self) -> nn.Module:
+        return self.model.vit
 
     def trained_module(self) -> nn.Module:
         return self.model

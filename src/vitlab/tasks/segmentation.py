@@ -13,7 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from vitlab.data.segmentation import IGNORE_INDEX
 from vitlab.models.segmenter import ViTSegmenter
-from vitlab.tasks.base import Config, RecipeTask, load_pretrained_weights
+from vitlab.tasks.base import Config, RecipeTask
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -40,16 +40,16 @@ class SegmentationTask(RecipeTask):
     pixels equal to ``ignore_index`` (the data's, e.g. ADE20K's unlabelled "other") count for
     neither the loss nor the metrics.
 
-    ``model`` is the config of a ``ViTSegmenter``. ``pretrained`` (a vitlab, MAE or timm ViT checkpoint) is loaded into ``model.backbone``
-    when fitting starts, so evaluating or resuming never needs that file; the decoder keeps its
-    initialisation. ``layer_decay`` decays the backbone's lr by depth; the decoder gets the full lr.
+    ``model`` is the config of a ``ViTSegmenter``; ``pretrained`` weights (``RecipeTask``) load into
+    its ``backbone``, and the decoder keeps its initialisation. ``layer_decay`` decays the backbone's lr by depth; the decoder gets the full lr.
     """
+
+    prediction = "masks"
 
     def __init__(
         self,
         model: Config,
         optimizer: Config,
-        pretrained: str | None = None,
         ignore_index: int = IGNORE_INDEX,
         monitor: str = "val/miou",
         mode: Literal["min", "max"] = "max",
@@ -57,15 +57,12 @@ class SegmentationTask(RecipeTask):
     ):
         super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
         self.model: ViTSegmenter = instantiate(model, _convert_="all")
-        self.pretrained = pretrained
         self.ignore_index = ignore_index
         self.val_metrics = segmentation_metrics(self.model.num_classes, "val/", ignore_index)
         self.test_metrics = segmentation_metrics(self.model.num_classes, "test/", ignore_index)
 
-    def setup(self, stage: str) -> None:
-        # a resumed run restores its own weights: the pretrained file is not needed again
-        if stage == "fit" and self.pretrained is not None and self.trainer.ckpt_path is None:
-            load_pretrained_weights(self.model.backbone, self.pretrained)
+    def pretrained_target(self) -> nn.Module:
+        return self.model.backbone
 
     def trained_module(self) -> nn.Module:
         return self.model
