@@ -267,6 +267,13 @@ class RecipeTask(L.LightningModule):
             f"x {batch}/256; {schedule.total_steps} {interval}s, {schedule.warmup_steps:g} "
             f"warmup from {self.warmup_lr:.3g}, {self.decay} to {self.min_lr:.3g}"
         )
+        all_warmup = self.warmup_epochs and schedule.warmup_steps >= schedule.total_steps
+        if all_warmup and trainer.is_global_zero:
+            log.warning(
+                f"every {interval} of this run is warmup ({schedule.total_steps} {interval}s, "
+                f"task.warmup_epochs={self.warmup_epochs:g}): the lr never reaches its peak "
+                f"{lr:.3g} nor decays; train longer or lower task.warmup_epochs"
+            )
         scheduler = LambdaLR(optimizer, schedule)
         return {
             "optimizer": optimizer,
