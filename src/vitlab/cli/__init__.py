@@ -11,6 +11,7 @@ folder joins the search path with ``hydra.searchpath=[file://my_conf]`` (experim
 
 from __future__ import annotations
 
+import difflib
 import functools
 import sys
 from collections.abc import Callable
@@ -18,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import Override, OverrideType
+from hydra.errors import ConfigCompositionException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from vitlab.config import CONFIG_PATH
 from vitlab.errors import UserError, exit_on_user_error
@@ -31,17 +35,64 @@ __all__ = ["CONFIG_PATH", "FAILURE_FILE", "RESUME_KEYS", "SweepSummary", "start"
 
 # overrides that a resume command sets itself
 RESUME_KEYS = ("ckpt_path", "hydra.run.dir")
+# Hydra's options that compose another config than the command's own
+CONFIG_OPTIONS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
 
 # a failed multirun job's one-line reason, in the job's directory (written by vitlab.run.main)
 FAILURE_FILE = "failed.txt"
 
 
-def start(app: Callable[[], object]) -> None:
-    """Runs a Hydra app after checking that the plugins its command line picks are installed."""
+def start(app: Callable[[], object], config_name: str) -> None:
+    """Runs a Hydra app (composing ``config_name``) after checking that the plugins its command
+    line picks are installed and that the keys it sets exist."""
     with exit_on_user_error(functools.partial(print, file=sys.stderr)):
         require_plugins(sys.argv[1:])
         sys.argv[1:] = with_stored_overrides(sys.argv[1:])
+        check_keys(sys.argv[1:], config_name)
     app()
+
+
+def check_keys(arguments: list[str], config_name: str) -> None:
+    """A value set on a key the config lacks (``trainer.max_epoch=3``, ``seeed=1``) is a
+    ``UserError`` naming the closest keys, where Hydra would advise adding it with ``+``.
+
+    Hydra reports a failed composition itself and exits, so the config is composed once before
+    it does, when the command sets a value; any other failure is left to Hydra to report.
+    """
+    if {"-m", "--multirun"} & set(arguments) or set(CONFIG_OPTIONS) & set(arguments):
+        return
+    overrides = [a for a in arguments if "=" in a and not a.startswith("-")]
+    if not any(sets_a_value(o) for o in parse_overrides(overrides)):
+        return
+    try:
+        with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except ConfigCompositionException as error:
+        missing = error.__cause__
+        if isinstance(missing, ConfigAttributeError | ConfigKeyError) and "not in struct" in str(
+            missing
+        ):
+            keys = [str(key) for key in missing.parent_node or {} if key != "hydra"]
+            raise UserError(no_such_key(missing.full_key, keys)) from None
+    except Exception:  # noqa: BLE001  (Hydra reports it as it composes)
+        return
+
+
+def sets_a_value(override: Override) -> bool:
+    """Whether ``override`` sets a config value (not a group option, ``+``/``~``, or Hydra's)."""
+    key = override.key_or_group
+    return (
+        override.type == OverrideType.CHANGE
+        and not key.startswith("hydra")
+        and not (Path(CONFIG_PATH) / key).is_dir()
+    )
+
+
+def no_such_key(full_key: str, keys: list[str]) -> str:
+    name = full_key.rpartition(".")[2]
+    close = difflib.get_close_matches(name, keys, n=3)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"add one with +{full_key}=..."
+    return f"{full_key}: no such key; {hint}"
 
 
 def with_stored_overrides(arguments: list[str]) -> list[str]:
