@@ -173,6 +173,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def check_config(cfg: DictConfig) -> str | None:
     """What can be checked before anything is built; returns the checkpoint to resume from."""
     check_arguments(cfg)
+    check_accelerator(cfg.trainer)
     check_model(cfg.model)
     check_logger_packages(cfg.get("logger") or {})
     ckpt_path = resume_checkpoint(cfg)
@@ -184,6 +185,16 @@ def check_config(cfg: DictConfig) -> str | None:
         else:
             check_source(pretrained, "task.pretrained")
     return ckpt_path
+
+
+def check_accelerator(trainer: DictConfig) -> None:
+    """A GPU trainer (``trainer=gpu``, ``ddp``) on a machine where torch sees no CUDA GPU."""
+    if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        raise UserError(
+            f"trainer.accelerator: {trainer.accelerator} asked for, but torch {torch.__version__} "
+            f"({build}) sees no CUDA GPU here; train on the CPU with trainer=cpu"
+        )
 
 
 def build_run(
