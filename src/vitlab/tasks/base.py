@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from vitlab.checkpoint_file import RUN_CONFIG_KEY
+from vitlab.compat import should_update_logs
 from vitlab.errors import UserError
 from vitlab.loggers import WANDB_SOURCE, wandb_checkpoint
 from vitlab.models.checkpoint import load_pretrained
@@ -158,11 +159,7 @@ class RecipeTask(L.LightningModule):
         """Whether this training step's values are written to the loggers (every
         ``trainer.log_every_n_steps``, and every step of a fast dev run or when called by hand)."""
         trainer = self._trainer
-        return (
-            trainer is None
-            or bool(trainer.fast_dev_run)
-            or trainer._logger_connector.should_update_logs
-        )
+        return trainer is None or bool(trainer.fast_dev_run) or should_update_logs(trainer)
 
     def log_step(self, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
         """``self.log`` of a training step's value, called only on the steps whose values Lightning
