@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 from collections.abc import Iterable
 
 from vitlab.errors import UserError
@@ -25,6 +26,14 @@ PLUGIN_OPTIONS: dict[tuple[str, str | None], str] = {
     ("hydra/sweeper", "optuna"): "sweep",
     ("hydra/launcher", "slurm"): "slurm",
     ("hydra/launcher", "local"): "slurm",
+}
+# command-line options that need a program on this machine (group, option): program, what to do
+PROGRAM_OPTIONS: dict[tuple[str, str], tuple[str, str]] = {
+    ("hydra/launcher", "slurm"): (
+        "srun",
+        "submit from a SLURM cluster's login node, or try the same launcher here with "
+        "hydra/launcher=local",
+    ),
 }
 
 
@@ -49,9 +58,15 @@ def package(module: str) -> str:
 def require_plugins(overrides: Iterable[str]) -> None:
     """``require`` for each command-line override that picks an option served by a Hydra plugin
     (``hparams_search=vit_optuna``, ``hydra/launcher=slurm``), checked before Hydra composes
-    (a missing plugin is otherwise a composition error about a missing config)."""
+    (a missing plugin is otherwise a composition error about a missing config); and that the
+    program such an option runs is on this machine (``srun`` for SLURM)."""
     for override in overrides:
         group, _, option = override.lstrip("+~").partition("=")
         extra = PLUGIN_OPTIONS.get((group, option)) or PLUGIN_OPTIONS.get((group, None))
         if extra and option not in ("", "null"):
             require(extra, group)
+        program, advice = PROGRAM_OPTIONS.get((group, option), (None, ""))
+        if program and shutil.which(program) is None:
+            raise UserError(
+                f"{group}: {option} needs {program}, not found on this machine: {advice}"
+            )

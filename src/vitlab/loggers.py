@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import secrets
 import struct
 import sys
@@ -50,6 +49,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
+from vitlab.compat import wandb_credentials_found, wandb_init_arguments, wandb_record
 from vitlab.errors import UserError
 from vitlab.extras import require
 
@@ -156,27 +156,6 @@ def wandb_run_id(run_dir: Path) -> str:
     return run_id
 
 
-def wandb_credentials_found() -> bool:
-    """Whether ``wandb.init`` would log in without asking: W&B's own search for credentials for
-    its configured host (``WANDB_BASE_URL``, or the host of ``wandb login --host``), which
-    ``wandb.login`` uses too. ``wandb.login`` itself is not called: it prints, and asks the
-    server for the user's name."""
-    if os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled"):
-        return False
-    from wandb.sdk import wandb_setup
-    from wandb.sdk.lib import wbauth
-
-    settings = wandb_setup.singleton().settings
-    auth = wbauth.authenticate_session(
-        host=wbauth.HostUrl(settings.base_url, app_url=settings.app_url),
-        source="vitlab",
-        prompt=False,
-        verify=False,
-        update_session=False,
-    )
-    return auth is not None
-
-
 class WandbLogger(lightning_loggers.WandbLogger):
     """Lightning's ``WandbLogger`` as vitlab runs it (see the module docstring).
 
@@ -210,13 +189,14 @@ class WandbLogger(lightning_loggers.WandbLogger):
             log_model = False
         super().__init__(log_model=log_model, **kwargs)
         # Lightning passes `anonymous` (None) to wandb.init, which warns that it has no effect
-        del self._wandb_init["anonymous"]
+        init = wandb_init_arguments(self)
+        del init["anonymous"]
         if offline:
-            self._wandb_init["mode"] = "offline"
+            init["mode"] = "offline"
         settings = dict(settings or {})
         if settings.get("silent") is None:
             settings["silent"] = offline
-        self._wandb_init["settings"] = wandb.Settings(**settings)
+        init["settings"] = wandb.Settings(**settings)
         self._monitor, self._mode = monitor, mode
         self._watch, self._watch_log_freq = watch, watch_log_freq
         self._earlier_rows: dict[int, set[str]] = {}
@@ -235,7 +215,7 @@ class WandbLogger(lightning_loggers.WandbLogger):
             run.define_metric(
                 self._monitor, step_metric=STEP_KEY, step_sync=True, summary=self._mode
             )
-        if starting and self._wandb_init.get("mode") == "offline":
+        if starting and wandb_init_arguments(self).get("mode") == "offline":
             log.info("W&B logs offline; upload the run with `wandb sync %s`", run.sync_dir)
         return run
 
@@ -272,8 +252,6 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 def records(path: Path) -> Iterator[Any]:
     """The records (``wandb_internal_pb2.Record``) of a W&B run file, up to its first incomplete
     or damaged one, where the file of a killed run may end."""
-    from wandb.proto import wandb_internal_pb2
-
     data = path.read_bytes()
     if not data.startswith(b":W&B"):
         return
@@ -291,7 +269,7 @@ def records(path: Path) -> Iterator[Any]:
         offset += HEADER + length
         pending = chunk if kind in (FULL, FIRST) else pending + chunk
         if kind in (FULL, LAST):
-            yield wandb_internal_pb2.Record.FromString(pending)
+            yield wandb_record(pending)
 
 
 def item_key(item: Any) -> str:

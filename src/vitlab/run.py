@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
@@ -40,6 +43,7 @@ from vitlab.checks import (
     check_split_sizes,
     checkpoint_bytes,
 )
+from vitlab.cli import FAILURE_FILE, RESUME_KEYS
 from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job, take_launcher_rank
 from vitlab.errors import UserError, existing_file, exit_on_user_error
 from vitlab.loggers import WandbLogger, check_logger_packages, finish_loggers, instantiate_loggers
@@ -54,8 +58,6 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 CONFIG_ORDER = ("data", "model", "task", "trainer", "callbacks", "logger", "paths")
 # the results table shows the task's metrics, not the monitors' (lr, throughput)
 RESULT_PREFIXES = ("train/", "val/", "test/")
-# overrides that a resume command sets itself
-RESUME_KEYS = ("ckpt_path", "hydra.run.dir")
 
 
 def main(job: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
@@ -66,7 +68,7 @@ def main(job: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> floa
     and exit code 2. A failing job of a multirun is reported and scored NaN so the rest of the
     sweep goes on.
     """
-    with exit_on_user_error(log.error):
+    with exit_on_user_error(log.error), exit_code_on_stop():
         try:
             with distributed_job():
                 metrics = job(cfg)
@@ -79,9 +81,31 @@ def main(job: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> floa
             log.error(
                 "job failed, the sweep goes on: %s", user_error or error, exc_info=not user_error
             )
+            record_failure(user_error or error)
             finish_loggers()
             return float("nan")
     return metrics.get(best_key(cfg.task.monitor)) if "task" in cfg else None
+
+
+@contextmanager
+def exit_code_on_stop() -> Iterator[None]:
+    """Exit as a shell reports a process a signal stopped (128 + its number) when the run is
+    stopped: 130 for Ctrl-C, 143 for SIGTERM (``kill``, ``timeout``, a cluster's pre-emption).
+
+    Lightning ends training on SIGTERM with ``SIGTERMException`` (a ``SystemExit`` of code 0)
+    and on Ctrl-C with ``sys.exit(1)`` raised while handling the ``KeyboardInterrupt``; a script
+    or scheduler reading the exit code would take either for another outcome.
+    """
+    try:
+        yield
+    except SIGTERMException:
+        raise SystemExit(128 + signal.SIGTERM) from None
+    except KeyboardInterrupt:
+        raise SystemExit(128 + signal.SIGINT) from None
+    except SystemExit as stop:
+        if isinstance(stop.__context__, KeyboardInterrupt):
+            raise SystemExit(128 + signal.SIGINT) from None
+        raise
 
 
 def as_user_error(error: Exception) -> UserError | None:
@@ -94,6 +118,14 @@ def as_user_error(error: Exception) -> UserError | None:
     if isinstance(error, OmegaConfBaseException) and message.startswith(prefix):
         return UserError(message.removeprefix(prefix))
     return None
+
+
+def record_failure(error: Exception) -> None:
+    """Leave a failed multirun job's one-line reason in its directory, for the sweep's summary
+    (vitlab.cli.SweepSummary)."""
+    described = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    (output_dir / FAILURE_FILE).write_text(described.splitlines()[0] + "\n")
 
 
 def in_multirun() -> bool:
@@ -134,6 +166,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def check_config(cfg: DictConfig) -> str | None:
     """What can be checked before anything is built; returns the checkpoint to resume from."""
     check_arguments(cfg)
+    check_accelerator(cfg.trainer)
     check_model(cfg.model)
     check_logger_packages(cfg.get("logger") or {})
     ckpt_path = resume_checkpoint(cfg)
@@ -142,6 +175,16 @@ def check_config(cfg: DictConfig) -> str | None:
         # loaded when fitting starts; a resumed run restores its own weights instead
         check_source(str(pretrained))
     return ckpt_path
+
+
+def check_accelerator(trainer: DictConfig) -> None:
+    """A GPU trainer (``trainer=gpu``, ``ddp``) on a machine where torch sees no CUDA GPU."""
+    if trainer.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        raise UserError(
+            f"trainer.accelerator: {trainer.accelerator} asked for, but torch {torch.__version__} "
+            f"({build}) sees no CUDA GPU here; train on the CPU with trainer=cpu"
+        )
 
 
 def build_run(
@@ -263,12 +306,17 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
 
 class ResumeHint(L.Callback):
-    """On Ctrl-C, names the command that continues the run from its last checkpoint."""
+    """On Ctrl-C or SIGTERM, names the command that continues the run from its last checkpoint.
+
+    Under SLURM with auto-requeue, Lightning saves and requeues the job itself before the
+    SIGTERM; the line names the same run directory the requeued job resumes in.
+    """
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
+        stopped = isinstance(exception, KeyboardInterrupt | SIGTERMException)
+        if stopped and trainer.is_global_zero:
             log.warning("interrupted; continue from the last checkpoint with: %s", resume_command())
 
 

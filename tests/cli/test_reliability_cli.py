@@ -67,7 +67,9 @@ def test_interrupted_run_resumes_to_the_same_weights(cli, tmp_path, sig, workers
 def test_a_run_resumed_in_place_keeps_its_earlier_csv_metrics(cli, tmp_path):
     run_dir, run = tmp_path / "run", ("debug=limit", "logger=csv", "test=false")
     cli("train.py", f"hydra.run.dir={run_dir}", *run)
-    cli("train.py", f"hydra.run.dir={run_dir}", "ckpt_path=auto", "trainer.max_epochs=3", *run)
+    # more epochs than it ran with: a new run from its checkpoint, here in the same directory
+    last = run_dir / "checkpoints" / "last.ckpt"
+    cli("train.py", f"hydra.run.dir={run_dir}", f"ckpt_path={last}", "trainer.max_epochs=3", *run)
 
     def validated_epochs(name: str) -> list[int]:
         with (run_dir / "csv" / name).open() as file:

@@ -41,7 +41,8 @@ def test_multirun_of_ddp_jobs_gives_each_job_its_dir_and_its_own_wandb_run(cli):
 
 
 def test_a_failing_job_is_reported_and_the_sweep_goes_on(cli):
-    result = cli("train.py", "-m", "model.patch_size=3,2", "debug=fdr", "logger=none")
+    result = cli("train.py", "-m", "model.patch_size=3,2", "debug=fdr", "logger=none", check=False)
+    assert result.returncode == 1
     assert (
         "job failed, the sweep goes on: model: patch size 3x3 does not divide"
         in result.stdout + result.stderr

@@ -6,7 +6,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from PIL import Image
 
+from vitlab.callbacks.image_grid import picture
 from vitlab.loggers import WandbLogger
 
 TABLE_KEY = "val/misclassified"
@@ -18,7 +20,8 @@ class MisclassifiedImages(L.Callback):
     ``validation_step`` returns) and, when fitting ends, logs the last epoch's to W&B as the
     table ``val/misclassified``: image, target and predicted class names, the predicted
     probability. Does nothing without a W&B logger, or for tasks whose targets are not class
-    indices (MAE, segmentation). Each image is scaled to [0, 1] on its own for display."""
+    indices (MAE, segmentation). Each image is scaled to 8 bits (0-255) on its own for display:
+    W&B casts a float image straight to uint8, which leaves a [0, 1] image black."""
 
     def __init__(self, max_images: int = 64):
         self.max_images = max_images
@@ -60,7 +63,7 @@ class MisclassifiedImages(L.Callback):
         import wandb
 
         for logger in wandb_loggers(trainer):
-            rows = [[wandb.Image(row[0].numpy()), *row[1:]] for row in self.rows]
+            rows = [[wandb.Image(row[0]), *row[1:]] for row in self.rows]
             logger.log_table(TABLE_KEY, columns=COLUMNS, data=rows)
 
 
@@ -73,8 +76,8 @@ def class_names(trainer: L.Trainer, num_classes: int) -> list[str]:
     return list(names) if names else [str(index) for index in range(num_classes)]
 
 
-def display(image: torch.Tensor) -> torch.Tensor:
-    """A normalised (C, H, W) image as (H, W, C) in [0, 1] on the CPU."""
-    image = image.float().cpu()
+def display(image: torch.Tensor) -> Image.Image:
+    """A normalised (C, H, W) image as an 8-bit picture, its own range stretched to 0-255."""
+    image = image.float()
     low, high = image.min(), image.max()
-    return ((image - low) / (high - low).clamp_min(1e-6)).permute(1, 2, 0)
+    return picture((image - low) / (high - low).clamp_min(1e-6))

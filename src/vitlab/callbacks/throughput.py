@@ -12,6 +12,8 @@ import torch
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.utilities import rank_zero_only
 
+from vitlab.compat import should_accumulate, should_update_logs
+
 
 def images_in(batch: tuple[torch.Tensor, ...]) -> int:
     """The images of an ``(images, targets)`` batch."""
@@ -41,10 +43,7 @@ class LoggingStepThroughputMonitor(ThroughputMonitor):
         stage = trainer.state.stage
         self._samples[stage] += self.batch_size_fn(batch)
         self._batches[stage] += 1
-        if (
-            trainer.fit_loop._should_accumulate()
-            or not trainer._logger_connector.should_update_logs
-        ):
+        if should_accumulate(trainer) or not should_update_logs(trainer):
             return
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()  # the batches queued so far have run

@@ -11,11 +11,14 @@ import vitlab.config  # noqa: F401  (the resolvers conf/paths uses)
 from vitlab import predict
 from vitlab.cli import CONFIG_PATH, start
 
+# the entry config, conf/predict.yaml
+CONFIG_NAME = "predict"
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def app(cfg: DictConfig) -> None:
     predict.main(cfg)
 
 
 def main() -> None:
-    start(app)
+    start(app, CONFIG_NAME)

@@ -7,11 +7,14 @@ from omegaconf import DictConfig
 from vitlab import run
 from vitlab.cli import CONFIG_PATH, start
 
+# the entry config, conf/train.yaml
+CONFIG_NAME = "train"
 
-@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def app(cfg: DictConfig) -> float | None:
     return run.main(run.train, cfg)
 
 
 def main() -> None:
-    start(app)
+    start(app, CONFIG_NAME)

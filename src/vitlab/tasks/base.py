@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from vitlab.checkpoint_file import RUN_CONFIG_KEY
+from vitlab.compat import should_update_logs
 from vitlab.errors import UserError
 from vitlab.optim import WarmupCosine, WarmupPoly, effective_batch_size, param_groups, scaled_lr
 from vitlab.tasks.nonfinite import NonFiniteWatch, Place
@@ -205,11 +206,7 @@ class RecipeTask(L.LightningModule):
         """Whether this training step's values are written to the loggers (every
         ``trainer.log_every_n_steps``, and every step of a fast dev run or when called by hand)."""
         trainer = self._trainer
-        return (
-            trainer is None
-            or bool(trainer.fast_dev_run)
-            or trainer._logger_connector.should_update_logs
-        )
+        return trainer is None or bool(trainer.fast_dev_run) or should_update_logs(trainer)
 
     def log_step(self, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
         """``self.log`` of a training step's value, called only on the steps whose values Lightning
@@ -314,6 +311,13 @@ class RecipeTask(L.LightningModule):
             f"x {batch}/256; {schedule.total_steps} {interval}s, {schedule.warmup_steps:g} "
             f"warmup from {self.warmup_lr:.3g}, {self.decay} to {self.min_lr:.3g}"
         )
+        all_warmup = self.warmup_epochs and schedule.warmup_steps >= schedule.total_steps
+        if all_warmup and trainer.is_global_zero:
+            log.warning(
+                f"every {interval} of this run is warmup ({schedule.total_steps} {interval}s, "
+                f"task.warmup_epochs={self.warmup_epochs:g}): the lr never reaches its peak "
+                f"{lr:.3g} nor decays; train longer or lower task.warmup_epochs"
+            )
         scheduler = LambdaLR(optimizer, schedule)
         return {
             "optimizer": optimizer,
