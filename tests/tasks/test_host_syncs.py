@@ -88,23 +88,25 @@ class HostCopies(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def known_reads(reason: str) -> pytest.MarkDecorator:
+    """A recipe whose training step still reads, and why: it must fail, and by such a read."""
+    return pytest.mark.xfail(raises=ReadBetweenLogs, strict=True, reason=reason)
+
+
 CANVAS_SPLITS = "data.split_sizes={train: 64, val: 16, test: 16}"
 # each task's digits recipe (classification: train.py's default) and what makes it small here
 RECIPES = [
     # the loader's random affine draws its parameters with .item(), in this process (no workers)
     pytest.param(None, ["data.augment=false"], id="classification"),
     pytest.param("digits_mae_pretrain", ["data.augment=false"], id="mae"),
+    # multi-crop draws its crops with .item(): in a loader worker, as a real run's loader does
     pytest.param(
         "digits_ibot",
-        # multi-crop draws its crops with .item(): in a loader worker, as a real run's loader does
         ["data.num_workers=1"],
         id="ibot",
-        marks=pytest.mark.xfail(
-            raises=ReadBetweenLogs,
-            strict=True,
-            reason="models/ibot.py block_mask reads int(block.sum()) for every block of every "
-            "view's mask, drawn in the training step (tasks/ibot.py draw_masks); the release "
-            "draws masks in the loader",
+        marks=known_reads(
+            "models/ibot.py block_mask reads int(block.sum()) for every block of every view's "
+            "mask, drawn in the training step; the release draws masks in the loader"
         ),
     ),
     pytest.param("digits_segmentation", [CANVAS_SPLITS], id="segmentation"),
@@ -112,12 +114,10 @@ RECIPES = [
         "digits_detection",
         [CANVAS_SPLITS],
         id="detection",
-        marks=pytest.mark.xfail(
-            raises=ReadBetweenLogs,
-            strict=True,
-            reason="torchvision's FCOS reads in its training forward: GeneralizedRCNNTransform's "
+        marks=known_reads(
+            "torchvision's FCOS reads in its training forward: GeneralizedRCNNTransform's "
             "torch_choice and scale .item() (resizing to the size the images have), "
-            "degenerate_boxes.any() per image, num_foreground .item() in compute_loss",
+            "degenerate_boxes.any() per image, num_foreground .item() in compute_loss"
         ),
     ),
 ]
