@@ -1,5 +1,6 @@
 import math
 
+import hydra
 import mae_release
 import pytest
 import torch
@@ -8,6 +9,7 @@ from torch import nn
 
 from vitlab.models.segmenter import ViTSegmenter
 from vitlab.optim import (
+    LARS,
     WarmupCosine,
     WarmupPoly,
     effective_batch_size,
@@ -163,3 +165,65 @@ def test_lr_mult_scales_the_named_parameters_on_top_of_layer_decay(tiny_vit):
     scale = {name: group["lr_scale"] for group in groups for name in group["names"]}
     assert scale["decoder.head.weight"] == 10.0 and scale["backbone.norm.weight"] == 1.0
     assert scale["backbone.blocks.1.mlp.fc1.weight"] == 0.5
+
+
+def lars_release_step(
+    weight: torch.Tensor, grad: torch.Tensor, mu: torch.Tensor, lr: float, group: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One parameter's step of the MAE release's ``util/lars.py`` (MoCo v3's LARS), as a
+    formula: a weight matrix's gradient gets ``weight_decay * w`` and is scaled by the trust
+    ratio ``trust_coefficient * |w| / |g|`` (1 where either norm is 0); vectors get neither;
+    ``mu = momentum * mu + g``, ``w -= lr * mu``. The new weight and ``mu``."""
+    if weight.ndim > 1:
+        grad = grad + group["weight_decay"] * weight
+        weight_norm, grad_norm = weight.norm().item(), grad.norm().item()
+        if weight_norm > 0 and grad_norm > 0:
+            grad = grad * (group["trust_coefficient"] * weight_norm / grad_norm)
+    mu = group["momentum"] * mu + grad
+    return weight - lr * mu, mu
+
+
+def test_a_lars_step_is_the_mae_releases_formula():
+    torch.manual_seed(0)
+    group = {"weight_decay": 0.05, "momentum": 0.9, "trust_coefficient": 0.001}
+    # a weight matrix, a bias, and a matrix at zero (its trust ratio is 1)
+    params = [
+        nn.Parameter(torch.randn(4, 3)),
+        nn.Parameter(torch.randn(4)),
+        nn.Parameter(torch.zeros(2, 2)),
+    ]
+    optimizer = LARS(params, lr=0.0, **group)
+    expected = [(param.detach().clone(), torch.zeros_like(param)) for param in params]
+    # two steps, the second at another lr (as a schedule sets it), so momentum's place shows
+    for lr in (0.5, 0.2):
+        grads = [torch.randn_like(param) for param in params]
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad.clone()
+        optimizer.param_groups[0]["lr"] = lr
+        optimizer.step()
+        expected = [
+            lars_release_step(weight, grad, mu, lr, group)
+            for (weight, mu), grad in zip(expected, grads, strict=True)
+        ]
+        for param, (weight, _) in zip(params, expected, strict=True):
+            torch.testing.assert_close(param.detach(), weight)
+
+
+def test_a_hand_worked_lars_step_of_a_weight_matrix():
+    # |w| = 5; g + 1.0 * w = [[3, 4], [0, 0]], |.| = 5: trust ratio 0.5 * 5 / 5 = 0.5
+    weight = nn.Parameter(torch.tensor([[3.0, 0.0], [0.0, 4.0]]))
+    weight.grad = torch.tensor([[0.0, 4.0], [0.0, -4.0]])
+    LARS([weight], lr=2.0, weight_decay=1.0, momentum=0.9, trust_coefficient=0.5).step()
+    # w - lr * 0.5 * [[3, 4], [0, 0]]
+    assert weight.detach().tolist() == [[0.0, -4.0], [0.0, 4.0]]
+
+
+@pytest.mark.parametrize("recipe", ["task=linear_probe", "experiment=mae_linprobe"])
+def test_linear_probing_recipes_compose_to_the_releases_lars(compose_config, recipe):
+    cfg = compose_config(recipe)
+    optimizer = hydra.utils.instantiate(cfg.task.optimizer)([nn.Parameter(torch.zeros(2, 2))])
+    assert isinstance(optimizer, LARS)
+    settings = {
+        key: optimizer.defaults[key] for key in ("momentum", "trust_coefficient", "weight_decay")
+    }
+    assert settings == {"momentum": 0.9, "trust_coefficient": 0.001, "weight_decay": 0.0}

@@ -1,9 +1,11 @@
-"""SegmentationTask: a short real fit on generated digit canvases beats predicting background."""
+"""SegmentationTask: a short real fit on generated digit canvases beats predicting background; its
+loss and metrics skip the pixels of its own ignore label."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -12,15 +14,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, default_collate
 
 from vitlab.data.digit_canvas import write_digit_canvas
-from vitlab.data.segmentation import IGNORE_INDEX, SegmentationDataModule
+from vitlab.data.segmentation import SegmentationDataModule
 from vitlab.tasks.segmentation import SegmentationTask, segmentation_metrics
 
 
 @pytest.fixture
 def canvas_task(vit_config, optimizer_config) -> Callable[..., SegmentationTask]:
-    """``canvas_task(lr=6e-2)``: a ViTSegmenter of 32x32 canvases, 11 mask classes."""
+    """``canvas_task(lr=6e-2, **recipe)``: a ViTSegmenter of 32x32 canvases, 11 mask classes."""
 
-    def build(lr: float = 6e-2) -> SegmentationTask:
+    def build(lr: float = 6e-2, **recipe: Any) -> SegmentationTask:
         backbone = vit_config(img_size=32, patch_size=4, num_classes=11, embed_dim=64)
         model = {
             "_target_": "vitlab.models.segmenter.ViTSegmenter",
@@ -28,7 +30,7 @@ def canvas_task(vit_config, optimizer_config) -> Callable[..., SegmentationTask]
             "num_classes": 11,
         }
         optimizer = optimizer_config(lr=lr, weight_decay=0.05)
-        return SegmentationTask(model, optimizer, warmup_epochs=1)
+        return SegmentationTask(model, optimizer, warmup_epochs=1, **recipe)
 
     return build
 
@@ -75,21 +77,38 @@ def test_a_nonfinite_loss_stops_with_the_step_named(canvas_task):
         task.training_step((images, masks), 0)
 
 
-def test_ignored_pixels_count_for_neither_the_loss_nor_the_metrics(canvas_task):
-    task = canvas_task()
-    masks = torch.randint(0, 11, (2, 8, 8))
-    masks[:, :4] = IGNORE_INDEX
-    logits = F.one_hot(masks.clamp(max=10), 11).permute(0, 3, 1, 2).float() * 20
-    # wrong everywhere the label is ignored
-    logits[:, :, :4] = logits[:, :, :4].roll(1, dims=1)
-    logits.requires_grad_(True)
-    loss = task.loss(logits, masks)
-    loss.backward()
-    assert loss < 1e-3 and logits.grad[:, :, :4].eq(0).all()
-    metrics = segmentation_metrics(11, "", IGNORE_INDEX)
-    scores = metrics(logits.detach(), masks)
-    assert float(scores["pixel_acc"]) == pytest.approx(1.0)
-    assert float(scores["miou"]) == pytest.approx(1.0)
+def half_ignored(ignore_index: int) -> torch.Tensor:
+    """(2, 8, 8) masks of labels other than ``ignore_index`` (of 11 classes), the top half
+    ``ignore_index``: 0 as ADE20K's reduce_zero_label leaves "other", or 255."""
+    labels = torch.tensor([label for label in range(11) if label != ignore_index])
+    masks = labels[torch.randint(0, len(labels), (2, 8, 8))]
+    masks[:, :4] = ignore_index
+    return masks
+
+
+@pytest.mark.parametrize("ignore_index", [0, 255])
+def test_the_loss_is_the_cross_entropy_of_the_valid_pixels_alone(canvas_task, ignore_index):
+    torch.manual_seed(0)
+    task = canvas_task(ignore_index=ignore_index)
+    masks = half_ignored(ignore_index)
+    logits = torch.randn(2, 11, 8, 8) * 3  # imperfect everywhere, ignored pixels included
+    valid = masks != ignore_index
+    log_probs = logits.log_softmax(dim=1).permute(0, 2, 3, 1)[valid]  # (pixels, classes)
+    expected = -log_probs[torch.arange(len(log_probs)), masks[valid]].mean()
+    assert task.loss(logits, masks) == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("ignore_index", [0, 255])
+def test_the_tasks_ignore_index_reaches_its_metrics(canvas_task, ignore_index):
+    torch.manual_seed(0)
+    task = canvas_task(ignore_index=ignore_index)
+    masks = half_ignored(ignore_index)
+    # right on every valid pixel, wrong (class 5) on every ignored one
+    predicted = torch.where(masks == ignore_index, 5, masks)
+    logits = F.one_hot(predicted, 11).permute(0, 3, 1, 2).float()
+    for metrics in (task.val_metrics, task.test_metrics):
+        scores = {name.split("/")[-1]: float(v) for name, v in metrics(logits, masks).items()}
+        assert scores == {"miou": pytest.approx(1.0), "pixel_acc": pytest.approx(1.0)}
 
 
 class LearningRates(L.Callback):
