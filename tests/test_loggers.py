@@ -19,13 +19,13 @@ from vitlab.data.digits import DigitsDataModule
 from vitlab.errors import UserError
 from vitlab.loggers import (
     WandbLogger,
-    check_wandb_source,
     finish_loggers,
     history_rows,
     logged_metric_names,
 )
 from vitlab.run import check_config
 from vitlab.tasks.classification import ClassificationTask
+from vitlab.weights import check_wandb_source
 
 CHECK_CREDENTIALS = "from vitlab.loggers import wandb_credentials_found as f; print(f())"
 

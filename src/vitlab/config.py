@@ -30,6 +30,12 @@ from vitlab.errors import UserError
 # through its conf link (a wheel carries the files themselves)
 CONFIG_PATH = str((Path(__file__).resolve().parent / "conf").resolve())
 
+# overrides that a resume command sets itself (run.resume_command, cli's stored overrides)
+RESUME_KEYS = ("ckpt_path", "hydra.run.dir")
+# a failed multirun job's one-line reason, in the job's directory (written by run.main, read by
+# cli.SweepSummary)
+FAILURE_FILE = "failed.txt"
+
 DIRECTIONS = {"max": "maximize", "min": "minimize"}
 
 

@@ -50,7 +50,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
 from vitlab.compat import wandb_credentials_found, wandb_init_arguments, wandb_record
-from vitlab.errors import UserError
 from vitlab.extras import require
 
 log = logging.getLogger(__name__)
@@ -58,10 +57,9 @@ log = logging.getLogger(__name__)
 WANDB_ID_FILE = "wandb_id"
 # the step Lightning's W&B logger adds to every row
 STEP_KEY = "trainer/global_step"
+
+
 # task.pretrained naming a W&B artifact
-WANDB_SOURCE = "wandb:"
-
-
 def instantiate_loggers(logger_cfg: Mapping[str, Any], run_dir: Path) -> list[Logger]:
     loggers = []
     for conf in logger_cfg.values():
@@ -114,34 +112,6 @@ def complete_wandb_config(conf: DictConfig, run_dir: Path) -> None:
                 conf.group = Path(hydra_cfg.sweep.dir).name
             if conf.get("name") is None and hydra_cfg.job.override_dirname:
                 conf.name = hydra_cfg.job.override_dirname
-
-
-def check_wandb_source(source: str, key: str) -> str:
-    """The artifact name of ``wandb:<entity>/<project>/<artifact>:<alias>``; a ``UserError``
-    naming ``key`` when it is malformed or W&B has no credentials to download it with."""
-    name = source.removeprefix(WANDB_SOURCE)
-    entity_project, _, artifact = name.rpartition("/")
-    if entity_project.count("/") != 1 or ":" not in artifact or "" in entity_project.split("/"):
-        raise UserError(
-            f"{key}: {source}: expected wandb:<entity>/<project>/<artifact>:<alias or version>, "
-            "e.g. wandb:me/vitlab/model-1a2b3c4d:best"
-        )
-    if not wandb_credentials_found():
-        raise UserError(
-            f"{key}: {source}: downloading a W&B artifact needs W&B online: no credentials "
-            "found (wandb login, or WANDB_API_KEY), or WANDB_MODE is offline"
-        )
-    return name
-
-
-def wandb_checkpoint(source: str, key: str = "task.pretrained") -> str:
-    """The checkpoint file of a W&B model artifact (``wandb:...``), downloaded; the W&B run of
-    this process, if any, records the artifact as its input."""
-    folder = Path(WandbLogger.download_artifact(check_wandb_source(source, key)))
-    checkpoints = sorted(folder.rglob("*.ckpt"))
-    if len(checkpoints) != 1:
-        raise UserError(f"{key}: {source} holds {len(checkpoints)} .ckpt files, not one")
-    return str(checkpoints[0])
 
 
 def wandb_run_id(run_dir: Path) -> str:

@@ -32,7 +32,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-import vitlab.config  # noqa: F401  (registers the resolvers the config groups use)
 from vitlab.checkpoint_file import load_run
 from vitlab.checks import (
     check_arguments,
@@ -43,7 +42,7 @@ from vitlab.checks import (
     check_split_sizes,
     checkpoint_bytes,
 )
-from vitlab.cli import FAILURE_FILE, RESUME_KEYS
+from vitlab.config import FAILURE_FILE, RESUME_KEYS  # (importing it registers the resolvers)
 from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job, take_launcher_rank
 from vitlab.errors import UserError, existing_file, exit_on_user_error
 from vitlab.loggers import WandbLogger, check_logger_packages, finish_loggers, instantiate_loggers

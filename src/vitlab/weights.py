@@ -9,7 +9,7 @@ A source is one of
   Hugging Face Hub: both downloaded once into the Hugging Face cache (``HF_HUB_CACHE``;
   ``HF_HUB_OFFLINE=1`` reads only the cache), with the ``timm`` extra installed;
 - ``wandb:<entity>/<project>/<artifact>:<alias or version>``, a checkpoint that a run logged as a
-  W&B artifact (``logger.wandb.log_model``), downloaded (``vitlab.loggers.wandb_checkpoint``).
+  W&B artifact (``logger.wandb.log_model``), downloaded (``wandb_checkpoint``).
 
 Before any work, ``check_source`` refuses what can be no weights (a missing file, a file that is
 no checkpoint, a name without timm, a malformed or unreachable W&B name) and ``check_fits`` a
@@ -22,20 +22,24 @@ reads the same file.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from lightning.pytorch.loggers import WandbLogger
 from torch import nn
 
 from vitlab.checkpoint_file import RUN_CONFIG_KEY, read_checkpoint
+from vitlab.compat import wandb_credentials_found
 from vitlab.errors import UserError, existing_file
 from vitlab.extras import require
-from vitlab.loggers import WANDB_SOURCE, check_wandb_source, wandb_checkpoint
 from vitlab.models.checkpoint import fitted_state, load_pretrained
 
 KEY = "task.pretrained"
 # weights by name, through timm
 NAMED = ("timm:", "hf-hub:")
+
+WANDB_SOURCE = "wandb:"
 
 
 def check_source(source: str, key: str = KEY) -> None:
@@ -117,3 +121,31 @@ def named_state_dict(name: str) -> dict[str, torch.Tensor]:
     except (RuntimeError, OSError) as error:  # an unknown name; no such repository or file
         raise ValueError(f"{name}: {str(error).splitlines()[0]}") from None
     return model.state_dict()
+
+
+def check_wandb_source(source: str, key: str) -> str:
+    """The artifact name of ``wandb:<entity>/<project>/<artifact>:<alias>``; a ``UserError``
+    naming ``key`` when it is malformed or W&B has no credentials to download it with."""
+    name = source.removeprefix(WANDB_SOURCE)
+    entity_project, _, artifact = name.rpartition("/")
+    if entity_project.count("/") != 1 or ":" not in artifact or "" in entity_project.split("/"):
+        raise UserError(
+            f"{key}: {source}: expected wandb:<entity>/<project>/<artifact>:<alias or version>, "
+            "e.g. wandb:me/vitlab/model-1a2b3c4d:best"
+        )
+    if not wandb_credentials_found():
+        raise UserError(
+            f"{key}: {source}: downloading a W&B artifact needs W&B online: no credentials "
+            "found (wandb login, or WANDB_API_KEY), or WANDB_MODE is offline"
+        )
+    return name
+
+
+def wandb_checkpoint(source: str, key: str = "task.pretrained") -> str:
+    """The checkpoint file of a W&B model artifact (``wandb:...``), downloaded; the W&B run of
+    this process, if any, records the artifact as its input."""
+    folder = Path(WandbLogger.download_artifact(check_wandb_source(source, key)))
+    checkpoints = sorted(folder.rglob("*.ckpt"))
+    if len(checkpoints) != 1:
+        raise UserError(f"{key}: {source} holds {len(checkpoints)} .ckpt files, not one")
+    return str(checkpoints[0])

@@ -27,19 +27,14 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from vitlab.config import CONFIG_PATH
+from vitlab.config import CONFIG_PATH, FAILURE_FILE, RESUME_KEYS
 from vitlab.errors import UserError, exit_on_user_error
 from vitlab.extras import require_plugins
 
 __all__ = ["CONFIG_PATH", "FAILURE_FILE", "RESUME_KEYS", "SweepSummary", "start"]
 
-# overrides that a resume command sets itself
-RESUME_KEYS = ("ckpt_path", "hydra.run.dir")
 # Hydra's options that compose another config than the command's own
 CONFIG_OPTIONS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
-
-# a failed multirun job's one-line reason, in the job's directory (written by vitlab.run.main)
-FAILURE_FILE = "failed.txt"
 
 
 def start(app: Callable[[], object], config_name: str) -> None:
