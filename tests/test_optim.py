@@ -1,11 +1,11 @@
 import math
 
-import mae_release
 import pytest
 import torch
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
+from tests.helpers import mae_release
 from vitlab.models.segmenter import ViTSegmenter
 from vitlab.optim import (
     WarmupCosine,
