@@ -101,7 +101,7 @@ class CLI:
     def __call__(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
         """``python <command>`` in this process."""
         self.read_output()  # what came before is not this command's
-        with self.process_of_its_own(command):
+        with self.process_of_its_own():
             returncode = run_as_main(command)
         stdout, stderr = self.read_output()
         return checked(
@@ -126,8 +126,8 @@ class CLI:
         return self.capture.readouterr() if self.capture else ("", "")
 
     @contextmanager
-    def process_of_its_own(self, command: tuple[str, ...]) -> Iterator[None]:
-        """This process as ``python <command>`` started in the copy would find it, and as it was
+    def process_of_its_own(self) -> Iterator[None]:
+        """This process as a command started in the copy would find it, and as it was
         before once the command ends."""
         with ExitStack() as stack:
             stack.enter_context(working_directory(self.repo))
@@ -178,6 +178,7 @@ def run_as_main(command: tuple[str, ...]) -> int:
                 runpy.run_module(command[1], run_name="__main__", alter_sys=True)
         else:
             sys.argv = list(command)
+            sys.path.insert(0, str(Path(command[0]).resolve().parent))  # as Python puts it
             runpy.run_path(command[0], run_name="__main__")
     except SystemExit as exit:
         return exit_status(exit.code)
@@ -267,14 +268,14 @@ def logging_restored() -> Iterator[None]:
 
 @contextmanager
 def process_state_restored() -> Iterator[None]:
-    """``sys.argv``, torch's thread count and determinism, and Lightning's idea of this
-    process's rank, as they were."""
-    argv, threads = list(sys.argv), torch.get_num_threads()
+    """``sys.argv``, ``sys.path``, torch's thread count and determinism, and Lightning's idea of
+    this process's rank, as they were."""
+    argv, path, threads = list(sys.argv), list(sys.path), torch.get_num_threads()
     deterministic, rank = torch.are_deterministic_algorithms_enabled(), rank_zero_only.rank
     try:
         yield
     finally:
-        sys.argv = argv
+        sys.argv, sys.path[:] = argv, path
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
         rank_zero_only.rank = rank
