@@ -181,13 +181,12 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path
     shared = tmp_path_factory.getbasetemp()
     if worker_id != "master":
         shared = shared.parent  # the folder all workers' temporary folders sit in
+    folder, trained = shared / "digits_run", "repo/logs/train/runs/*/checkpoints/last.ckpt"
     with FileLock(shared / "digits_run.lock"):
-        run_dirs = sorted((shared / "digits_run" / "repo" / "logs" / "train" / "runs").glob("*"))
-        if not run_dirs:
-            cli = CLI(fresh_copy(shared / "digits_run" / "repo"), shared / "digits_run" / "home")
-            cli(*DIGITS_RUN)
-            run_dirs = cli.run_dirs()
-    return run_dirs[-1]
+        if not list(folder.glob(trained)):
+            CLI(fresh_copy(folder / "repo"), folder / "home")(*DIGITS_RUN)
+    (checkpoint,) = folder.glob(trained)
+    return checkpoint.parents[1]
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_benchmark(cli, script: str, *args: str) -> str:
-    """``python benchmarks/<script> <args>`` (in this process, see ``tests.helpers.cli``): what it
-    printed."""
+    """``OMP_NUM_THREADS=1 python benchmarks/<script> <args>`` (in this process, see
+    ``tests.helpers.cli``): what it printed."""
+    cli.env["OMP_NUM_THREADS"] = "1"
     return cli(f"benchmarks/{script}", *args).stdout
 
 

@@ -135,6 +135,8 @@ class CLI:
             stack.enter_context(python_warnings())
             stack.enter_context(logging_restored())
             stack.enter_context(process_state_restored())
+            if self.env.get("OMP_NUM_THREADS"):
+                torch.set_num_threads(int(self.env["OMP_NUM_THREADS"]))  # torch reads it on start
             stack.callback(end_wandb)
             stack.callback(clear_hydra)
             end_wandb()
