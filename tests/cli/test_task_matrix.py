@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.budget import CAP
+from vitlab.data.synthetic import write_image_tree
 
 # the runs share one copy, in which the MAE encoders are pretrained once (``pretrained_encoder``)
 pytestmark = pytest.mark.xdist_group("task_matrix")
-from vitlab.data.synthetic import write_image_tree
 
 # 3 classes of JPEG and PNG files: 132 training images, one batch of the RGB default (128)
 IMAGE_TREE = {"train": 44, "val": 4}
