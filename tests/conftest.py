@@ -9,16 +9,13 @@ the whole suite. A test that needs a setting passes it where it can be read.
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
+from filelock import FileLock
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -26,22 +23,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import vitlab.config  # noqa: F401  (the resolvers the config groups use)
+from tests.helpers.budget import DIGITS_RUN
+from tests.helpers.cli import CLI, fresh_copy
 from vitlab.cli import CONFIG_PATH
 from vitlab.data.synthetic import write_image_tree
 from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.models.vit import VisionTransformer
 from vitlab.tasks.base import build_task
 
-ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(CONFIG_PATH)
-sys.path.insert(0, str(Path(__file__).parent))  # test helpers such as wandb_records
-
-# what a fresh copy of the repository leaves out at its top: the package is installed, tests
-# are not a user's, the rest is output or caches
-NOT_COPIED = frozenset({
-    ".git", ".venv", "src", "tests", "logs", "data", "wandb", "outputs", "multirun",
-    ".pytest_cache", ".ruff_cache", "exported",
-})  # fmt: skip
 
 # a ViT for 8x8 one-channel images (the digits): 2x2 patches, 16 tokens
 TINY_VIT = dict(
@@ -187,63 +177,15 @@ def image_tree(tmp_path: Path) -> Callable[..., Path]:
 # --- the entry points, as a user runs them -----------------------------------------------------
 
 
-class CLI:
-    """Runs ``python <script> <overrides>`` in a fresh copy of the repository, the way a user
-    does: the copy is the working directory (so logs and data go to its ``logs/`` and
-    ``data/``), the logger is the configured one, and W&B finds no credentials (the home
-    directory is the test's own), so it logs offline as it does for a new user."""
-
-    def __init__(self, repo: Path, home: Path):
-        self.repo, self.log_dir = repo, repo / "logs"
-        home.mkdir(exist_ok=True)
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "HYDRA_"))}
-        self.env = inherited | {"HOME": str(home)}
-
-    def __call__(
-        self, script: str, *arguments: str, check: bool = True, timeout: float = 900
-    ) -> subprocess.CompletedProcess:
-        command = [sys.executable, script, *arguments]
-        result = subprocess.run(
-            command, cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=timeout
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(command)} exited {result.returncode}\n"
-                f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
-            )
-        return result
-
-    def run_dirs(self, script: str = "train") -> list[Path]:
-        """This copy's run directories of ``script``, oldest first."""
-        folder = self.log_dir / script / "runs"
-        return sorted(folder.iterdir()) if folder.is_dir() else []
-
-    def sweep_dirs(self, script: str = "train") -> list[Path]:
-        folder = self.log_dir / script / "multiruns"
-        return sorted(folder.iterdir()) if folder.is_dir() else []
-
-
-def fresh_copy(destination: Path) -> Path:
-    """The repository's entry points, benchmarks and notebooks, without outputs (the configs
-    come with the installed package)."""
-
-    def left_out(folder: str, names: list[str]) -> set[str]:
-        top = Path(folder) == ROOT
-        return {n for n in names if (top and n in NOT_COPIED) or n == "__pycache__"}
-
-    shutil.copytree(ROOT, destination, ignore=left_out)
-    return destination
-
-
 @pytest.fixture
-def cli(tmp_path: Path) -> CLI:
+def cli(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> CLI:
     """``cli("train.py", "debug=fdr")`` runs an entry point in a fresh copy of the repository."""
-    return CLI(fresh_copy(tmp_path / "repo"), tmp_path / "home")
+    return CLI(fresh_copy(tmp_path / "repo"), tmp_path / "home", capfd)
 
 
 @pytest.fixture(scope="module")
-def module_cli(tmp_path_factory: pytest.TempPathFactory) -> CLI:
-    """One fresh copy shared by a module's tests, for commands that build on each other."""
+def module_copy(tmp_path_factory: pytest.TempPathFactory) -> CLI:
+    """One fresh copy shared by a module's tests (see ``module_cli``)."""
     folder = tmp_path_factory.mktemp("module")
     return CLI(fresh_copy(folder / "repo"), folder / "home")
 
@@ -254,3 +196,31 @@ def ibot_recipe() -> dict[str, Any]:
     recipe = OmegaConf.to_container(OmegaConf.load(CONF / "task" / "ibot.yaml"))
     recipe.pop("_target_")
     return recipe
+
+
+@pytest.fixture
+def module_cli(module_copy: CLI, capfd: pytest.CaptureFixture[str]) -> CLI:
+    """The module's one fresh copy, for commands that build on each other."""
+    return CLI(module_copy.repo, module_copy.home, capfd)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The run directory of one short digits run of train.py (``DIGITS_RUN``), shared by the
+    tests that need a trained classifier; trained by the first test that asks for it, once
+    for all pytest-xdist workers. Tests read it and write nothing into it."""
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent  # the folder all workers' temporary folders sit in
+    folder, trained = shared / "digits_run", "repo/logs/train/runs/*/checkpoints/last.ckpt"
+    with FileLock(shared / "digits_run.lock"):
+        if not list(folder.glob(trained)):
+            CLI(fresh_copy(folder / "repo"), folder / "home")(*DIGITS_RUN)
+    (checkpoint,) = folder.glob(trained)
+    return checkpoint.parents[1]
+
+
+@pytest.fixture
+def digits_checkpoint(digits_run: Path) -> Path:
+    """The last checkpoint of the shared digits run (``digits_run``)."""
+    return digits_run / "checkpoints" / "last.ckpt"

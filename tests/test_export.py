@@ -10,13 +10,13 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from export_consumer import load_export, probabilities
 from omegaconf import OmegaConf
 from PIL import Image
-from predictions import read_predictions
 from safetensors.torch import load_file
 from torch import nn
 
+from tests.helpers.export_consumer import load_export, probabilities
+from tests.helpers.predictions import read_predictions
 from vitlab.export import (
     CONFIG_FILE,
     ONNX_FILE,

@@ -6,14 +6,14 @@ import json
 import logging
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import wandb
-from wandb_records import run_contents
 
+from tests.helpers.cli import CLI
+from tests.helpers.wandb_records import run_contents
 from vitlab.callbacks.misclassified import MisclassifiedImages
 from vitlab.data.digits import DigitsDataModule
 from vitlab.errors import UserError
@@ -52,34 +52,30 @@ def run_files(save_dir: Path) -> list[Path]:
     return sorted(save_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
 
-def check_credentials(home: Path, **env: str) -> subprocess.CompletedProcess:
-    """``wandb_credentials_found()`` in a fresh process with this home and these variables."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    return subprocess.run(
-        [sys.executable, "-c", CHECK_CREDENTIALS],
-        env=inherited | {"HOME": str(home)} | env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def check_credentials(capfd, home: Path, **env: str) -> subprocess.CompletedProcess:
+    """``python -c`` ``wandb_credentials_found()`` with this home and these variables (and no
+    other W&B variable), W&B's state as in a fresh process."""
+    cli = CLI(home.parent, home, capfd)
+    cli.env |= env
+    return cli("-c", CHECK_CREDENTIALS)
 
 
-def test_credentials_for_a_self_hosted_server_are_found_without_going_online(tmp_path: Path):
+def test_credentials_for_a_self_hosted_server_are_found_without_going_online(capfd, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     netrc = home / ".netrc"
     netrc.write_text(f"machine 127.0.0.1:9\n  login user\n  password {'k' * 40}\n")
     netrc.chmod(0o600)
     # nothing listens on port 9: a check that went online would fail (and log, in ~/.cache)
-    result = check_credentials(home, WANDB_BASE_URL="http://127.0.0.1:9")
+    result = check_credentials(capfd, home, WANDB_BASE_URL="http://127.0.0.1:9")
     assert (result.returncode, result.stdout, result.stderr) == (0, "True\n", "")
     assert [path for path in home.rglob("*")] == [netrc]
 
 
-def test_an_empty_home_has_no_credentials_and_stays_empty(tmp_path: Path):
+def test_an_empty_home_has_no_credentials_and_stays_empty(capfd, tmp_path: Path):
     home = tmp_path / "home"
     home.mkdir()
-    result = check_credentials(home)
+    result = check_credentials(capfd, home)
     assert (result.returncode, result.stdout, result.stderr) == (0, "False\n", "")
     assert not any(home.iterdir())
 

@@ -1,12 +1,12 @@
 import math
 
 import hydra
-import mae_release
 import pytest
 import torch
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
+from tests.helpers import mae_release
 from vitlab.models.segmenter import ViTSegmenter
 from vitlab.optim import (
     LARS,

@@ -1,12 +1,13 @@
 """Every command in the README's code blocks, run as printed.
 
 Each command runs in a fresh copy of the repository (shared by this module, so that
-``<timestamp>`` can name a run an earlier command made), with the default logger (W&B, offline
-because there are no credentials) and the default paths. ``PLAN`` is the one table of what this
-test adds or does instead: a budget cap (``CAP``) appended to a command, the files a command's
-placeholders name, or, for a command this machine cannot run (GPU, ImageNet, SLURM), the reason
-and a build of its config on the meta device. A README command without a row fails
-``test_every_readme_command_has_a_plan``.
+``<timestamp>`` can name a run an earlier command made; the commands run in order, on one
+pytest-xdist worker), with the default logger (W&B, offline because there are no credentials)
+and the default paths, in this process (``tests.helpers.cli``) unless its row says it runs in a
+process of its own. ``PLAN`` is the one table of what this test adds or does instead: a budget
+cap (``CAP``) appended to a command, the files a command's placeholders name, or, for a command
+this machine cannot run (GPU, ImageNet, SLURM), the reason and a build of its config on the meta
+device. A README command without a row fails ``test_every_readme_command_has_a_plan``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
 from sklearn.datasets import load_digits
-from wandb_records import run_contents
 
+from tests.helpers.budget import CAP
+from tests.helpers.wandb_records import run_contents
 from vitlab.checks import check_arguments, check_model
 from vitlab.cli import CONFIG_PATH
 from vitlab.data.synthetic import write_image_tree
@@ -39,13 +41,6 @@ from vitlab.tasks.base import build_task
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
-# the budget caps a test may append: one batch of each split, one epoch
-CAP = (
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=1",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-)
 SETUP = (
     'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" && python train.py'
 )
@@ -196,14 +191,16 @@ class Plan:
     """How this test covers one README command.
 
     ``run``: the command as printed (``runs``: the part of it that runs, when the rest is the
-    install that ``.ci/run`` does), ``cap`` appended; ``prepare`` writes what it reads first and
-    ``check`` asserts what it must show beyond a clean exit. Otherwise ``reason`` says why it
+    install that ``.ci/run`` does), ``cap`` appended, in this process or (``process``) in one of
+    its own; ``prepare`` writes what it reads first and ``check`` asserts what it must show
+    beyond a clean exit. Otherwise ``reason`` says why it
     cannot run here, and its config is composed and built on the meta device (``meta``) or it is
     this test suite itself.
     """
 
     run: bool = True
     cap: tuple[str, ...] = CAP
+    process: bool = False
     runs: str | None = None
     prepare: Callable | None = None
     check: Callable | None = None
@@ -220,7 +217,8 @@ def write_imagenet_tree(cli) -> None:
 
 
 PLAN: dict[str, Plan] = {
-    SETUP: Plan(runs="python train.py", check=offline_wandb_run),
+    # what a new user runs first, as they run it
+    SETUP: Plan(runs="python train.py", process=True, check=offline_wandb_run),
     "python -m pytest": Plan(run=False, reason="the test suite itself: .ci/run runs it"),
     "python eval.py ckpt_path=logs/train/runs/<timestamp>/checkpoints/last.ckpt": Plan(cap=()),
     "python train.py model=vit_b data=imagenet": cannot_run("needs ImageNet"),
@@ -266,7 +264,10 @@ PLAN: dict[str, Plan] = {
         cannot_run("needs ImageNet's shards in a bucket, and GPUs")
     ),
     "python train.py trainer=ddp trainer.devices=8": cannot_run("needs 8 GPUs"),
-    "python train.py trainer=ddp_cpu trainer.devices=2": Plan(check=one_run_of_two_processes),
+    # Lightning starts rank 1 by running sys.argv again: a process of its own
+    "python train.py trainer=ddp_cpu trainer.devices=2": Plan(
+        process=True, check=one_run_of_two_processes
+    ),
     "python train.py -m hydra/launcher=slurm trainer=multinode trainer.num_nodes=4 hydra.launcher.partition=gpu": cannot_run(  # noqa: E501
         "needs a SLURM cluster"
     ),
@@ -308,6 +309,7 @@ def test_commands_that_cannot_run_here_say_why():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("readme")
 @pytest.mark.parametrize("command", [c for c in COMMANDS if PLAN[c].run])
 def test_readme_command_runs_as_printed(command: str, module_cli):
     plan = PLAN[command]
@@ -316,7 +318,8 @@ def test_readme_command_runs_as_printed(command: str, module_cli):
     filled = with_placeholders_filled(plan.runs or command, module_cli)
     words = shlex.split(filled)
     assert words[0] == "python"
-    result = module_cli(*words[1:], *plan.cap)
+    run = module_cli.in_subprocess if plan.process else module_cli
+    result = run(*words[1:], *plan.cap)
     assert "Traceback" not in result.stderr
     if plan.check:
         plan.check(module_cli, result)

@@ -1,34 +1,24 @@
-"""The benchmark scripts run end to end with tiny arguments and print their ratio line."""
+"""The benchmark scripts run end to end with tiny arguments and print their ratio line, each
+run as ``python benchmarks/<script>`` from a fresh copy (in this process)."""
 
 import argparse
-import os
-import runpy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_benchmark(script: str, *args: str) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result.stdout
+def run_benchmark(cli, script: str, *args: str) -> str:
+    """``OMP_NUM_THREADS=1 python benchmarks/<script> <args>`` (in this process, see
+    ``tests.helpers.cli``): what it printed."""
+    cli.env["OMP_NUM_THREADS"] = "1"
+    return cli(f"benchmarks/{script}", *args).stdout
 
 
-def test_vit_vs_timm_prints_a_ratio_per_config():
+def test_vit_vs_timm_prints_a_ratio_per_config(cli):
     out = run_benchmark(
+        cli,
         "vit_vs_timm.py",
         *("--img-size", "32", "--batch-size", "2", "--steps", "1", "--rounds", "2"),
         *("--warmup", "1", "--threads", "1"),
@@ -37,8 +27,9 @@ def test_vit_vs_timm_prints_a_ratio_per_config():
     assert [line.split(":")[0] for line in lines] == ["vit_ti/16 train", "vit_ti/16 infer"]
 
 
-def test_lightning_overhead_prints_the_ratio():
+def test_lightning_overhead_prints_the_ratio(cli):
     out = run_benchmark(
+        cli,
         "lightning_overhead.py",
         *("--steps", "3", "--warmup", "1", "--rounds", "2", "--threads", "1"),
     )
@@ -46,8 +37,9 @@ def test_lightning_overhead_prints_the_ratio():
     assert "overhead" in out
 
 
-def test_mae_vs_supervised_prints_the_ratio():
+def test_mae_vs_supervised_prints_the_ratio(cli):
     out = run_benchmark(
+        cli,
         "mae_vs_supervised.py",
         *("--model", "vit_ti", "--img-size", "32", "--batch-size", "1", "--steps", "1"),
         *("--decoder-depth", "1"),
@@ -55,9 +47,9 @@ def test_mae_vs_supervised_prints_the_ratio():
     assert "MAE / supervised step time:" in out
 
 
-def test_pos_embed_variants_prints_a_ratio_per_variant():
+def test_pos_embed_variants_prints_a_ratio_per_variant(cli):
     out = run_benchmark(
-        "pos_embed_variants.py", *("--img-size", "32", "--batch-size", "1", "--steps", "1")
+        cli, "pos_embed_variants.py", *("--img-size", "32", "--batch-size", "1", "--steps", "1")
     )
     lines = [line for line in out.splitlines() if "/learned" in line]
     assert [line.split(":")[0] for line in lines] == [
@@ -69,8 +61,9 @@ def test_pos_embed_variants_prints_a_ratio_per_variant():
     ]
 
 
-def test_data_pipeline_prints_a_ratio_per_pipeline_and_policy():
+def test_data_pipeline_prints_a_ratio_per_pipeline_and_policy(cli):
     out = run_benchmark(
+        cli,
         "data_pipeline.py",
         "--images",
         "8",
@@ -100,33 +93,29 @@ def test_data_pipeline_prints_a_ratio_per_pipeline_and_policy():
     assert policies[-1].endswith("1.00x")
 
 
-def test_grad_checkpointing_prints_the_memory_ratio():
+def test_grad_checkpointing_prints_the_memory_ratio(cli):
     out = run_benchmark(
+        cli,
         "grad_checkpointing.py",
         *("--model", "vit_ti", "--img-size", "32", "--batch-size", "2", "--threads", "1"),
     )
     assert "ratio checkpointed/plain peak memory:" in out
 
 
-def test_shard_loader_prints_the_ratio_against_the_packed_folder(monkeypatch, capsys):
-    # in this process, whose torch is imported already: in a subprocess of its own, importing
-    # torch and LitData took most of this test's time
-    arguments = ["--images", "4", "--img-size", "32", "--batch-size", "4", "--rounds", "1"]
-    monkeypatch.setattr(sys, "argv", ["shard_loader.py", *arguments])
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as `python benchmarks/...` has it
-    threads = torch.get_num_threads()  # the benchmark times one thread
-    try:
-        runpy.run_path(str(ROOT / "benchmarks" / "shard_loader.py"), run_name="__main__")
-    finally:
-        torch.set_num_threads(threads)
-    out = capsys.readouterr().out
+def test_shard_loader_prints_the_ratio_against_the_packed_folder(cli):
+    out = run_benchmark(
+        cli,
+        "shard_loader.py",
+        *("--images", "4", "--img-size", "32", "--batch-size", "4", "--rounds", "1"),
+    )
     rows = [line for line in out.splitlines() if "images/s" in line]
     assert [row.split("  ")[0].strip() for row in rows] == ["packed image folder", "LitData shards"]
     assert rows[0].endswith("1.00x") and "uint8" in out
 
 
-def test_ibot_vs_mae_prints_the_ratios():
+def test_ibot_vs_mae_prints_the_ratios(cli):
     out = run_benchmark(
+        cli,
         "ibot_vs_mae.py",
         *("--model", "vit_ti", "--img-size", "32", "--batch-size", "1", "--local-crops", "1"),
         *("--steps", "1"),

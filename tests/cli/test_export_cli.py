@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from digits_run import held_out_digits, write_digit
-from export_consumer import probabilities
-from predictions import read_predictions
 
-# the digits_checkpoint fixture
-pytest_plugins = ["digits_run"]
+from tests.helpers.digit_images import held_out_digits, write_digit
+from tests.helpers.export_consumer import probabilities
+from tests.helpers.predictions import read_predictions
 
 
 def test_help_describes_the_command_and_the_files_it_writes(cli):

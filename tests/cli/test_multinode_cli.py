@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-TESTS = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # where the test helpers import from
 
 
 def free_port() -> int:
@@ -36,11 +36,11 @@ def test_two_nodes_train_one_run_on_disjoint_data_to_equal_weights(cli, tmp_path
         "debug=fdr",
         "test=false",
         f"hydra.run.dir={run_dir}",
-        "+callbacks.node_record._target_=node_record.NodeRecord",
+        "+callbacks.node_record._target_=tests.helpers.node_record.NodeRecord",
         f"+callbacks.node_record.folder={records}",
     ]
     launcher = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2"}
-    python_path = os.pathsep.join([str(TESTS), cli.env.get("PYTHONPATH", "")])
+    python_path = os.pathsep.join([str(ROOT), cli.env.get("PYTHONPATH", "")])
     nodes = [
         subprocess.Popen(
             command,

@@ -8,15 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from digits_run import held_out_digits, write_digit
-from predictions import read_predictions
 
+from tests.helpers.digit_images import held_out_digits, write_digit
+from tests.helpers.predictions import read_predictions
 from vitlab.cli import CONFIG_PATH
 from vitlab.data.digits import DigitsDataModule
 from vitlab.models.vit import VisionTransformer
 
-# the digits_checkpoint fixture
-pytest_plugins = ["digits_run"]
 NUM_IMAGES, TOP_K = 20, 3
 
 

@@ -79,10 +79,8 @@ def test_a_run_resumed_in_place_keeps_its_earlier_csv_metrics(cli, tmp_path):
     assert validated_epochs("metrics.csv") == [2]
 
 
-def test_every_checkpoint_loads_with_weights_only(cli):
-    cli("train.py", "debug=limit", "logger=none")
-    (run_dir,) = cli.run_dirs()
-    checkpoints = list((run_dir / "checkpoints").glob("*.ckpt"))
+def test_every_checkpoint_loads_with_weights_only(digits_run: Path):
+    checkpoints = list((digits_run / "checkpoints").glob("*.ckpt"))
     assert len(checkpoints) == 2
     for path in checkpoints:
         checkpoint = torch.load(path, weights_only=True)
@@ -111,17 +109,16 @@ def test_a_missing_pretrained_checkpoint_is_a_one_line_error(cli, tmp_path):
     )
 
 
-def test_resuming_into_data_with_another_class_count_is_refused(cli, image_tree):
-    cli("train.py", "debug=limit", "trainer.max_epochs=1", "logger=none", "test=false")
-    (run_dir,) = cli.run_dirs()
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
+def test_resuming_into_data_with_another_class_count_is_refused(
+    cli, digits_checkpoint: Path, image_tree
+):
     root = image_tree("three_classes", {"train": 2, "val": 1})
     result = cli(
         "train.py",
         "data=imagefolder",
         f"data.root={root}",
         "data.batch_size=2",
-        f"ckpt_path={ckpt}",
+        f"ckpt_path={digits_checkpoint}",
         check=False,
     )
     assert result.returncode == 2

@@ -1,14 +1,15 @@
-"""DDP on CPU processes, multirun sweeps, Optuna and submitit through the real CLI."""
+"""DDP on CPU processes, multirun sweeps, Optuna and submitit through the real CLI (DDP in a
+process of its own: Lightning starts the other rank by running ``sys.argv`` again)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from wandb_records import run_contents
+
+from tests.helpers.wandb_records import run_contents
 
 
 def only(paths) -> Path:
@@ -18,7 +19,7 @@ def only(paths) -> Path:
 
 @pytest.mark.slow
 def test_multirun_of_ddp_jobs_gives_each_job_its_dir_and_its_own_wandb_run(cli):
-    cli("train.py", "-m", "trainer=ddp_cpu", "debug=limit", "seed=1,2")
+    cli.in_subprocess("train.py", "-m", "trainer=ddp_cpu", "debug=limit", "seed=1,2")
     sweep_dir = only((cli.log_dir / "train" / "multiruns").iterdir())
     job_dirs = sorted(p for p in sweep_dir.iterdir() if p.is_dir())
     assert [p.name for p in job_dirs] == ["0", "1"]
@@ -54,7 +55,7 @@ def test_a_failing_job_is_reported_and_the_sweep_goes_on(cli):
 
 @pytest.mark.slow
 def test_optuna_over_ddp_jobs_minimises_an_experiments_loss_with_one_sweep(cli):
-    result = cli(
+    result = cli.in_subprocess(
         "train.py",
         "experiment=digits_mae_pretrain",
         "hparams_search=vit_optuna",
@@ -83,18 +84,13 @@ def test_submitit_local_launcher_runs_a_job(cli):
     assert list((sweep_dir / ".submitit").glob("*/*_result.pkl"))
 
 
-def test_optuna_study_in_sqlite_resumes_where_it_stopped(monkeypatch, tmp_path: Path):
+def test_optuna_study_in_sqlite_resumes_where_it_stopped(cli):
     """The sweep extra's storage works: a second sweep on the same database adds its trials to
-    the study and reports the best of all of them. (vitlab-train runs in this process, twice:
-    what a subprocess would add is its imports.)"""
+    the study and reports the best of all of them."""
     import optuna
-    from hydra.core.global_hydra import GlobalHydra
 
-    from vitlab.cli import train
-
-    monkeypatch.chdir(tmp_path)
     sweep = [
-        "vitlab-train",
+        "train.py",
         "hparams_search=vit_optuna",
         "hydra.sweeper.n_trials=1",
         "hydra.sweeper.storage=sqlite:///study.db",
@@ -106,13 +102,10 @@ def test_optuna_study_in_sqlite_resumes_where_it_stopped(monkeypatch, tmp_path: 
         "test=false",
     ]
     for _ in range(2):
-        # a run rewrites sys.argv for the DDP ranks it may start (vitlab.distributed)
-        monkeypatch.setattr(sys, "argv", list(sweep))
-        GlobalHydra.instance().clear()
-        train.main()
-    study = optuna.load_study(study_name="vit", storage="sqlite:///study.db")
+        cli(*sweep)
+    study = optuna.load_study(study_name="vit", storage=f"sqlite:///{cli.repo / 'study.db'}")
     assert [trial.state.name for trial in study.trials] == ["COMPLETE", "COMPLETE"]
-    sweep_dirs = sorted((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    sweep_dirs = cli.sweep_dirs()
     scores = [
         json.loads((sweep_dir / "0" / "metrics.json").read_text())["val/acc1_best"]
         for sweep_dir in sweep_dirs

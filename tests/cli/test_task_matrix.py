@@ -2,7 +2,7 @@
 every data option it supports; the optional callbacks and the other loggers on top of that.
 
 Data sit where the configs look for them (``data/imagefolder`` in the copy), so the commands
-are the ones a user types, one batch of each split (``ONE_STEP``) being the only addition.
+are the ones a user types, one batch of each split (``CAP``) being the only addition.
 """
 
 from __future__ import annotations
@@ -12,14 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.budget import CAP
 from vitlab.data.synthetic import write_image_tree
 
-ONE_STEP = (
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=1",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-)
+# the runs share one copy, in which the MAE encoders are pretrained once (``pretrained_encoder``)
+pytestmark = pytest.mark.xdist_group("task_matrix")
+
 # 3 classes of JPEG and PNG files: 132 training images, one batch of the RGB default (128)
 IMAGE_TREE = {"train": 44, "val": 4}
 # the metrics each task is judged by after validation (its monitor among them)
@@ -44,9 +42,14 @@ SUPPORTED = [
 
 
 @pytest.fixture(scope="module")
-def repo(module_cli):
+def image_folder(module_copy) -> None:
+    """An image tree at the imagefolder config's default root in the module's copy."""
+    write_image_tree(module_copy.repo / "data" / "imagefolder", IMAGE_TREE)
+
+
+@pytest.fixture
+def repo(module_cli, image_folder):
     """The shared copy, with an image tree at the imagefolder config's default root."""
-    write_image_tree(module_cli.repo / "data" / "imagefolder", IMAGE_TREE)
     return module_cli
 
 
@@ -58,7 +61,7 @@ def pretrained_encoder(cli, data: str) -> Path:
     """The last checkpoint of an MAE pretraining step on ``data`` (made once per data option)."""
     marker = cli.repo / f"pretrained_{data}.ckpt"
     if not marker.exists():
-        cli("train.py", "task=mae_pretrain", f"data={data}", *ONE_STEP)
+        cli("train.py", "task=mae_pretrain", f"data={data}", *CAP)
         (cli.run_dirs()[-1] / "checkpoints" / "last.ckpt").rename(marker)
     return marker
 
@@ -69,7 +72,7 @@ def test_every_task_trains_validates_and_tests_on_the_data_it_supports(repo, tas
     pretrained = ()
     if task in ("mae_finetune", "linear_probe"):
         pretrained = (f"task.pretrained={pretrained_encoder(repo, data)}",)
-    repo("train.py", f"task={task}", f"data={data}", *pretrained, *ONE_STEP)
+    repo("train.py", f"task={task}", f"data={data}", *pretrained, *CAP)
     run_dir = repo.run_dirs()[-1]
     assert VALIDATED[task] <= newest_metrics(repo).keys()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -87,7 +90,7 @@ def test_every_task_trains_validates_and_tests_on_the_data_it_supports(repo, tas
     ],
 )
 def test_optional_callbacks_and_loggers_run_on_the_default_run(repo, option, writes):
-    repo("train.py", option, *ONE_STEP)
+    repo("train.py", option, *CAP)
     run_dir = repo.run_dirs()[-1]
     assert "test/acc1" in newest_metrics(repo)
     assert (run_dir / writes).exists()
@@ -95,7 +98,7 @@ def test_optional_callbacks_and_loggers_run_on_the_default_run(repo, option, wri
 
 @pytest.mark.slow
 def test_reconstruction_grids_run_with_mae_pretraining(repo):
-    repo("train.py", "task=mae_pretrain", "callbacks=[default,reconstruction]", *ONE_STEP)
+    repo("train.py", "task=mae_pretrain", "callbacks=[default,reconstruction]", *CAP)
     assert "val/loss" in newest_metrics(repo)
     assert list(
         repo.run_dirs()[-1].glob("wandb/offline-run-*/files/media/images/val/reconstruction_*.png")

@@ -157,6 +157,6 @@ def test_eval_without_a_checkpoint_says_how_to_call_it(cli):
 
 @pytest.mark.slow
 def test_default_run_reaches_96_percent_on_digits(cli):
-    cli("train.py", timeout=900)
+    cli("train.py")
     (run_dir,) = cli.run_dirs()
     assert metrics_of(run_dir)["test/acc1"] >= 0.96  # measured: 0.964

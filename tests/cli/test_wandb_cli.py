@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from wandb_records import run_contents
 
+from tests.helpers.wandb_records import run_contents
 from vitlab.loggers import STEP_KEY as STEP
 from vitlab.loggers import history_rows
 

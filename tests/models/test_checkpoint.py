@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mae_release
 import pytest
 import timm
 import torch
 
+from tests.helpers import mae_release
 from vitlab.data.digits import DigitsDataModule
 from vitlab.errors import UserError
 from vitlab.models.checkpoint import load_pretrained, read_state_dict

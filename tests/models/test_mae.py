@@ -7,12 +7,12 @@ from __future__ import annotations
 import copy
 import math
 
-import mae_release
 import pytest
 import torch
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
+from tests.helpers import mae_release
 from vitlab.models.mae import MaskedAutoencoderViT, random_masking
 from vitlab.models.pos_embed import sincos_2d
 from vitlab.models.vit import VisionTransformer

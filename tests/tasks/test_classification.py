@@ -4,13 +4,13 @@ import math
 from collections.abc import Callable
 
 import lightning as L
-import mae_release
 import pytest
 import torch
 import torch.nn.functional as F
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.helpers import mae_release
 from vitlab.data.digits import DigitsDataModule
 from vitlab.optim import WarmupCosine
 from vitlab.tasks.classification import ClassificationTask

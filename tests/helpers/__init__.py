@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: checkpoints, W&B run files, reference implementations."""
