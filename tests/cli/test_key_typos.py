@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
-from hydra.core.global_hydra import GlobalHydra
-
-from vitlab.cli import train
 
 
 @pytest.mark.parametrize(
@@ -18,12 +13,8 @@ from vitlab.cli import train
         ("data.zzz=1", "error: data.zzz: no such key; add one with +data.zzz=..."),
     ],
 )
-def test_a_mistyped_key_names_the_closest_ones(override, error, monkeypatch, tmp_path, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["vitlab-train", "logger=none", override])
-    GlobalHydra.instance().clear()
-    with pytest.raises(SystemExit) as refused:
-        train.main()
-    assert refused.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines() == [error]
-    assert not (tmp_path / "logs").exists()
+def test_a_mistyped_key_names_the_closest_ones(override, error, cli):
+    result = cli("train.py", override, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [error]
+    assert not cli.log_dir.exists()

@@ -100,15 +100,7 @@ RECIPES = [
     pytest.param(None, ["data.augment=false"], id="classification"),
     pytest.param("digits_mae_pretrain", ["data.augment=false"], id="mae"),
     # multi-crop draws its crops with .item(): in a loader worker, as a real run's loader does
-    pytest.param(
-        "digits_ibot",
-        ["data.num_workers=1"],
-        id="ibot",
-        marks=known_reads(
-            "models/ibot.py block_mask reads int(block.sum()) for every block of every view's "
-            "mask, drawn in the training step; the release draws masks in the loader"
-        ),
-    ),
+    pytest.param("digits_ibot", ["data.num_workers=1"], id="ibot"),
     pytest.param("digits_segmentation", [CANVAS_SPLITS], id="segmentation"),
     pytest.param(
         "digits_detection",
