@@ -37,6 +37,7 @@ from vitlab.checks import (
     check_model,
     check_monitor,
     check_output_dir,
+    check_recipe_named,
     check_split_sizes,
     checkpoint_bytes,
 )
@@ -140,6 +141,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def check_config(cfg: DictConfig) -> str | None:
     """What can be checked before anything is built; returns the checkpoint to resume from."""
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        check_recipe_named(hydra_cfg.overrides.task, hydra_cfg.runtime.choices)
     check_arguments(cfg)
     check_model(cfg.model)
     check_logger_packages(cfg.get("logger") or {})
