@@ -16,12 +16,15 @@ Defaults finish in about a minute on a CPU:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from device_timing import add_timing_arguments, is_cuda, warm_up
 from mae_vs_supervised import ENCODERS, build_models, median_step_seconds, train_step
+from omegaconf import OmegaConf
 
+from vitlab.config import CONFIG_PATH
 from vitlab.tasks.ibot import IBOTTask
 
 LOCAL_SIZE = 96
@@ -44,9 +47,12 @@ def build_ibot(args: argparse.Namespace) -> IBOTTask:
         "drop_path_rate": 0.1,
         **ENCODERS[args.model],
     }
-    optimizer = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 5e-4}
+    # the task group's arguments (conf/task/ibot.yaml) with the ViT-S recipe's head
+    recipe = OmegaConf.load(Path(CONFIG_PATH) / "task" / "ibot.yaml")
+    recipe.head.norm_last_layer = False
+    arguments = {k: v for k, v in OmegaConf.to_container(recipe).items() if k != "_target_"}
     with torch.device(args.device):
-        return IBOTTask(model, optimizer, head={"norm_last_layer": False})
+        return IBOTTask(**(arguments | {"model": model}))
 
 
 def main() -> None:

@@ -43,15 +43,28 @@ def pixels(path: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("method", ["reconstruction", "attention"])
 def test_wandb_gets_the_8bit_grid_that_the_png_path_writes(
-    offline_wandb, tmp_path, method, mae_config, vit_config, optimizer_config, quiet_trainer
+    offline_wandb,
+    tmp_path,
+    method,
+    mae_config,
+    vit_config,
+    optimizer_config,
+    quiet_trainer,
+    task_recipe,
 ):
     def train(root: Path, logger: WandbLogger | None) -> None:
         L.seed_everything(0, verbose=False)
         if method == "reconstruction":
-            task = MAEPretrainTask(mae_config(mask_ratio=0.5), optimizer_config(), warmup_epochs=0)
+            task = MAEPretrainTask(
+                mae_config(mask_ratio=0.5),
+                optimizer_config(),
+                **task_recipe("mae_pretrain", warmup_epochs=0),
+            )
             callback: ValidationImageGrid = ReconstructionGrid(num_images=4)
         else:
-            task = ClassificationTask(vit_config(), optimizer_config(), warmup_epochs=0)
+            task = ClassificationTask(
+                vit_config(), optimizer_config(), **task_recipe("classification", warmup_epochs=0)
+            )
             callback = AttentionMaps(num_images=4)
         trainer = quiet_trainer(
             default_root_dir=root,
@@ -96,14 +109,17 @@ class MirroringTask(ClassificationTask):
 
 @pytest.mark.filterwarnings("ignore:You have overridden `on_after_batch_transfer`")
 def test_the_images_are_the_first_validation_batch_as_delivered_and_stay_fixed(
-    tmp_path, vit_config, optimizer_config, quiet_trainer
+    tmp_path, vit_config, optimizer_config, quiet_trainer, task_recipe
 ):
     datamodule = DigitsDataModule(batch_size=8)
     callback = AttentionMaps(num_images=3)
     trainer = quiet_trainer(
         default_root_dir=tmp_path, max_epochs=2, limit_train_batches=2, callbacks=[callback]
     )
-    trainer.fit(MirroringTask(vit_config(), optimizer_config()), datamodule=datamodule)
+    trainer.fit(
+        MirroringTask(vit_config(), optimizer_config(), **task_recipe("classification")),
+        datamodule=datamodule,
+    )
     first_batch, _ = next(iter(datamodule.val_dataloader()))
     assert torch.equal(callback.images, first_batch[:3].flip(-1))
     first, second = (pixels(tmp_path / "attention" / f"epoch_{n:03d}.png") for n in (0, 1))

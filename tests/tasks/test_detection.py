@@ -23,7 +23,7 @@ def test_perfect_predictions_score_map_1():
     assert detection_metric()(shifted, targets)["map"] < 1.0
 
 
-def test_a_training_step_returns_the_sum_of_fcos_losses(vit_config, optimizer_config):
+def test_a_training_step_returns_the_sum_of_fcos_losses(vit_config, optimizer_config, task_recipe):
     torch.manual_seed(0)
     backbone = vit_config(img_size=32, patch_size=4, num_classes=11, embed_dim=32)
     model = {
@@ -32,7 +32,7 @@ def test_a_training_step_returns_the_sum_of_fcos_losses(vit_config, optimizer_co
         "num_classes": 11,
         "out_channels": 32,
     }
-    task = DetectionTask(model, optimizer_config())
+    task = DetectionTask(model, optimizer_config(), **task_recipe("detection"))
     images = torch.randn(2, 1, 32, 32)
     targets = [
         {"boxes": torch.tensor([[2.0, 3.0, 18.0, 17.0]]), "labels": torch.tensor([4])},

@@ -26,6 +26,10 @@ def ibot_task(vit_config, optimizer_config, **changes) -> IBOTTask:
         optimizer=optimizer_config(lr=1e-2, weight_decay=0.04),
         head=HEAD,
         warmup_epochs=0,
+        warmup_lr=0.0,
+        min_lr=0.0,
+        schedule_interval="step",
+        skip_nonfinite=False,
         momentum_teacher=0.9,
         weight_decay_end=0.4,
         warmup_teacher_temp_epochs=2,
@@ -143,7 +147,7 @@ def test_the_patch_objective_switches_to_pixels_or_off(
 
 
 def test_the_student_encoder_loads_into_classifiers_through_the_checkpoint_loader(
-    vit_config, optimizer_config, quiet_trainer, tmp_path
+    vit_config, optimizer_config, quiet_trainer, tmp_path, task_recipe
 ):
     torch.manual_seed(0)
     task = ibot_task(vit_config, optimizer_config)
@@ -159,7 +163,8 @@ def test_the_student_encoder_loads_into_classifiers_through_the_checkpoint_loade
     for name, tensor in classifier.state_dict().items():
         if not name.startswith(("head.", "fc_norm.")):
             torch.testing.assert_close(tensor, student[name])
-    probe = LinearProbeTask(vit_config(), optimizer_config(), pretrained=str(path))
+    recipe = task_recipe("linear_probe", pretrained=str(path))
+    probe = LinearProbeTask(vit_config(), optimizer_config(), **recipe)
     quiet_trainer(max_steps=1, limit_val_batches=0).fit(probe, datamodule=DigitsDataModule())
     torch.testing.assert_close(
         probe.model.blocks[0].attn.qkv.weight, task.model.blocks[0].attn.qkv.weight

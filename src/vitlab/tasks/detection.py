@@ -3,7 +3,7 @@ scored by COCO mAP (torchmetrics' ``MeanAveragePrecision``, pycocotools backend)
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -39,12 +39,10 @@ class DetectionTask(RecipeTask):
         self,
         model: Config,
         optimizer: Config,
-        pretrained: str | None = None,
-        monitor: str = "val/map",
-        mode: Literal["min", "max"] = "max",
+        pretrained: str | None,
         **recipe: Any,
     ):
-        super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
+        super().__init__(optimizer, **recipe)
         self.model: ViTDetFCOS = instantiate(model, _convert_="all")
         self.pretrained = pretrained
         self.metrics = nn.ModuleDict({"val": detection_metric(), "test": detection_metric()})

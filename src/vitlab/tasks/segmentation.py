@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,13 +49,11 @@ class SegmentationTask(RecipeTask):
         self,
         model: Config,
         optimizer: Config,
-        pretrained: str | None = None,
-        ignore_index: int = IGNORE_INDEX,
-        monitor: str = "val/miou",
-        mode: Literal["min", "max"] = "max",
+        pretrained: str | None,
+        ignore_index: int,
         **recipe: Any,
     ):
-        super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
+        super().__init__(optimizer, **recipe)
         self.model: ViTSegmenter = instantiate(model, _convert_="all")
         self.pretrained = pretrained
         self.ignore_index = ignore_index
