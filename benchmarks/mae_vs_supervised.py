@@ -42,7 +42,9 @@ ENCODERS = {
 # the MAE's arguments besides its encoder: conf/task/mae_pretrain.yaml's
 MAE_RECIPE: dict[str, Any] = {
     key: value
-    for key, value in OmegaConf.load(Path(CONFIG_PATH) / "task" / "mae_pretrain.yaml").model.items()
+    for key, value in OmegaConf.to_container(
+        OmegaConf.load(Path(CONFIG_PATH) / "task" / "mae_pretrain.yaml").model
+    ).items()
     if key not in ("_target_", "encoder")
 }
 
