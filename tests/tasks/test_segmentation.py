@@ -28,7 +28,8 @@ def canvas_task(vit_config, optimizer_config, task_recipe) -> Callable[..., Segm
             "num_classes": 11,
         }
         optimizer = optimizer_config(lr=lr, weight_decay=0.05)
-        return SegmentationTask(model, optimizer, **task_recipe("segmentation", warmup_epochs=1))
+        recipe = task_recipe("segmentation", warmup_epochs=1, min_lr=0.0)
+        return SegmentationTask(model, optimizer, **recipe)
 
     return build
 
