@@ -114,7 +114,9 @@ def test_sgd_with_poly_decay_and_a_decoder_lr_multiplier_trains_as_mmsegmentatio
     }
     # base lr 0.128 at batch 2: peak lr 1e-3, mmsegmentation's PolyLR to eta_min 1e-4
     optimizer = optimizer_config("SGD", lr=0.128, momentum=0.9, weight_decay=0.0)
-    recipe = task_recipe("segmentation", decay="poly", min_lr=1e-4, lr_mult={"decoder.": 10.0})
+    recipe = task_recipe(
+        "segmentation", warmup_epochs=0, decay="poly", min_lr=1e-4, lr_mult={"decoder.": 10.0}
+    )
     task = SegmentationTask(model, optimizer, **recipe)
     lrs = LearningRates()
     quiet_trainer(max_steps=4, limit_val_batches=0, callbacks=[lrs]).fit(task, datamodule)
