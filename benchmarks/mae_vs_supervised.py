@@ -2,7 +2,7 @@
 
 Both steps are forward + backward + AdamW (fused, as vitlab trains) on the same encoder,
 measured in the same process on the same inputs; MAE's encoder runs on the visible 25% of the
-patches and its decoder (512 wide, 8 deep by default) on all of them. On CUDA both run under
+patches and its decoder (task=mae_pretrain's, the release's) on all of them. On CUDA both run under
 bf16 autocast, and the script also prints each step's peak memory: what its warm-up steps, run
 alone, allocated at most beyond what was allocated before them (activations, gradients and
 optimizer state). ``--compile`` compiles both models (``nn.Module.compile()``; the warm-up
@@ -18,12 +18,16 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from device_timing import add_timing_arguments, is_cuda, seconds_per_step, warm_up
+from omegaconf import OmegaConf
 from torch import nn
 
+from vitlab.config import CONFIG_PATH
 from vitlab.models.mae import MaskedAutoencoderViT
 from vitlab.models.vit import VisionTransformer
 
@@ -33,6 +37,15 @@ ENCODERS = {
     "vit_b": dict(embed_dim=768, depth=12, num_heads=12, patch_size=16),
     "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, patch_size=16),
     "vit_h": dict(embed_dim=1280, depth=32, num_heads=16, patch_size=14),
+}
+
+# the MAE's arguments besides its encoder: conf/task/mae_pretrain.yaml's
+MAE_RECIPE: dict[str, Any] = {
+    key: value
+    for key, value in OmegaConf.to_container(
+        OmegaConf.load(Path(CONFIG_PATH) / "task" / "mae_pretrain.yaml").model
+    ).items()
+    if key not in ("_target_", "encoder")
 }
 
 
@@ -63,8 +76,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(ENCODERS), default="vit_b")
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--mask-ratio", type=float, default=0.75)
-    parser.add_argument("--decoder-depth", type=int, default=8)
+    parser.add_argument("--mask-ratio", type=float, default=MAE_RECIPE["mask_ratio"])
+    parser.add_argument("--decoder-depth", type=int, default=MAE_RECIPE["decoder_depth"])
     parser.add_argument("--compile", action="store_true", help="nn.Module.compile() both models")
     add_timing_arguments(parser, batch_size=4)
     return parser.parse_args()
@@ -74,19 +87,18 @@ def build_models(
     model: str,
     img_size: int,
     device: str,
-    mask_ratio: float = 0.75,
-    decoder_depth: int = 8,
     compile: bool = False,
+    **mae_changes: Any,
 ) -> tuple[nn.Module, nn.Module]:
     """The supervised ViT and the MAE over the same encoder architecture (``ENCODERS[model]``),
-    on ``device`` (built there: no slow CPU initialisation of a large model first)."""
+    on ``device`` (built there: no slow CPU initialisation of a large model first); the MAE is
+    the recipe's with ``mae_changes``."""
     encoder = ENCODERS[model]
     with torch.device(device):
         supervised = VisionTransformer(img_size=img_size, num_classes=1000, **encoder)
         mae = MaskedAutoencoderViT(
             VisionTransformer(img_size=img_size, pos_embed="sincos", **encoder),
-            mask_ratio=mask_ratio,
-            decoder_depth=decoder_depth,
+            **(MAE_RECIPE | mae_changes),
         )
     if compile:
         supervised.compile()
@@ -103,7 +115,12 @@ def main() -> None:
         torch.device(args.device).type, dtype=torch.bfloat16, enabled=is_cuda(args.device)
     )
     supervised, mae = build_models(
-        args.model, args.img_size, args.device, args.mask_ratio, args.decoder_depth, args.compile
+        args.model,
+        args.img_size,
+        args.device,
+        args.compile,
+        mask_ratio=args.mask_ratio,
+        decoder_depth=args.decoder_depth,
     )
 
     def supervised_loss() -> torch.Tensor:

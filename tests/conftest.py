@@ -8,6 +8,7 @@ the whole suite. A test that needs a setting passes it where it can be read.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +45,12 @@ TINY_VIT = dict(
     depth=2,
     num_heads=4,
 )
-TINY_DECODER = dict(decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+# a tiny MAE's arguments besides its encoder
+TINY_DECODER = dict(
+    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2, mask_ratio=0.75, norm_pix_loss=True
+)
+# what a task's config group gives besides its model and optimizer
+TASK_PARTS = ("_target_", "model", "optimizer")
 
 
 # --- models and tasks -------------------------------------------------------------------------
@@ -91,6 +97,25 @@ def tiny_mae(tiny_vit) -> Callable[..., MaskedAutoencoderViT]:
         return MaskedAutoencoderViT(encoder or tiny_vit(), **(TINY_DECODER | changes))
 
     return build
+
+
+@functools.cache
+def task_group_arguments(option: str) -> dict[str, Any]:
+    """The arguments ``conf/task/<option>.yaml`` gives its task besides model and optimizer,
+    resolved against the default data; a value the group leaves to the user (``???``) left out."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=none", f"task={option}"])
+    task = OmegaConf.to_container(cfg.task, resolve=True, throw_on_missing=False)
+    return {key: value for key, value in task.items() if key not in TASK_PARTS and value != "???"}
+
+
+@pytest.fixture
+def task_recipe() -> Callable[..., dict[str, Any]]:
+    """``task_recipe(option, **changes)``: the arguments (warmup, monitor, ...) that
+    ``conf/task/<option>.yaml``, their one home, gives a task besides its model and optimizer,
+    with ``changes``: ``ClassificationTask(model, optimizer, **task_recipe("classification"))``."""
+    return lambda option, **changes: task_group_arguments(option) | changes
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ DIGITS_PREPROCESSING = [
 def test_a_linear_probe_exports_as_a_plain_vit_computing_the_probes_logits(
     trained_checkpoint, tmp_path: Path
 ):
-    ckpt_path = trained_checkpoint("task=linear_probe", "task.pretrained=null")
+    ckpt_path = trained_checkpoint("experiment=digits_linear_probe", "task.pretrained=null")
     export(ckpt_path, tmp_path / "export")
     model, _ = load_export(tmp_path / "export")
     assert type(model.head) is nn.Linear
@@ -90,6 +90,7 @@ def test_a_consumer_of_config_json_gets_predict_pys_probabilities_for_rgb_data(
 ):
     tree = image_tree("tree", {"train": 4, "val": 1})
     ckpt_path = trained_checkpoint(
+        "experiment=none",
         "data=imagefolder",
         f"data.root={tree}",
         "data.num_classes=3",
@@ -145,11 +146,10 @@ def test_only_weights_of_2_gb_or_more_go_beside_the_onnx_file():
 @pytest.mark.parametrize(
     ("overrides", "task"),
     [
-        (["task=mae_pretrain"], "vitlab.tasks.mae.MAEPretrainTask"),
+        (["experiment=digits_mae_pretrain"], "vitlab.tasks.mae.MAEPretrainTask"),
         (
             [
-                "task=segmentation",
-                "data=digit_canvas",
+                "experiment=digits_segmentation",
                 "data.split_sizes={train:8,val:4,test:4}",
                 "data.batch_size=4",
             ],

@@ -15,7 +15,9 @@ from vitlab.tasks.base import build_task
 
 @pytest.mark.parametrize("task", ["classification", "mae_pretrain"])
 def test_fsdp_wraps_every_vit_block_and_saves_full_state_dicts(task, compose_config):
-    cfg = compose_config("trainer=fsdp", f"task={task}", "model=vit_l", "data=imagenet")
+    cfg = compose_config(
+        "experiment=none", "trainer=fsdp", f"task={task}", "model=vit_l", "data=imagenet"
+    )
     strategy = instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, FSDPStrategy)
     assert strategy._state_dict_type == "full"  # one file, the plain model's keys

@@ -81,7 +81,7 @@ def test_an_empty_home_has_no_credentials_and_stays_empty(capfd, tmp_path: Path)
 
 
 def test_log_model_offline_is_turned_off_with_one_warning(
-    offline_wandb, tmp_path, caplog, vit_config, optimizer_config, quiet_trainer
+    offline_wandb, tmp_path, caplog, vit_config, optimizer_config, quiet_trainer, task_recipe
 ):
     with caplog.at_level(logging.WARNING, logger="vitlab"):
         logger = WandbLogger(offline=True, log_model=True, save_dir=tmp_path, project="vitlab")
@@ -97,7 +97,7 @@ def test_log_model_offline_is_turned_off_with_one_warning(
         limit_train_batches=2,
         limit_val_batches=1,
     )
-    task = ClassificationTask(vit_config(), optimizer_config())
+    task = ClassificationTask(vit_config(), optimizer_config(), **task_recipe("classification"))
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=8))
     finish_wandb()
     (run_file,) = run_files(tmp_path)
@@ -160,7 +160,7 @@ def test_a_run_file_cut_anywhere_reads_as_the_rows_before_the_cut(offline_wandb,
 
 
 def test_the_monitored_metric_is_summarised_by_its_best_with_gradients_and_mistakes_logged(
-    offline_wandb, tmp_path, vit_config, optimizer_config, quiet_trainer
+    offline_wandb, tmp_path, vit_config, optimizer_config, quiet_trainer, task_recipe
 ):
     logger = WandbLogger(
         offline=True,
@@ -179,7 +179,9 @@ def test_the_monitored_metric_is_summarised_by_its_best_with_gradients_and_mista
         limit_val_batches=2,
         log_every_n_steps=1,
     )
-    task = ClassificationTask(vit_config(), optimizer_config(lr=1e-2))
+    task = ClassificationTask(
+        vit_config(), optimizer_config(lr=1e-2), **task_recipe("classification")
+    )
     logger.watch_model(task.model)
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=8))
     finish_wandb()

@@ -221,13 +221,15 @@ PLAN: dict[str, Plan] = {
     SETUP: Plan(runs="python train.py", process=True, check=offline_wandb_run),
     "python -m pytest": Plan(run=False, reason="the test suite itself: .ci/run runs it"),
     "python eval.py ckpt_path=logs/train/runs/<timestamp>/checkpoints/last.ckpt": Plan(cap=()),
-    "python train.py model=vit_b data=imagenet": cannot_run("needs ImageNet"),
+    "python train.py experiment=none model=vit_b data=imagenet": cannot_run("needs ImageNet"),
     "python train.py experiment=deit_b_imagenet": cannot_run("needs ImageNet and 8 GPUs"),
-    "python train.py model=vit_s trainer=gpu trainer.max_epochs=300": cannot_run("needs a GPU"),
+    "python train.py experiment=none model=vit_s trainer=gpu trainer.max_epochs=300": cannot_run(
+        "needs a GPU"
+    ),
     "python train.py -m model.depth=2,4 task.optimizer.lr=1e-2,5e-3": Plan(
         check=lambda cli, result: sweep_jobs(cli, 4)
     ),
-    "python train.py -m model=vit_ti,vit_s task.optimizer.lr=1e-3,5e-4 data=imagenet": cannot_run(
+    "python train.py -m experiment=none model=vit_ti,vit_s task.optimizer.lr=1e-3,5e-4 data=imagenet": cannot_run(  # noqa: E501
         "needs ImageNet"
     ),
     "python train.py task.ema_decay=0.999 'callbacks=[default,early_stopping]'": Plan(
@@ -236,7 +238,7 @@ PLAN: dict[str, Plan] = {
     "python train.py debug=fdr": Plan(cap=()),
     "python train.py debug=overfit": Plan(cap=(), check=memorised_one_batch),
     "python train.py --help": Plan(cap=()),
-    "python train.py --cfg job --resolve model=vit_l": Plan(cap=()),
+    "python train.py --cfg job --resolve experiment=none model=vit_l": Plan(cap=()),
     "python train.py experiment=digits_mae_pretrain": Plan(),
     "python train.py experiment=digits_mae_finetune task.pretrained=logs/train/runs/<pretrain>/checkpoints/last.ckpt": Plan(),  # noqa: E501
     "python train.py experiment=digits_linear_probe task.pretrained=logs/train/runs/<pretrain>/checkpoints/last.ckpt": Plan(),  # noqa: E501
@@ -260,7 +262,7 @@ PLAN: dict[str, Plan] = {
     "python -m vitlab.data.pack data/imagenet data/imagenet_shards --format shards": Plan(
         cap=(), prepare=write_imagenet_tree
     ),
-    "python train.py data=imagenet_shards model=vit_b data.root=s3://my-bucket/imagenet_shards": (
+    "python train.py experiment=none data=imagenet_shards model=vit_b data.root=s3://my-bucket/imagenet_shards": (  # noqa: E501
         cannot_run("needs ImageNet's shards in a bucket, and GPUs")
     ),
     "python train.py trainer=ddp trainer.devices=8": cannot_run("needs 8 GPUs"),
@@ -271,7 +273,7 @@ PLAN: dict[str, Plan] = {
     "python train.py -m hydra/launcher=slurm trainer=multinode trainer.num_nodes=4 hydra.launcher.partition=gpu": cannot_run(  # noqa: E501
         "needs a SLURM cluster"
     ),
-    "python train.py trainer=fsdp model=vit_l model.grad_checkpointing=true data=imagenet": (
+    "python train.py experiment=none trainer=fsdp model=vit_l model.grad_checkpointing=true data=imagenet": (  # noqa: E501
         cannot_run("needs ImageNet and GPUs")
     ),
     "python train.py hparams_search=vit_optuna hydra.sweeper.n_trials=50": Plan(

@@ -39,6 +39,7 @@ from vitlab.checks import (
     check_model,
     check_monitor,
     check_output_dir,
+    check_recipe_named,
     check_split_sizes,
     checkpoint_bytes,
 )
@@ -164,6 +165,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def check_config(cfg: DictConfig) -> str | None:
     """What can be checked before anything is built; returns the checkpoint to resume from."""
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        check_recipe_named(hydra_cfg.overrides.task, hydra_cfg.runtime.choices)
     check_arguments(cfg)
     check_accelerator(cfg.trainer)
     check_model(cfg.model)

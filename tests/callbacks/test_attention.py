@@ -28,7 +28,7 @@ def test_panels_hold_the_image_then_rollout_then_each_head_upsampled_per_patch(t
 
 
 def test_callback_writes_a_png_per_validation_epoch_with_a_row_per_image(
-    tmp_path: Path, vit_config, optimizer_config, quiet_trainer
+    tmp_path: Path, vit_config, optimizer_config, quiet_trainer, task_recipe
 ):
     trainer = quiet_trainer(
         default_root_dir=tmp_path,
@@ -37,7 +37,9 @@ def test_callback_writes_a_png_per_validation_epoch_with_a_row_per_image(
         limit_val_batches=1,
         callbacks=[AttentionMaps(num_images=4)],
     )
-    task = ClassificationTask(vit_config(num_heads=2), optimizer_config())
+    task = ClassificationTask(
+        vit_config(num_heads=2), optimizer_config(), **task_recipe("classification")
+    )
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=8))
     pngs = sorted((tmp_path / "attention").iterdir())
     assert [p.name for p in pngs] == ["epoch_000.png", "epoch_001.png"]

@@ -43,15 +43,28 @@ def pixels(path: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("method", ["reconstruction", "attention"])
 def test_wandb_gets_the_8bit_grid_that_the_png_path_writes(
-    offline_wandb, tmp_path, method, mae_config, vit_config, optimizer_config, quiet_trainer
+    offline_wandb,
+    tmp_path,
+    method,
+    mae_config,
+    vit_config,
+    optimizer_config,
+    quiet_trainer,
+    task_recipe,
 ):
     def train(root: Path, logger: WandbLogger | None) -> None:
         L.seed_everything(0, verbose=False)
         if method == "reconstruction":
-            task = MAEPretrainTask(mae_config(mask_ratio=0.5), optimizer_config(), warmup_epochs=0)
+            task = MAEPretrainTask(
+                mae_config(mask_ratio=0.5),
+                optimizer_config(),
+                **task_recipe("mae_pretrain", warmup_epochs=0),
+            )
             callback: ValidationImageGrid = ReconstructionGrid(num_images=4)
         else:
-            task = ClassificationTask(vit_config(), optimizer_config(), warmup_epochs=0)
+            task = ClassificationTask(
+                vit_config(), optimizer_config(), **task_recipe("classification", warmup_epochs=0)
+            )
             callback = AttentionMaps(num_images=4)
         trainer = quiet_trainer(
             default_root_dir=root,
@@ -94,14 +107,17 @@ class MirroringDigits(DigitsDataModule):
 
 
 def test_the_images_are_the_first_validation_batch_as_delivered_and_stay_fixed(
-    tmp_path, vit_config, optimizer_config, quiet_trainer
+    tmp_path, vit_config, optimizer_config, quiet_trainer, task_recipe
 ):
     datamodule = MirroringDigits(batch_size=8)
     callback = AttentionMaps(num_images=3)
     trainer = quiet_trainer(
         default_root_dir=tmp_path, max_epochs=2, limit_train_batches=2, callbacks=[callback]
     )
-    trainer.fit(ClassificationTask(vit_config(), optimizer_config()), datamodule=datamodule)
+    trainer.fit(
+        ClassificationTask(vit_config(), optimizer_config(), **task_recipe("classification")),
+        datamodule=datamodule,
+    )
     first_batch = next(iter(datamodule.val_dataloader()))
     delivered, _ = datamodule.on_after_batch_transfer(first_batch, 0)
     assert torch.equal(callback.images, delivered[:3])

@@ -40,10 +40,11 @@ def test_knn_predictions_are_sklearns(k, temperature):
 
 
 def test_the_logged_accuracy_is_sklearns_on_the_models_features(
-    vit_config, optimizer_config, quiet_trainer, tmp_path
+    vit_config, optimizer_config, quiet_trainer, tmp_path, task_recipe
 ):
     torch.manual_seed(0)
-    task = ClassificationTask(vit_config(), optimizer_config())
+    recipe = task_recipe("classification", warmup_epochs=0)  # the step moves the weights
+    task = ClassificationTask(vit_config(), optimizer_config(), **recipe)
     data = DigitsDataModule(batch_size=128)
     trainer = quiet_trainer(
         max_epochs=1, limit_train_batches=1, callbacks=[KNNMonitor(k=10, every_n_epochs=1)]

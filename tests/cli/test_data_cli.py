@@ -7,6 +7,7 @@ from pathlib import Path
 from vitlab.data.synthetic import write_image_tree
 
 QUICK = (
+    "experiment=none",
     "model=vit_digits",
     "model.img_size=32",
     "model.patch_size=8",

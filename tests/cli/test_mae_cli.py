@@ -65,7 +65,12 @@ def test_missing_pretrained_key_fails_with_the_key_names(cli, tmp_path: Path):
 
 def test_mae_evaluation_reproduces_the_runs_own_losses(cli):
     """Validation and test masks are seeded: the losses are a function of the weights."""
-    cli("train.py", "task=mae_pretrain", "debug=limit", "trainer.limit_test_batches=1.0")
+    cli(
+        "train.py",
+        "experiment=digits_mae_pretrain",
+        "debug=limit",
+        "trainer.limit_test_batches=1.0",
+    )
     trained = metrics_of(newest_run(cli))
     best = next((newest_run(cli) / "checkpoints").glob("epoch_*.ckpt"))
     cli("eval.py", f"ckpt_path={best}")

@@ -115,6 +115,7 @@ def test_resuming_into_data_with_another_class_count_is_refused(
     root = image_tree("three_classes", {"train": 2, "val": 1})
     result = cli(
         "train.py",
+        "experiment=none",
         "data=imagefolder",
         f"data.root={root}",
         "data.batch_size=2",
@@ -130,7 +131,13 @@ def test_resuming_into_data_with_another_class_count_is_refused(
 
 
 def test_missing_dataset_root_names_the_expected_layout(cli, tmp_path):
-    result = cli("train.py", "data=imagenet", f"data.root={tmp_path / 'nowhere'}", check=False)
+    result = cli(
+        "train.py",
+        "experiment=none",
+        "data=imagenet",
+        f"data.root={tmp_path / 'nowhere'}",
+        check=False,
+    )
     assert result.returncode == 2
     last_line = result.stderr.strip().splitlines()[-1]
     assert (
@@ -147,7 +154,9 @@ def no_run_started(run_dir: Path) -> bool:
 
 def test_a_training_split_smaller_than_a_batch_is_refused_before_training(cli, image_tree):
     root = image_tree("small", {"train": 20, "val": 2})  # 60 training images, batch 128
-    result = cli("train.py", "data=imagefolder", f"data.root={root}", check=False)
+    result = cli(
+        "train.py", "experiment=none", "data=imagefolder", f"data.root={root}", check=False
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: data.batch_size: the train split has 60 images, fewer than one batch of 128 "
@@ -160,6 +169,7 @@ def test_an_empty_validation_split_is_refused_before_training(cli, image_tree):
     root = image_tree("no_val", {"train": 4})
     result = cli(
         "train.py",
+        "experiment=none",
         "data=imagefolder",
         f"data.root={root}",
         "data.batch_size=2",

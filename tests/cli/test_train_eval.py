@@ -78,7 +78,14 @@ def test_a_normal_run_prints_the_config_a_progress_bar_the_results_and_nothing_e
 
 
 def test_vit_b_instantiates_and_takes_one_step_on_digits(cli):
-    result = cli("train.py", "model=vit_b", "data=digits", "debug=fdr", "data.batch_size=2")
+    result = cli(
+        "train.py",
+        "experiment=none",
+        "model=vit_b",
+        "data=digits",
+        "debug=fdr",
+        "data.batch_size=2",
+    )
     output = result.stdout + result.stderr
     assert "85.4 M" in output  # ViT-B/16 with 1-channel patches and a 10-class head
     assert "test/acc1" in output

@@ -17,14 +17,16 @@ TARGET = "vitlab.data.imagefolder.ImageFolderDataModule"
 
 
 def test_a_checkpoint_keeps_the_class_names_after_the_data_is_gone(
-    tmp_path: Path, vit_config, optimizer_config, quiet_trainer
+    tmp_path: Path, vit_config, optimizer_config, quiet_trainer, task_recipe
 ):
     root = tmp_path / "tree"
     write_image_tree(root, {"train": 4, "val": 1}, num_classes=2)
     (root / "LOC_synset_mapping.txt").write_text("class_0 tench\nclass_1 goldfish\n")
     datamodule = ImageFolderDataModule(root, img_size=16, batch_size=4, num_workers=0)
     vit = vit_config(img_size=16, patch_size=8, in_chans=3, num_classes=2, embed_dim=8, depth=1)
-    task = ClassificationTask(vit, optimizer_config("SGD", lr=0.1), warmup_epochs=0)
+    task = ClassificationTask(
+        vit, optimizer_config("SGD", lr=0.1), **task_recipe("classification", warmup_epochs=0)
+    )
     trainer = quiet_trainer(
         max_steps=1,
         limit_val_batches=0,

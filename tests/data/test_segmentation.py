@@ -116,8 +116,8 @@ def test_ade20k_layout_reads_jpegs_with_label_zero_ignored_and_the_rest_shifted(
     ade20k_root: Path, compose_config
 ):
     cfg = compose_config(
-        "task=segmentation", "data=ade20k", "model=vit_digits", "model.img_size=16",
-        f"data.root={ade20k_root}", "data.batch_size=2",
+        "experiment=none", "task=segmentation", "data=ade20k", "model=vit_digits",
+        "model.img_size=16", f"data.root={ade20k_root}", "data.batch_size=2",
     )  # fmt: skip
     assert cfg.task.ignore_index == IGNORE_INDEX and cfg.task.model.num_classes == 150
     datamodule = instantiate(cfg.data)
@@ -157,8 +157,8 @@ def test_cityscapes_layout_pairs_files_across_city_folders(tmp_path: Path, compo
                 labels,
             )
     cfg = compose_config(
-        "task=segmentation", "data=cityscapes", "model=vit_digits", "model.img_size=16",
-        f"data.root={root}",
+        "experiment=none", "task=segmentation", "data=cityscapes", "model=vit_digits",
+        "model.img_size=16", f"data.root={root}",
     )  # fmt: skip
     datamodule = instantiate(cfg.data)
     datamodule.setup()

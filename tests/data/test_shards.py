@@ -101,6 +101,7 @@ def test_shard_images_are_those_of_the_packed_image_folder(shards: Path, tmp_pat
 
 def test_train_py_builds_and_fits_the_shard_config(shards: Path, compose_config):
     cfg = compose_config(
+        "experiment=none",
         "data=imagenet_shards",
         f"data.root={shards}",
         *("data.num_classes=3", "data.batch_size=4", "data.num_workers=0"),

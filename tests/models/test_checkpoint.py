@@ -93,9 +93,9 @@ def test_official_mae_checkpoint_loads_into_fine_tuning(tmp_path: Path, tiny_vit
 
 
 def test_vitlab_lightning_checkpoint_loads_without_decoder_or_probe(
-    tmp_path: Path, mae_config, optimizer_config, tiny_vit
+    tmp_path: Path, mae_config, optimizer_config, tiny_vit, task_recipe
 ):
-    task = MAEPretrainTask(mae_config(), optimizer_config(), probe_num_classes=10)
+    task = MAEPretrainTask(mae_config(), optimizer_config(), **task_recipe("mae_pretrain"))
     torch.save({"state_dict": task.state_dict(), "epoch": 3}, tmp_path / "last.ckpt")
     state = read_state_dict(tmp_path / "last.ckpt")
     assert not any(name.startswith(("probe", "decoder_", "mask_token", "model.")) for name in state)
@@ -155,15 +155,13 @@ def test_token_pooling_needs_the_final_norm(tmp_path: Path, tiny_vit):
 
 
 def test_fine_tuning_layer_decay_scales_every_parameter_by_its_depth(
-    tmp_path: Path, tiny_mae, vit_config, optimizer_config, quiet_trainer
+    tmp_path: Path, tiny_mae, vit_config, optimizer_config, quiet_trainer, task_recipe
 ):
     torch.save({"model": tiny_mae().state_dict()}, tmp_path / "mae.pth")
     task = ClassificationTask(
         vit_config(global_pool="avg"),
         optimizer_config(lr=1e-3, weight_decay=0.05),
-        warmup_epochs=0,
-        layer_decay=0.65,
-        pretrained=str(tmp_path / "mae.pth"),
+        **task_recipe("mae_finetune", warmup_epochs=0, pretrained=str(tmp_path / "mae.pth")),
     )
     trainer = quiet_trainer(
         max_steps=1,

@@ -47,7 +47,7 @@ def test_checkpointed_blocks_give_the_same_gradients_and_keep_fewer_activations(
 
 @pytest.mark.parametrize("task", ["classification", "mae_pretrain"])
 def test_the_model_config_switches_it_for_every_block(task, compose_config):
-    config = compose_config(f"task={task}", "model.grad_checkpointing=true").task
+    config = compose_config("experiment=none", f"task={task}", "model.grad_checkpointing=true").task
     model = build_task(config).model
     stacks = [m for m in model.modules() if hasattr(m, "grad_checkpointing")]
     assert stacks and all(m.grad_checkpointing for m in stacks)

@@ -9,13 +9,13 @@ import math
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from tests.helpers import mae_release
-from vitlab.models.mae import MaskedAutoencoderViT, random_masking
+from vitlab.models.mae import random_masking
 from vitlab.models.pos_embed import sincos_2d
-from vitlab.models.vit import VisionTransformer
 from vitlab.optim import param_groups
 
 
@@ -188,9 +188,11 @@ def test_an_average_pooling_encoder_gets_a_final_norm(tiny_mae, tiny_vit):
     assert {"norm.weight", "norm.bias"} <= set(model.state_dict())
 
 
-def test_the_state_dict_is_the_releases_mae_vit_base_patch16_dec512d8b():
+def test_the_state_dict_is_the_releases_mae_vit_base_patch16_dec512d8b(compose_config):
+    """experiment=mae_pretrain (ViT-B, the task group's decoder) builds the release's model."""
+    cfg = compose_config("experiment=mae_pretrain")
     with torch.device("meta"):
-        model = MaskedAutoencoderViT(VisionTransformer(pos_embed="sincos"))
+        model = instantiate(cfg.task.model)
     shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     assert shapes == mae_release.mae_state_shapes()
 

@@ -39,15 +39,17 @@ PRETRAINED_TARGETS: dict[str, Callable[[RecipeTask], torch.nn.Module]] = {
 
 
 @pytest.fixture
-def task_config(vit_config, mae_config, optimizer_config) -> Callable[[str], dict[str, Any]]:
+def task_config(
+    vit_config, mae_config, optimizer_config, task_recipe
+) -> Callable[[str], dict[str, Any]]:
     """``task_config(name)``: the config of a tiny task of each kind, as build_task receives it."""
 
     def config(name: str) -> dict[str, Any]:
         task = TASKS[name]
         model = mae_config() if task is MAEPretrainTask else vit_config()
-        extra = {"probe_num_classes": 10} if task is MAEPretrainTask else {}
         target = f"{task.__module__}.{task.__qualname__}"
-        return {"_target_": target, "model": model, "optimizer": optimizer_config(), **extra}
+        parts = {"_target_": target, "model": model, "optimizer": optimizer_config()}
+        return parts | task_recipe(name)
 
     return config
 
@@ -71,10 +73,12 @@ def outputs(task: RecipeTask, images: torch.Tensor) -> torch.Tensor:
 
 
 def test_step_values_are_logged_on_logging_steps_only(
-    tmp_path: Path, monkeypatch, vit_config, optimizer_config, quiet_trainer
+    tmp_path: Path, monkeypatch, vit_config, optimizer_config, quiet_trainer, task_recipe
 ):
     task = ClassificationTask(
-        vit_config(patch_size=4, embed_dim=16, depth=1, num_heads=2), optimizer_config()
+        vit_config(patch_size=4, embed_dim=16, depth=1, num_heads=2),
+        optimizer_config(),
+        **task_recipe("classification"),
     )
     logged_steps = []
     log = task.log
@@ -144,9 +148,9 @@ def test_a_task_saved_by_fit_loads_from_its_checkpoint_with_equal_outputs(
 
 
 def test_a_checkpoint_without_a_run_config_has_none(
-    tmp_path: Path, vit_config, optimizer_config, quiet_trainer
+    tmp_path: Path, vit_config, optimizer_config, quiet_trainer, task_recipe
 ):
-    task = ClassificationTask(vit_config(), optimizer_config())
+    task = ClassificationTask(vit_config(), optimizer_config(), **task_recipe("classification"))
     trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=16))
     trainer.save_checkpoint(tmp_path / "last.ckpt")
@@ -164,14 +168,17 @@ def test_the_val_metric_names_are_what_validation_logs(name: str, task_config, q
 
 
 def test_monitor_and_mode_are_kept_and_a_mode_other_than_min_or_max_is_refused(
-    vit_config, optimizer_config
+    vit_config, optimizer_config, task_recipe
 ):
-    task = ClassificationTask(vit_config(), optimizer_config(), monitor="val/loss", mode="min")
+    recipe = task_recipe("classification")
+    assert (recipe["monitor"], recipe["mode"]) == ("val/acc1", "max")
+    changed = task_recipe("classification", monitor="val/loss", mode="min")
+    task = ClassificationTask(vit_config(), optimizer_config(), **changed)
     assert (task.monitor, task.mode) == ("val/loss", "min")
-    default = ClassificationTask(vit_config(), optimizer_config())
-    assert (default.monitor, default.mode) == ("val/acc1", "max")
     with pytest.raises(ValueError, match="mode must be 'min' or 'max', got 'best'"):
-        ClassificationTask(vit_config(), optimizer_config(), mode="best")
+        ClassificationTask(
+            vit_config(), optimizer_config(), **task_recipe("classification", mode="best")
+        )
 
 
 @pytest.mark.parametrize("experiment", PRETRAINED_TARGETS)

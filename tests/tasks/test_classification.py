@@ -25,12 +25,13 @@ class RecordLr(L.Callback):
 
 
 @pytest.fixture
-def digits_task(vit_config, optimizer_config) -> Callable[..., ClassificationTask]:
+def digits_task(vit_config, optimizer_config, task_recipe) -> Callable[..., ClassificationTask]:
     """``digits_task(lr=1e-3, **task_kwargs)``: a small digits classifier, AdamW with decay."""
 
     def build(lr: float = 1e-3, **kwargs) -> ClassificationTask:
         model = vit_config(patch_size=4, embed_dim=16, num_heads=2)
-        return ClassificationTask(model, optimizer_config(lr=lr, weight_decay=0.05), **kwargs)
+        optimizer = optimizer_config(lr=lr, weight_decay=0.05)
+        return ClassificationTask(model, optimizer, **task_recipe("classification", **kwargs))
 
     return build
 
@@ -141,12 +142,14 @@ class HeadAtFitStart(L.Callback):
 
 
 def test_fine_tuning_starts_the_classifier_as_the_mae_release_does(
-    tmp_path, tiny_mae, vit_config, optimizer_config, quiet_trainer
+    tmp_path, tiny_mae, vit_config, optimizer_config, quiet_trainer, task_recipe
 ):
     """``main_finetune.py`` loads the encoder, then ``trunc_normal_(head.weight, std=2e-5)``."""
     torch.save({"model": tiny_mae().state_dict()}, tmp_path / "mae.pth")
     task = ClassificationTask(
-        vit_config(global_pool="avg"), optimizer_config(), pretrained=str(tmp_path / "mae.pth")
+        vit_config(global_pool="avg"),
+        optimizer_config(),
+        **task_recipe("classification", pretrained=str(tmp_path / "mae.pth")),
     )
     record = HeadAtFitStart()
     trainer = quiet_trainer(max_steps=1, limit_val_batches=0, callbacks=[record])

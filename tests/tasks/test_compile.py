@@ -12,13 +12,14 @@ from vitlab.tasks.classification import ClassificationTask
 
 
 @pytest.fixture
-def digits_task(vit_config, optimizer_config) -> Callable[..., ClassificationTask]:
+def digits_task(vit_config, optimizer_config, task_recipe) -> Callable[..., ClassificationTask]:
     """``digits_task(**task_kwargs)``: a small digits classifier."""
 
     def build(**kwargs) -> ClassificationTask:
         model = vit_config(patch_size=4, embed_dim=16, num_heads=2)
         optimizer = optimizer_config(weight_decay=0.05)
-        return ClassificationTask(model, optimizer, warmup_epochs=0, **kwargs)
+        recipe = task_recipe("classification", warmup_epochs=0, **kwargs)
+        return ClassificationTask(model, optimizer, **recipe)
 
     return build
 

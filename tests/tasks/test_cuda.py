@@ -45,13 +45,14 @@ class StepRecord(L.Callback):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_a_bf16_mixed_fit_on_the_gpu_lowers_the_loss(vit_config, optimizer_config, quiet_trainer):
+def test_a_bf16_mixed_fit_on_the_gpu_lowers_the_loss(
+    vit_config, optimizer_config, quiet_trainer, task_recipe
+):
     torch.manual_seed(0)
     task = ClassificationTask(
         vit_config(patch_size=4, embed_dim=64, num_heads=4),
         optimizer_config(lr=2e-2, weight_decay=0.05),
-        warmup_epochs=0,
-        label_smoothing=0.0,
+        **task_recipe("classification", warmup_epochs=0, label_smoothing=0.0),
     )
     logit_dtypes: set[torch.dtype] = set()
     task.model.head.register_forward_hook(lambda module, args, out: logit_dtypes.add(out.dtype))

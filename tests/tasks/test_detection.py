@@ -57,7 +57,7 @@ def test_each_pyramid_level_has_one_anchor_of_its_stride_per_cell_spaced_by_its_
         assert torch.equal(boxes, expected.reshape(-1, 4)), f"stride {stride}"
 
 
-def test_a_training_step_returns_the_sum_of_fcos_losses(vit_config, optimizer_config):
+def test_a_training_step_returns_the_sum_of_fcos_losses(vit_config, optimizer_config, task_recipe):
     torch.manual_seed(0)
     backbone = vit_config(img_size=32, patch_size=4, num_classes=11, embed_dim=32)
     model = {
@@ -66,7 +66,7 @@ def test_a_training_step_returns_the_sum_of_fcos_losses(vit_config, optimizer_co
         "num_classes": 11,
         "out_channels": 32,
     }
-    task = DetectionTask(model, optimizer_config())
+    task = DetectionTask(model, optimizer_config(), **task_recipe("detection"))
     images = torch.randn(2, 1, 32, 32)
     targets = [
         {"boxes": torch.tensor([[2.0, 3.0, 18.0, 17.0]]), "labels": torch.tensor([4])},

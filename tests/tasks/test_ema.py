@@ -16,13 +16,14 @@ from vitlab.tasks.classification import ClassificationTask
 
 
 @pytest.fixture
-def ema_task(vit_config, optimizer_config) -> Callable[..., ClassificationTask]:
+def ema_task(vit_config, optimizer_config, task_recipe) -> Callable[..., ClassificationTask]:
     """``ema_task(ema_decay=0.5, **task_kwargs)``: the same small digits classifier each time."""
 
     def build(ema_decay: float | None = 0.5, **kwargs) -> ClassificationTask:
         torch.manual_seed(0)
         model = vit_config(embed_dim=16, num_heads=2)
-        return ClassificationTask(model, optimizer_config(lr=1e-2), ema_decay=ema_decay, **kwargs)
+        recipe = task_recipe("classification", ema_decay=ema_decay, **kwargs)
+        return ClassificationTask(model, optimizer_config(lr=1e-2), **recipe)
 
     return build
 
@@ -89,7 +90,7 @@ def test_checkpoints_hold_the_model_as_the_model_and_the_average_beside_it(
 
 
 def test_both_are_evaluated_and_the_best_checkpoint_follows_the_models_accuracy(
-    ema_task, trainer, vit_config, optimizer_config
+    ema_task, trainer, vit_config, optimizer_config, task_recipe
 ):
     data, validations = DigitsDataModule(batch_size=8), Validations()
     fitting = trainer(3, validations)
@@ -102,7 +103,9 @@ def test_both_are_evaluated_and_the_best_checkpoint_follows_the_models_accuracy(
     assert best.best_model_score.item() == pytest.approx(max(raw))
 
     # the val_ema/ metrics are the average's: a plain model with its weights scores them
-    plain = ClassificationTask(vit_config(embed_dim=16, num_heads=2), optimizer_config())
+    plain = ClassificationTask(
+        vit_config(embed_dim=16, num_heads=2), optimizer_config(), **task_recipe("classification")
+    )
     plain.model.load_state_dict(task.model_ema.module.state_dict())
     (scores,) = fitting.validate(plain, datamodule=data, verbose=False)
     assert scores["val/acc1"] == pytest.approx(averaged[-1])

@@ -150,7 +150,7 @@ def test_the_patch_objective_switches_to_pixels_or_off(ibot_task, changes, train
 
 
 def test_the_student_encoder_loads_into_classifiers_through_the_checkpoint_loader(
-    ibot_task, vit_config, optimizer_config, quiet_trainer, tmp_path
+    ibot_task, vit_config, optimizer_config, quiet_trainer, tmp_path, task_recipe
 ):
     torch.manual_seed(0)
     task = ibot_task()
@@ -181,7 +181,8 @@ def test_the_student_encoder_loads_into_classifiers_through_the_checkpoint_loade
     for name, tensor in classifier.state_dict().items():
         if not name.startswith(("head.", "fc_norm.")):
             torch.testing.assert_close(tensor, student[name])
-    probe = LinearProbeTask(vit_config(), optimizer_config(), pretrained=str(path))
+    recipe = task_recipe("linear_probe", pretrained=str(path))
+    probe = LinearProbeTask(vit_config(), optimizer_config(), **recipe)
     quiet_trainer(max_steps=1, limit_val_batches=0).fit(probe, datamodule=DigitsDataModule())
     torch.testing.assert_close(
         probe.model.blocks[0].attn.qkv.weight, task.model.blocks[0].attn.qkv.weight

@@ -29,7 +29,7 @@ class RecordEncoderMode(L.Callback):
 
 @pytest.fixture
 def probe_task(
-    tmp_path: Path, tiny_mae, vit_config, optimizer_config
+    tmp_path: Path, tiny_mae, vit_config, optimizer_config, task_recipe
 ) -> Callable[..., LinearProbeTask]:
     """``probe_task(global_pool="token")``: a probe of a tiny MAE's encoder (saved in tmp_path),
     whose ViT has drop path to keep off."""
@@ -38,9 +38,9 @@ def probe_task(
         torch.save({"model": tiny_mae().state_dict()}, tmp_path / "mae.pth")
         model = vit_config(global_pool=global_pool, drop_path_rate=0.5)
         optimizer = optimizer_config("SGD", lr=0.1, momentum=0.9, weight_decay=0.0)
-        return LinearProbeTask(
-            model, optimizer, warmup_epochs=0, pretrained=str(tmp_path / "mae.pth")
-        )
+        pretrained = str(tmp_path / "mae.pth")
+        recipe = task_recipe("linear_probe", warmup_epochs=0, pretrained=pretrained)
+        return LinearProbeTask(model, optimizer, **recipe)
 
     return build
 
@@ -113,9 +113,10 @@ def test_probe_reports_classification_metrics(probe_task, fit):
 
 
 def test_a_probe_keeps_an_ema_of_the_probed_model_when_asked(
-    vit_config, optimizer_config, quiet_trainer
+    vit_config, optimizer_config, quiet_trainer, task_recipe
 ):
-    task = LinearProbeTask(vit_config(), optimizer_config("SGD"), ema_decay=0.5)
+    recipe = task_recipe("linear_probe", ema_decay=0.5)
+    task = LinearProbeTask(vit_config(), optimizer_config("SGD"), **recipe)
     assert isinstance(task.model_ema.module.head, ProbeHead)
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=16))

@@ -16,7 +16,7 @@ from vitlab.tasks.mae import MAEPretrainTask
 
 
 @pytest.fixture
-def mae_task(mae_config, optimizer_config) -> Callable[..., MAEPretrainTask]:
+def mae_task(mae_config, optimizer_config, task_recipe) -> Callable[..., MAEPretrainTask]:
     """``mae_task(probe_num_classes=10, lr=1e-3, encoder=None)``: a tiny MAE task, half masked,
     with the MAE recipe's AdamW."""
 
@@ -27,8 +27,7 @@ def mae_task(mae_config, optimizer_config) -> Callable[..., MAEPretrainTask]:
         return MAEPretrainTask(
             mae_config(encoder, mask_ratio=0.5),
             optimizer,
-            warmup_epochs=0,
-            probe_num_classes=probe_num_classes,
+            **task_recipe("mae_pretrain", warmup_epochs=0, probe_num_classes=probe_num_classes),
         )
 
     return build

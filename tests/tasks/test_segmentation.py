@@ -19,7 +19,7 @@ from vitlab.tasks.segmentation import SegmentationTask, segmentation_metrics
 
 
 @pytest.fixture
-def canvas_task(vit_config, optimizer_config) -> Callable[..., SegmentationTask]:
+def canvas_task(vit_config, optimizer_config, task_recipe) -> Callable[..., SegmentationTask]:
     """``canvas_task(lr=6e-2, **recipe)``: a ViTSegmenter of 32x32 canvases, 11 mask classes."""
 
     def build(lr: float = 6e-2, **recipe: Any) -> SegmentationTask:
@@ -30,7 +30,8 @@ def canvas_task(vit_config, optimizer_config) -> Callable[..., SegmentationTask]
             "num_classes": 11,
         }
         optimizer = optimizer_config(lr=lr, weight_decay=0.05)
-        return SegmentationTask(model, optimizer, warmup_epochs=1, **recipe)
+        recipe = task_recipe("segmentation", warmup_epochs=1, min_lr=0.0) | recipe
+        return SegmentationTask(model, optimizer, **recipe)
 
     return build
 
@@ -125,7 +126,7 @@ class LearningRates(L.Callback):
 
 
 def test_sgd_with_poly_decay_and_a_decoder_lr_multiplier_trains_as_mmsegmentation(
-    tmp_path: Path, vit_config, optimizer_config, quiet_trainer
+    tmp_path: Path, vit_config, optimizer_config, quiet_trainer, task_recipe
 ):
     root = write_digit_canvas(tmp_path / "canvas", {"train": 8, "val": 2, "test": 2}, seed=0)
     datamodule = SegmentationDataModule(root, img_size=32, num_classes=11, batch_size=2)
@@ -136,9 +137,10 @@ def test_sgd_with_poly_decay_and_a_decoder_lr_multiplier_trains_as_mmsegmentatio
     }
     # base lr 0.128 at batch 2: peak lr 1e-3, mmsegmentation's PolyLR to eta_min 1e-4
     optimizer = optimizer_config("SGD", lr=0.128, momentum=0.9, weight_decay=0.0)
-    task = SegmentationTask(
-        model, optimizer, decay="poly", poly_power=0.9, min_lr=1e-4, lr_mult={"decoder.": 10.0}
+    recipe = task_recipe(
+        "segmentation", warmup_epochs=0, decay="poly", min_lr=1e-4, lr_mult={"decoder.": 10.0}
     )
+    task = SegmentationTask(model, optimizer, **recipe)
     lrs = LearningRates()
     quiet_trainer(max_steps=4, limit_val_batches=0, callbacks=[lrs]).fit(task, datamodule)
     assert isinstance(task.optimizers().optimizer, torch.optim.SGD)

@@ -63,11 +63,11 @@ class MaskedAutoencoderViT(PatchTokens, nn.Module):
     def __init__(
         self,
         encoder: VisionTransformer,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
-        mask_ratio: float = 0.75,
-        norm_pix_loss: bool = True,
+        decoder_embed_dim: int,
+        decoder_depth: int,
+        decoder_num_heads: int,
+        mask_ratio: float,
+        norm_pix_loss: bool,
     ):
         super().__init__()
         if not 0 < mask_ratio < 1:

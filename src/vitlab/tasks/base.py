@@ -80,19 +80,21 @@ class RecipeTask(L.LightningModule):
     def __init__(
         self,
         optimizer: Config,
-        warmup_epochs: float = 0.0,
-        min_lr: float = 0.0,
-        warmup_lr: float = 0.0,
-        schedule_interval: ScheduleInterval = "step",
+        warmup_epochs: float,
+        min_lr: float,
+        warmup_lr: float,
+        schedule_interval: ScheduleInterval,
+        skip_nonfinite: bool,
+        monitor: str,
+        mode: Literal["min", "max"],
+        # switches a task's group may leave out: off
         layer_decay: float | None = None,
         decay: Decay = "cosine",
-        poly_power: float = 0.9,
+        poly_power: float | None = None,
         lr_mult: Mapping[str, float] | None = None,
         compile: bool = False,
-        skip_nonfinite: bool = False,
+        # the weights fitting starts from (vitlab.weights); None: a random init
         pretrained: str | None = None,
-        monitor: str = "val/loss",
-        mode: Literal["min", "max"] = "min",
     ):
         super().__init__()
         if mode not in ("min", "max"):
@@ -103,6 +105,8 @@ class RecipeTask(L.LightningModule):
             )
         if decay not in ("cosine", "poly"):
             raise ValueError(f"decay must be 'cosine' or 'poly', got {decay!r}")
+        if decay == "poly" and poly_power is None:
+            raise ValueError("poly_power: decay='poly' needs a power")
         self.save_hyperparameters(logger=False)
         self.optimizer_factory: Callable[..., Optimizer] = instantiate(optimizer, _convert_="all")
         self.warmup_epochs = warmup_epochs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,13 +52,11 @@ class ClassificationTask(RecipeTask):
         self,
         model: Config,
         optimizer: Config,
-        label_smoothing: float = 0.1,
-        monitor: str = "val/acc1",
-        mode: Literal["min", "max"] = "max",
-        ema_decay: float | None = None,
+        label_smoothing: float,
+        ema_decay: float | None,
         **recipe: Any,
     ):
-        super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
+        super().__init__(optimizer, **recipe)
         self.model = self.build_model(model)
         self.label_smoothing = label_smoothing
         num_classes = self.model.num_classes

@@ -3,7 +3,7 @@ scored by COCO mAP (torchmetrics' ``MeanAveragePrecision``, pycocotools backend)
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from hydra.utils import instantiate
@@ -41,11 +41,9 @@ class DetectionTask(RecipeTask):
         self,
         model: Config,
         optimizer: Config,
-        monitor: str = "val/map",
-        mode: Literal["min", "max"] = "max",
         **recipe: Any,
     ):
-        super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
+        super().__init__(optimizer, **recipe)
         self.model: ViTDetFCOS = instantiate(model, _convert_="all")
         self.metrics = nn.ModuleDict({"val": detection_metric(), "test": detection_metric()})
 

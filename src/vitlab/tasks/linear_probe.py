@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,28 +18,11 @@ class LinearProbeTask(ClassificationTask):
     The encoder, ``fc_norm`` included, stays in eval mode (no dropout, drop path or statistic
     updates) even when Lightning switches the module to training, and runs without autograd.
     Its arguments, metrics, ``pretrained`` loading and evaluation are those of
-    ``ClassificationTask``, without label smoothing by default.
+    ``ClassificationTask``.
     """
 
-    def __init__(
-        self,
-        model: Config,
-        optimizer: Config,
-        label_smoothing: float = 0.0,
-        monitor: str = "val/acc1",
-        mode: Literal["min", "max"] = "max",
-        ema_decay: float | None = None,
-        **recipe: Any,
-    ):
-        super().__init__(
-            model,
-            optimizer,
-            label_smoothing=label_smoothing,
-            monitor=monitor,
-            mode=mode,
-            ema_decay=ema_decay,
-            **recipe,
-        )
+    def __init__(self, model: Config, optimizer: Config, **recipe: Any):
+        super().__init__(model, optimizer, **recipe)
         self.train()  # Lightning keeps the modes modules are built with: freeze them here
 
     def build_model(self, config: Config) -> nn.Module:

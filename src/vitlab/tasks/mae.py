@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +33,10 @@ class MAEPretrainTask(RecipeTask):
         self,
         model: Config,
         optimizer: Config,
-        probe_num_classes: int | None = None,
-        monitor: str = "val/loss",
-        mode: Literal["min", "max"] = "min",
+        probe_num_classes: int | None,
         **recipe: Any,
     ):
-        super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
+        super().__init__(optimizer, **recipe)
         self.model: MaskedAutoencoderViT = instantiate(model, _convert_="all")
         self.probe = (
             ProbeHead(self.model.embed_dim, probe_num_classes) if probe_num_classes else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,12 +50,10 @@ class SegmentationTask(RecipeTask):
         self,
         model: Config,
         optimizer: Config,
-        ignore_index: int = IGNORE_INDEX,
-        monitor: str = "val/miou",
-        mode: Literal["min", "max"] = "max",
+        ignore_index: int,
         **recipe: Any,
     ):
-        super().__init__(optimizer, monitor=monitor, mode=mode, **recipe)
+        super().__init__(optimizer, **recipe)
         self.model: ViTSegmenter = instantiate(model, _convert_="all")
         self.ignore_index = ignore_index
         self.val_metrics = segmentation_metrics(self.model.num_classes, "val/", ignore_index)
