@@ -281,15 +281,7 @@ def lookup(node: Any, path: tuple[str, ...]) -> Any:
 ABSENT = object()
 
 
-# the iBOT recipes' cleanup is the iBOT task's owner's (it moves their values): strict, so the
-# mark goes when they are clean
-RESTATING = pytest.mark.xfail(strict=True, reason="iBOT recipes restate task/ibot.yaml")
-
-
-@pytest.mark.parametrize(
-    "experiment",
-    [pytest.param(e, marks=RESTATING) if "ibot" in e else e for e in options("experiment")],
-)
+@pytest.mark.parametrize("experiment", options("experiment"))
 def test_an_experiment_states_only_what_differs_from_the_groups_it_composes(experiment, tmp_path):
     """Composed from its defaults list alone (its body dropped), an experiment's groups give
     values; every value its body sets must change one of them, and reach the composed config."""

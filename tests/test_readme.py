@@ -86,6 +86,7 @@ PLACEHOLDERS: dict[str, Callable] = {
     "<timestamp>": lambda cli: run_with(cli).name,
     "<pretrain>": lambda cli: run_with(cli, "experiment=digits_mae_pretrain").name,
     "<ibot>": lambda cli: run_with(cli, "experiment=digits_ibot").name,
+    "<fmnist pretrain>": lambda cli: run_with(cli, "experiment=fmnist_mae_pretrain").name,
     "<ckpt>": lambda cli: relative(run_with(cli) / "checkpoints" / "last.ckpt", cli),
     "<image or folder>": lambda cli: relative(digit_pngs(cli), cli),
 }
@@ -294,6 +295,14 @@ PLAN: dict[str, Plan] = {
     "python train.py experiment=vitdet_b_coco task.pretrained=mae_pretrain_vit_base.pth": cannot_run(
         "needs COCO, 8 GPUs and the MAE release's weights (a download)"
     ),
+    # Fashion-MNIST: the real files (.ci/run installs dataset-fashion-mnist), one batch each
+    "python train.py experiment=fmnist_vit": Plan(),
+    "python train.py experiment=fmnist_resnet": Plan(),
+    "python train.py experiment=fmnist_resnet18": Plan(),
+    "python train.py experiment=fmnist_ibot": Plan(),
+    "python train.py experiment=fmnist_mae_pretrain": Plan(),
+    "python train.py experiment=fmnist_linear_probe task.pretrained=logs/train/runs/<fmnist pretrain>/checkpoints/last.ckpt": Plan(),
+    "python train.py experiment=fmnist_finetune task.pretrained=logs/train/runs/<fmnist pretrain>/checkpoints/last.ckpt": Plan(),
     "python train.py model.pos_embed=rope": Plan(),
 }
 COMMANDS = readme_commands()
