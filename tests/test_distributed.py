@@ -24,7 +24,15 @@ class IndexedImages(SplitsDataModule):
     """``SIZE`` blank 1x2x2 images whose targets are their own indices."""
 
     def __init__(self):
-        super().__init__(2, 1, SIZE, BATCH, [0.0], [1.0], epoch_seed=SEED)
+        super().__init__(
+            img_size=2,
+            in_chans=1,
+            mean=[0.0],
+            std=[1.0],
+            num_classes=SIZE,
+            batch_size=BATCH,
+            epoch_seed=SEED,
+        )
 
     def build_splits(self) -> dict[str, Dataset]:
         images, indices = torch.zeros(SIZE, 1, 2, 2), torch.arange(SIZE)

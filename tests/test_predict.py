@@ -102,7 +102,7 @@ def test_every_task_that_predicts_has_a_writer():
 def test_a_checkpoint_that_predicts_nothing_is_refused_naming_its_task(
     trained_checkpoint, tmp_path: Path
 ):
-    ckpt_path = trained_checkpoint("task=mae_pretrain")
+    ckpt_path = trained_checkpoint("experiment=digits_mae_pretrain")
     image = write_two_classes(tmp_path)
     with pytest.raises(UserError) as error:
         predict(predict_config(ckpt_path, image, tmp_path / "out" / "p.csv"))

@@ -189,13 +189,12 @@ class RecordEncoder(L.Callback):
 
 
 def test_every_rank_starts_from_the_pretrained_weights(
-    quiet_trainer, vit_config, optimizer_config, tiny_vit, tmp_path: Path
+    quiet_trainer, vit_config, optimizer_config, tiny_vit, task_recipe, tmp_path: Path
 ):
     encoder = tiny_vit()
     torch.save(encoder.state_dict(), tmp_path / "encoder.pth")
-    task = ClassificationTask(
-        vit_config(), optimizer_config(), pretrained=str(tmp_path / "encoder.pth")
-    )
+    recipe = task_recipe("classification", pretrained=str(tmp_path / "encoder.pth"))
+    task = ClassificationTask(vit_config(), optimizer_config(), **recipe)
     trainer = two_ranks(quiet_trainer, callbacks=[RecordEncoder(tmp_path)], limit_val_batches=0)
     trainer.fit(task, datamodule=DigitsDataModule(batch_size=8))
     expected = {k: v for k, v in encoder.state_dict().items() if k.startswith("blocks.")}

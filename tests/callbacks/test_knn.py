@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 from sklearn.neighbors import KNeighborsClassifier
+from torch.utils.data import DataLoader
 
-from vitlab.callbacks.knn import KNNMonitor, knn_predict
+from vitlab.callbacks.knn import KNNMonitor, knn_predict, within_limit
 from vitlab.data.digits import DigitsDataModule
 from vitlab.errors import UserError
 from vitlab.models.ibot import encode
@@ -46,9 +47,8 @@ def test_the_logged_accuracy_is_sklearns_on_the_models_features(
     recipe = task_recipe("classification", warmup_epochs=0)  # the step moves the weights
     task = ClassificationTask(vit_config(), optimizer_config(), **recipe)
     data = DigitsDataModule(batch_size=128)
-    trainer = quiet_trainer(
-        max_epochs=1, limit_train_batches=1, callbacks=[KNNMonitor(k=10, every_n_epochs=1)]
-    )
+    # the whole train split is the bank (a limit_train_batches would cap it too)
+    trainer = quiet_trainer(max_epochs=1, callbacks=[KNNMonitor(k=10, every_n_epochs=1)])
     trainer.fit(task, datamodule=data)
     logged = trainer.callback_metrics["val/knn_acc1"].item()
     task.eval()
@@ -87,14 +87,22 @@ def zero_every_token(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-@pytest.mark.parametrize("task", ["classification", "mae_pretrain", "ibot"])
+# each task with its digits recipe (train.py refuses a task= choice without one)
+RECIPE_OF = {
+    "classification": [],
+    "mae_pretrain": ["experiment=digits_mae_pretrain"],
+    "ibot": ["experiment=digits_ibot"],
+}
+
+
+@pytest.mark.parametrize("task", list(RECIPE_OF))
 def test_features_and_pretraining_encoders_take_their_tokens_from_prepare_tokens(
     compose_config, monkeypatch, task
 ):
     """k-NN's features of every task with an encoder of its own, MAE's encoder (visible
     patches) and iBOT's (masked patches, local crops) change with ``prepare_tokens``."""
     torch.manual_seed(0)
-    module = build_task(compose_config(f"task={task}").task).eval()
+    module = build_task(compose_config(*RECIPE_OF[task]).task).eval()
     images = torch.randn(2, 1, 8, 8)
     vit = module.model
 
@@ -114,3 +122,8 @@ def test_features_and_pretraining_encoders_take_their_tokens_from_prepare_tokens
     assert all(not torch.allclose(out[0], out[1]) for out in outputs())
     zero_every_token(monkeypatch)
     assert all(torch.allclose(out[0], out[1]) for out in outputs())
+
+
+def test_a_trainers_batch_limits_cap_the_bank_and_the_queries_as_they_cap_training():
+    loader = DataLoader(range(10), batch_size=2)
+    assert [len(list(within_limit(loader, limit))) for limit in (1.0, None, 3, 0.5)] == [5, 5, 3, 2]

@@ -14,12 +14,13 @@ from vitlab.tasks.base import build_task
 
 
 def test_the_misclassified_table_stages_visible_images(
-    vit_config, optimizer_config, quiet_trainer, tmp_path
+    vit_config, optimizer_config, quiet_trainer, tmp_path, task_recipe
 ):
     task = build_task({
         "_target_": "vitlab.tasks.classification.ClassificationTask",
         "model": vit_config(),
         "optimizer": optimizer_config(),
+        **task_recipe("classification"),
     })  # fmt: skip
     callback = MisclassifiedImages(max_images=4)
     trainer = quiet_trainer(

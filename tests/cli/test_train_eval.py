@@ -153,7 +153,11 @@ def test_early_stopping_ends_a_run_that_stops_improving(cli):
 def test_train_explains_itself_in_help(cli):
     output = cli("train.py", "--help").stdout
     assert output.startswith("vitlab: train Vision Transformers")
-    assert "model: vit_b" in output and "python train.py" in output
+    (models,) = [line for line in output.splitlines() if line.startswith("model: ")]
+    assert {"vit_b", "vit_digits", "resnet_fmnist"} <= set(
+        models.removeprefix("model: ").split(", ")
+    )
+    assert "python train.py" in output
 
 
 def test_eval_without_a_checkpoint_says_how_to_call_it(cli):

@@ -68,6 +68,7 @@ def test_the_standard_stem_gives_torchvisions_resnet18_logits_for_its_weights():
 def test_a_resnet_trains_a_digits_epoch_with_the_classification_task(compose_config):
     """Through train.py's ``train(cfg)``: checks, FLOPs, fit, k-NN-ready features, test."""
     cfg = compose_config(
+        "experiment=none",
         "task=classification",
         "model=resnet_fmnist",  # resnet18_small at a quarter width: CPU-cheap
         "model.img_size=8",

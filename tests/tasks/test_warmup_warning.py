@@ -12,7 +12,14 @@ from vitlab.tasks.base import build_task
 
 @pytest.mark.parametrize(("warmup_epochs", "warned"), [(2, True), (0.5, False)])
 def test_a_run_that_is_all_warmup_says_so(
-    warmup_epochs, warned, vit_config, optimizer_config, quiet_trainer, caplog, monkeypatch
+    warmup_epochs,
+    warned,
+    vit_config,
+    optimizer_config,
+    task_recipe,
+    quiet_trainer,
+    caplog,
+    monkeypatch,
 ):
     # an in-process Hydra run of another test may have stopped vitlab's loggers propagating
     monkeypatch.setattr(logging.getLogger("vitlab"), "propagate", True)
@@ -20,7 +27,7 @@ def test_a_run_that_is_all_warmup_says_so(
         "_target_": "vitlab.tasks.classification.ClassificationTask",
         "model": vit_config(),
         "optimizer": optimizer_config(),
-        "warmup_epochs": warmup_epochs,
+        **task_recipe("classification", warmup_epochs=warmup_epochs),
     })  # fmt: skip
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0)
     with caplog.at_level(logging.WARNING, logger="vitlab"):

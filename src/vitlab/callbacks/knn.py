@@ -3,6 +3,9 @@ training anything on them (DINO's and iBOT's ``eval_knn.py``)."""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -47,7 +50,9 @@ class KNNMonitor(L.Callback):
     ``val/knn_acc1``. Features come from the task's ``features(images)``.
 
     Every process computes the same value over the whole splits (no sharding): a monitor for
-    data the size of a val split, not a replacement for a full k-NN evaluation.
+    data the size of a val split, not a replacement for a full k-NN evaluation. A trainer's
+    ``limit_train_batches`` / ``limit_val_batches`` cap the bank and the queries as they cap
+    training and validation (``within_limit``).
     """
 
     def __init__(self, k: int = 20, temperature: float | None = 0.07, every_n_epochs: int = 1):
@@ -69,7 +74,7 @@ class KNNMonitor(L.Callback):
 
     @torch.no_grad()
     def features(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, loader: DataLoader
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loader: Iterable
     ) -> tuple[torch.Tensor, torch.Tensor]:
         features, labels = [], []
         for batch in loader:
@@ -86,10 +91,21 @@ class KNNMonitor(L.Callback):
         if trainer.sanity_checking or not (epoch % self.every_n_epochs == 0 or last):
             return
         datamodule = trainer.datamodule
-        bank, bank_labels = self.features(trainer, pl_module, datamodule.train_eval_dataloader())
-        queries, labels = self.features(trainer, pl_module, datamodule.val_dataloader())
+        bank_loader = within_limit(datamodule.train_eval_dataloader(), trainer.limit_train_batches)
+        query_loader = within_limit(datamodule.val_dataloader(), trainer.limit_val_batches)
+        bank, bank_labels = self.features(trainer, pl_module, bank_loader)
+        queries, labels = self.features(trainer, pl_module, query_loader)
         predicted = knn_predict(
             bank, bank_labels, queries, datamodule.num_classes, self.k, self.temperature
         )
         accuracy = (predicted == labels).float().mean()
         pl_module.log(KNN_METRIC, accuracy, prog_bar=True)
+
+
+def within_limit(loader: DataLoader, limit: int | float | None) -> Iterable:
+    """``loader``'s batches within a Trainer's ``limit_*_batches``: a count, or a fraction of its
+    length (1.0 or None: all)."""
+    if limit is None or (isinstance(limit, float) and limit >= 1.0):
+        return loader
+    count = limit if isinstance(limit, int) else int(len(loader) * limit)
+    return itertools.islice(loader, count)
