@@ -64,15 +64,20 @@ def test_weights_of_another_shape_are_refused_before_any_work(
     assert line.endswith("of another shape; was it trained with another model (embed_dim, depth, patch_size, in_chans)?")  # fmt: skip
 
 
-def test_a_checkpoint_of_another_task_is_refused_naming_that_task(
-    trained_checkpoint, compose_config, caplog, tmp_path: Path
-):
-    segmenter = trained_checkpoint(
+@pytest.fixture
+def segmenter(trained_checkpoint, tmp_path: Path) -> Path:
+    """A digits segmentation checkpoint: the wrong task for a classifier."""
+    return trained_checkpoint(
         "experiment=digits_segmentation",
         "data.split_sizes={train:8,val:4,test:4}",
         "data.batch_size=4",
         f"paths.data_dir={tmp_path / 'data'}",
     )
+
+
+def test_a_checkpoint_of_another_task_is_refused_naming_that_task(
+    segmenter: Path, compose_config, caplog
+):
     cfg = compose_config(FINETUNE, f"task.pretrained={segmenter}")
     line = refused(cfg, caplog)
     assert line.startswith(f"error: task.pretrained: {segmenter} does not fit the model: missing ")
@@ -80,14 +85,8 @@ def test_a_checkpoint_of_another_task_is_refused_naming_that_task(
 
 
 def test_resuming_a_checkpoint_of_another_task_names_the_tasks(
-    trained_checkpoint, compose_config, caplog, tmp_path: Path
+    segmenter: Path, compose_config, caplog
 ):
-    segmenter = trained_checkpoint(
-        "experiment=digits_segmentation",
-        "data.split_sizes={train:8,val:4,test:4}",
-        "data.batch_size=4",
-        f"paths.data_dir={tmp_path / 'data'}",
-    )
     cfg = compose_config(f"ckpt_path={segmenter}")
     assert refused(cfg, caplog) == (
         f"error: ckpt_path: {segmenter} is a checkpoint of SegmentationTask, but this run trains "
