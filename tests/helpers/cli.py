@@ -248,8 +248,14 @@ def python_warnings() -> Iterator[None]:
 @contextmanager
 def logging_restored() -> Iterator[None]:
     """Every logger's handlers, level and propagation as they were; the handlers the command
-    added (Hydra's console and ``<job>.log`` file) closed."""
+    added (Hydra's console and ``<job>.log`` file) closed.
+
+    Handlers an earlier test left writing to a stream since closed (a library configured its
+    logging under that test's captured stderr) are dropped first: a new process has none.
+    """
     loggers = [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]
+    for logger in loggers:
+        logger.handlers[:] = [h for h in logger.handlers if not writes_to_closed_stream(h)]
     saved = {
         logger: (list(logger.handlers), logger.level, logger.propagate, logger.disabled)
         for logger in loggers
@@ -266,6 +272,11 @@ def logging_restored() -> Iterator[None]:
             logger.handlers[:] = handlers
             logger.setLevel(level)
             logger.propagate, logger.disabled = propagate, disabled
+
+
+def writes_to_closed_stream(handler: logging.Handler) -> bool:
+    stream = getattr(handler, "stream", None)
+    return bool(getattr(stream, "closed", False))
 
 
 @contextmanager
