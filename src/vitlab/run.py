@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import time
 import warnings
@@ -46,7 +47,13 @@ from vitlab.checks import (
 from vitlab.config import FAILURE_FILE, RESUME_KEYS  # (importing it registers the resolvers)
 from vitlab.distributed import distributed_job, pin_child_ranks_to_this_job, take_launcher_rank
 from vitlab.errors import UserError, existing_file, exit_on_user_error
-from vitlab.loggers import WandbLogger, check_logger_packages, finish_loggers, instantiate_loggers
+from vitlab.loggers import (
+    WANDB_ID_FILE,
+    WandbLogger,
+    check_logger_packages,
+    finish_loggers,
+    instantiate_loggers,
+)
 from vitlab.tasks.base import RecipeTask, build_task
 from vitlab.weights import check_source
 
@@ -76,7 +83,11 @@ def main(job: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> floa
             user_error = as_user_error(error)
             if not in_multirun():
                 if user_error is not None:
+                    discard_unstarted_run(Path(cfg.paths.output_dir))
                     raise user_error from None
+                log.error(
+                    "the run failed; its directory keeps what it wrote: %s", cfg.paths.output_dir
+                )
                 raise
             log.error(
                 "job failed, the sweep goes on: %s", user_error or error, exc_info=not user_error
@@ -126,6 +137,18 @@ def record_failure(error: Exception) -> None:
     described = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     (output_dir / FAILURE_FILE).write_text(described.splitlines()[0] + "\n")
+
+
+def discard_unstarted_run(run_dir: Path) -> None:
+    """Remove the run directory of a run refused before any work: it holds only what Hydra
+    wrote on starting (``.hydra/``, ``<job>.log``) and the W&B run id it would have used, and
+    the refusal's one line says it all. A directory holding anything else (a run resumed into
+    it) is left as it is."""
+    if run_dir.is_dir() and all(
+        entry.name in (".hydra", WANDB_ID_FILE) or entry.suffix == ".log"
+        for entry in run_dir.iterdir()
+    ):
+        shutil.rmtree(run_dir, ignore_errors=True)  # every DDP rank refuses the same run
 
 
 def in_multirun() -> bool:
