@@ -142,7 +142,10 @@ def test_a_checkpoint_without_a_run_config_is_not_refused(tmp_path: Path):
 
 def test_the_monitored_metric_must_be_one_the_task_logs():
     check_monitor("val/acc1", ["val/loss", "val/acc1"])
-    with pytest.raises(UserError, match=r"^task.monitor: the task logs no 'val/miou'; .*val/acc1"):
+    with pytest.raises(
+        UserError,
+        match=r"^task.monitor: the run logs no 'val/miou' at every validation; .*val/acc1",
+    ):
         check_monitor("val/miou", ["val/loss", "val/acc1"])
 
 

@@ -198,9 +198,11 @@ def check_checkpoint_matches(ckpt_path: str, task_target: str, num_classes: int)
 
 
 def check_monitor(monitor: str, logged: list[str]) -> None:
-    """The task's monitored metric must be one it logs after validation."""
+    """The task's monitored metric must be one the run logs after every validation."""
     if monitor not in logged:
-        raise UserError(f"task.monitor: the task logs no {monitor!r}; choose one of {logged}")
+        raise UserError(
+            f"task.monitor: the run logs no {monitor!r} at every validation; choose one of {logged}"
+        )
 
 
 def check_split_sizes(

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from vitlab.callbacks.knn import KNNMonitor
 from vitlab.checkpoint_file import load_run
 from vitlab.checks import (
     check_arguments,
@@ -228,8 +229,8 @@ def build_run(
     task = build(cfg.task, "task", build_task)
     if not ckpt_path:
         task.check_pretrained()
-    check_monitor(task.monitor, task.val_metric_names())
     trainer = build_trainer(cfg)
+    check_monitor(task.monitor, val_metric_names(task, trainer))
     sizes, world = datamodule.dataset_sizes(), trainer.world_size
     check_split_sizes(sizes, datamodule.batch_size, world, splits_used(cfg, trainer))
     if rank_zero_only.rank == 0:
@@ -329,6 +330,18 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         # nothing to report learning rates to (logger=none): Lightning would refuse to start
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return instantiate(cfg.trainer, callbacks=[*callbacks, ResumeHint()], logger=loggers or False)
+
+
+def val_metric_names(task: RecipeTask, trainer: L.Trainer) -> list[str]:
+    """What the run logs after every validation: the task's metrics, then its callbacks' (the
+    k-NN monitor's ``val/knn_acc1`` when it runs every epoch)."""
+    from_callbacks = [
+        name
+        for callback in trainer.callbacks
+        if isinstance(callback, KNNMonitor)
+        for name in callback.val_metric_names()
+    ]
+    return task.val_metric_names() + from_callbacks
 
 
 class ResumeHint(L.Callback):

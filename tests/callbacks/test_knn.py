@@ -16,6 +16,7 @@ from vitlab.data.digits import DigitsDataModule
 from vitlab.errors import UserError
 from vitlab.models.ibot import encode
 from vitlab.models.vit import PatchTokens
+from vitlab.run import build_run
 from vitlab.tasks.base import build_task
 from vitlab.tasks.classification import ClassificationTask
 
@@ -127,3 +128,22 @@ def test_features_and_pretraining_encoders_take_their_tokens_from_prepare_tokens
 def test_a_trainers_batch_limits_cap_the_bank_and_the_queries_as_they_cap_training():
     loader = DataLoader(range(10), batch_size=2)
     assert [len(list(within_limit(loader, limit))) for limit in (1.0, None, 3, 0.5)] == [5, 5, 3, 2]
+
+
+@pytest.mark.parametrize("every_n_epochs", [1, 10])
+def test_a_task_may_monitor_the_knn_accuracy_when_it_is_logged_every_epoch(
+    every_n_epochs, compose_config
+):
+    cfg = compose_config(
+        "experiment=digits_ibot",
+        "logger=none",
+        "task.monitor=val/knn_acc1",
+        "task.mode=max",
+        f"callbacks.knn.every_n_epochs={every_n_epochs}",
+    )
+    if every_n_epochs == 1:
+        _, task, trainer = build_run(cfg, None)
+        assert trainer.checkpoint_callback.monitor == task.monitor == "val/knn_acc1"
+    else:
+        with pytest.raises(UserError, match=r"^task.monitor: the run logs no 'val/knn_acc1'"):
+            build_run(cfg, None)

@@ -195,7 +195,7 @@ def test_auto_resume_without_a_checkpoint_says_it_starts_from_scratch(cli, tmp_p
         ),
         (
             ["task.monitor=val/acc9"],
-            "error: task.monitor: the task logs no 'val/acc9'; "
+            "error: task.monitor: the run logs no 'val/acc9' at every validation; "
             "choose one of ['val/loss', 'val/acc1', 'val/acc5']",
         ),
     ],

@@ -72,6 +72,11 @@ class KNNMonitor(L.Callback):
         if not hasattr(datamodule, "train_eval_dataloader") or not datamodule.num_classes:
             raise UserError("callbacks.knn: the data must be a labelled vitlab DataModule")
 
+    def val_metric_names(self) -> list[str]:
+        """``val/knn_acc1`` when it is logged after every validation: then a task may monitor it
+        (``task.monitor=val/knn_acc1 task.mode=max``) to pick the best checkpoint."""
+        return [KNN_METRIC] if self.every_n_epochs == 1 else []
+
     @torch.no_grad()
     def features(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loader: Iterable
