@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -78,30 +77,6 @@ def test_an_empty_home_has_no_credentials_and_stays_empty(capfd, tmp_path: Path)
     result = check_credentials(capfd, home)
     assert (result.returncode, result.stdout, result.stderr) == (0, "False\n", "")
     assert not any(home.iterdir())
-
-
-def test_log_model_offline_is_turned_off_with_one_warning(
-    offline_wandb, tmp_path, caplog, vit_config, optimizer_config, quiet_trainer, task_recipe
-):
-    with caplog.at_level(logging.WARNING, logger="vitlab"):
-        logger = WandbLogger(offline=True, log_model=True, save_dir=tmp_path, project="vitlab")
-    assert [record.getMessage() for record in caplog.records] == [
-        "W&B: log_model=True is turned off: this run logs offline, and checkpoints are only "
-        "uploaded online"
-    ]
-    trainer = quiet_trainer(
-        logger=logger,
-        enable_checkpointing=True,
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-    )
-    task = ClassificationTask(vit_config(), optimizer_config(), **task_recipe("classification"))
-    trainer.fit(task, datamodule=DigitsDataModule(batch_size=8))
-    finish_wandb()
-    (run_file,) = run_files(tmp_path)
-    assert any("val/acc1" in row for row in run_contents(run_file)["history"])
 
 
 def metric_names(row: dict) -> set[str]:
@@ -197,8 +172,10 @@ def test_the_monitored_metric_is_summarised_by_its_best_with_gradients_and_mista
     assert 0 < len(table["data"]) <= 4
     assert all(target != predicted for _, target, predicted, _ in table["data"])
     # the images travel in the table's artifact (staged for upload while offline)
-    (files,) = run["artifacts"]
-    images = [Path(local) for path, local in files.items() if path.startswith("media/images/")]
+    (artifact,) = run["artifacts"]
+    images = [
+        Path(local) for path, local in artifact["files"].items() if path.startswith("media/images/")
+    ]
     assert len(images) == len(table["data"])
     assert all(image.read_bytes().startswith(b"\x89PNG") for image in images)
 

@@ -16,7 +16,10 @@ W&B (``vitlab.loggers.WandbLogger``, Lightning's logger with these changes):
 - a run resumed in place starts a new segment (a new ``offline-run-*`` folder) and replays the
   steps between its checkpoint and the interruption: rows whose metrics the run's earlier
   segments already hold at that ``trainer/global_step`` are not logged again;
-- ``log_model`` needs an online run: offline it is turned off with a warning;
+- ``log_model``: the monitored checkpoint is the artifact version aliased ``best``, with its
+  score, monitor, epoch and step as metadata, and ``last.ckpt`` the version aliased
+  ``latest`` (Lightning's own logging aliases every checkpoint callback's file ``best``,
+  ``last.ckpt`` included); an offline run records them for ``wandb sync`` to upload;
 - the task's monitored metric (``monitor``) summarises the run by its best value (``mode``: max
   or min), not its last (W&B's ``define_metric``);
 - ``watch`` (opt-in): histograms of the model's gradients and/or weights every
@@ -40,10 +43,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch import loggers as lightning_loggers
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
@@ -150,13 +155,6 @@ class WandbLogger(lightning_loggers.WandbLogger):
     ):
         import wandb
 
-        if offline and log_model:
-            log.warning(
-                "W&B: log_model=%s is turned off: this run logs offline, and checkpoints are "
-                "only uploaded online",
-                log_model,
-            )
-            log_model = False
         super().__init__(log_model=log_model, **kwargs)
         # Lightning passes `anonymous` (None) to wandb.init, which warns that it has no effect
         init = wandb_init_arguments(self)
@@ -199,6 +197,47 @@ class WandbLogger(lightning_loggers.WandbLogger):
         if step is not None and metrics.keys() <= self._earlier_rows.get(step, set()):
             return  # a resumed run replaying a row that an earlier segment of the run holds
         super().log_metrics(metrics, step)
+
+    def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
+        if self._log_model:
+            self._checkpoint_callbacks[id(checkpoint_callback)] = checkpoint_callback
+        if self._log_model == "all":
+            self.log_checkpoint(checkpoint_callback)
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        # as Lightning's: a failed run logs no checkpoint; the last checkpoint is logged last
+        if status != "success" or self._experiment is None or self._log_model is not True:
+            return
+        callbacks = self._checkpoint_callbacks.values()
+        for callback in sorted(callbacks, key=lambda callback: callback.monitor is None):
+            self.log_checkpoint(callback)
+
+    @rank_zero_only
+    def log_checkpoint(self, callback: ModelCheckpoint) -> None:
+        """The file of ``callback`` as a version of the run's model artifact, unless logged
+        as it is: a monitored callback's best checkpoint aliased ``best`` (its score as
+        metadata), an unmonitored one's (``last.ckpt``) ``latest``."""
+        import wandb
+
+        path = Path(callback.best_model_path)
+        if not path.is_file() or self._logged_model_time.get(str(path)) == path.stat().st_mtime:
+            return
+        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        metadata = {
+            "original_filename": path.name,
+            "epoch": saved["epoch"],
+            "global_step": saved["global_step"],
+        }
+        if callback.monitor is not None:
+            score = callback.best_model_score
+            metadata |= {"monitor": callback.monitor, "mode": callback.mode, "score": float(score)}
+        self._checkpoint_name = self._checkpoint_name or f"model-{self.experiment.id}"
+        artifact = wandb.Artifact(self._checkpoint_name, type="model", metadata=metadata)
+        artifact.add_file(str(path), name="model.ckpt", policy=self.add_file_policy)
+        alias = "latest" if callback.monitor is None else "best"
+        self.experiment.log_artifact(artifact, aliases=[alias])
+        self._logged_model_time[str(path)] = path.stat().st_mtime
 
 
 def logged_metric_names(wandb_dir: Path, run_id: str) -> dict[int, set[str]]:

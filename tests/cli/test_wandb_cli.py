@@ -58,6 +58,35 @@ def test_a_default_run_prints_one_wandb_line_and_logs_its_test_metrics_offline(c
     assert run["id"] == (run_dir / "wandb_id").read_text()
 
 
+def test_log_model_aliases_the_monitored_checkpoint_best_and_the_last_latest(cli):
+    cli(
+        "train.py",
+        "logger.wandb.log_model=true",
+        "trainer.max_epochs=3",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=2",
+        "test=false",
+    )
+    (run_dir,) = cli.run_dirs()
+    (run,) = segments(run_dir)
+    # logged at the end of the run, the best first: W&B's "latest" ends on last.ckpt
+    best, last = [artifact for artifact in run["artifacts"] if artifact["type"] == "model"]
+    accuracies = [row["val/acc1"] for row in run["history"] if "val/acc1" in row]
+    best_epoch = accuracies.index(max(accuracies))
+    assert best["aliases"][0] == "best" and last["aliases"] == ["latest"]
+    assert best["metadata"] == {
+        "original_filename": f"epoch_{best_epoch:03d}.ckpt",
+        "epoch": best_epoch,
+        "global_step": 2 * (best_epoch + 1),
+        "monitor": "val/acc1",
+        "mode": "max",
+        "score": pytest.approx(max(accuracies)),
+    }
+    assert last["metadata"] == {"original_filename": "last.ckpt", "epoch": 2, "global_step": 6}
+    staged = Path(best["files"]["model.ckpt"]).read_bytes()
+    assert staged == (run_dir / "checkpoints" / f"epoch_{best_epoch:03d}.ckpt").read_bytes()
+
+
 # three epochs of 12 steps, a row every step: the first checkpoint is written after step 11
 RUN = (
     "trainer.max_epochs=3",

@@ -11,8 +11,8 @@ from vitlab.loggers import item_key, records
 
 def run_contents(path: Path) -> dict:
     """The run's id, group, name, config, history rows, summary (its latest values) and
-    artifacts (per artifact, its files: path in the artifact -> the local file staged for
-    upload), as W&B recorded them."""
+    artifacts (per artifact: its ``files``, path in the artifact -> the local file staged for
+    upload, its ``type``, ``aliases`` and ``metadata``), as W&B recorded them."""
     contents: dict = {"config": {}, "history": [], "summary": {}, "artifacts": []}
     for record in records(path):
         kind = record.WhichOneof("record_type")
@@ -30,8 +30,14 @@ def run_contents(path: Path) -> dict:
                 item_key(i): json.loads(i.value_json) for i in record.config.update
             }
         elif kind == "artifact":
+            artifact = record.artifact
             contents["artifacts"].append(
-                {entry.path: entry.local_path for entry in record.artifact.manifest.contents}
+                {
+                    "files": {e.path: e.local_path for e in artifact.manifest.contents},
+                    "type": artifact.type,
+                    "aliases": list(artifact.aliases),
+                    "metadata": json.loads(artifact.metadata or "{}"),
+                }
             )
         elif kind == "summary":
             contents["summary"] |= {
