@@ -227,3 +227,14 @@ def test_linear_probing_recipes_compose_to_the_releases_lars(compose_config, rec
         key: optimizer.defaults[key] for key in ("momentum", "trust_coefficient", "weight_decay")
     }
     assert settings == {"momentum": 0.9, "trust_coefficient": 0.001, "weight_decay": 0.0}
+
+
+def test_groups_are_named_as_the_lr_charts_show_them(tiny_vit):
+    model = tiny_vit(depth=2)
+    plain = [g["name"] for g in param_groups(model, 0.05)]
+    assert sorted(plain) == ["decay", "no_decay"]
+    layered = {g["name"]: g["lr_scale"] for g in param_groups(model, 0.05, layer_decay=0.5)}
+    assert layered["layer_0_no_decay"] == 0.5**3 and layered["layer_3_decay"] == 1.0
+    assert {"layer_1_decay", "layer_2_no_decay"} <= layered.keys()
+    scaled = [g["name"] for g in param_groups(model, 0.05, lr_mult={"head.": 10})]
+    assert sorted(scaled) == ["decay", "decay_x10", "no_decay", "no_decay_x10"]

@@ -52,7 +52,7 @@ def param_groups(
 ) -> list[dict]:
     """AdamW groups: no decay on biases, norms and tokens; optional layer-wise lr decay.
 
-    Each group carries ``lr_scale`` (1.0 without layer decay); the optimizer's lr is multiplied
+    Each group is named (``group_name``) and carries ``lr_scale`` (1.0 without layer decay); the optimizer's lr is multiplied
     by it, so layer ``i`` of ``L`` blocks gets ``lr * layer_decay ** (L + 1 - i)``. Depths are
     those of ``model``'s ViT (see ``encoder``); parameters outside it (a segmentation decoder)
     sit on top with the head. ``lr_mult`` multiplies the lr of the parameters whose names start
@@ -78,6 +78,7 @@ def param_groups(
         if key not in groups:
             scale = layer_decay ** (num_layers + 1 - depth) if layer_decay is not None else 1.0
             groups[key] = {
+                "name": group_name(depth if layer_decay is not None else None, decay, mult),
                 "params": [],
                 "names": [],
                 "weight_decay": weight_decay if decay else 0.0,
@@ -86,6 +87,16 @@ def param_groups(
         groups[key]["params"].append(param)
         groups[key]["names"].append(name)
     return list(groups.values())
+
+
+def group_name(depth: int | None, decay: bool, lr_mult: float) -> str:
+    """A parameter group's name, as the lr monitor's charts show it (``lr-AdamW/<name>``):
+    ``decay`` / ``no_decay``, after ``layer_<depth>_`` with layer-wise lr decay and before
+    ``_x<lr_mult>`` with an lr multiplier."""
+    name = "decay" if decay else "no_decay"
+    if depth is not None:
+        name = f"layer_{depth}_{name}"
+    return name if lr_mult == 1.0 else f"{name}_x{lr_mult:g}"
 
 
 @dataclass

@@ -41,6 +41,7 @@ def test_train_then_eval_reproduces_the_test_metrics_of_the_model_and_its_averag
     assert "last.ckpt" in checkpoints and len(checkpoints) == 2
     trained = metrics_of(run_dir)
     assert {"test/acc1", "test/acc5", "test/loss", "val/acc1", "val/acc1_best"} <= trained.keys()
+    assert {"lr-AdamW/decay", "lr-AdamW/no_decay"} <= trained.keys()  # named parameter groups
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
 
