@@ -22,6 +22,12 @@ W&B (``vitlab.loggers.WandbLogger``, Lightning's logger with these changes):
   ``last.ckpt`` included); an offline run records them for ``wandb sync`` to upload;
 - the task's monitored metric (``monitor``) summarises the run by its best value (``mode``: max
   or min), not its last (W&B's ``define_metric``);
+- ``job_type`` is the run's task (``mae_pretrain``, ``linear_probe``, ...), so the project's
+  runs filter by what they did;
+- the logged config (``logged_config``) is the run's without machine paths (the ``paths``
+  group dropped, paths under the working directory made relative to it) and with the model
+  once (a task's copy of ``model`` reads ``${model}``), plus ``meta``: parameter counts,
+  ``vitlab`` version and the git commit it ran from (the checkpoint keeps the full config);
 - ``watch`` (opt-in): histograms of the model's gradients and/or weights every
   ``watch_log_freq`` steps (``wandb.watch``).
 
@@ -36,6 +42,7 @@ import itertools
 import logging
 import secrets
 import struct
+import subprocess
 import sys
 import zlib
 from collections import defaultdict
@@ -52,8 +59,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+import vitlab
 from vitlab.compat import wandb_credentials_found, wandb_init_arguments, wandb_record
 from vitlab.extras import require
 
@@ -64,7 +72,6 @@ WANDB_ID_FILE = "wandb_id"
 STEP_KEY = "trainer/global_step"
 
 
-# task.pretrained naming a W&B artifact
 def instantiate_loggers(logger_cfg: Mapping[str, Any], run_dir: Path) -> list[Logger]:
     loggers = []
     for conf in logger_cfg.values():
@@ -117,6 +124,66 @@ def complete_wandb_config(conf: DictConfig, run_dir: Path) -> None:
                 conf.group = Path(hydra_cfg.sweep.dir).name
             if conf.get("name") is None and hydra_cfg.job.override_dirname:
                 conf.name = hydra_cfg.job.override_dirname
+            if conf.get("job_type") is None:
+                conf.job_type = hydra_cfg.runtime.choices.get("task") or hydra_cfg.job.name
+
+
+def logged_config(cfg: DictConfig, model: torch.nn.Module) -> dict[str, Any]:
+    """The run's config as a dashboard shows it: no machine paths, the model once, and
+    ``meta`` (parameter counts, version, commit). Checkpoints keep the full config."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    root = config.pop("paths")["root_dir"]
+    config = {
+        key: value if key == "model" else model_referenced(value, config["model"])
+        for key, value in relative_to(config, root).items()
+    }
+    parameters = list(model.parameters())
+    config["meta"] = {
+        "vitlab_version": vitlab.__version__,
+        "git_commit": git_commit(Path(vitlab.__file__).parent),
+        "params": sum(p.numel() for p in parameters),
+        "trainable_params": sum(p.numel() for p in parameters if p.requires_grad),
+    }
+    return config
+
+
+def relative_to(value: Any, root: str) -> Any:
+    """``value`` with every path string under ``root`` made relative to it."""
+    if isinstance(value, dict):
+        return {key: relative_to(item, root) for key, item in value.items()}
+    if isinstance(value, list):
+        return [relative_to(item, root) for item in value]
+    if isinstance(value, str) and (value == root or value.startswith(root.rstrip("/") + "/")):
+        return str(Path(value).relative_to(root))
+    return value
+
+
+def model_referenced(value: Any, model: dict) -> Any:
+    """``value`` with each copy of the model config replaced by the reference ``${model}``."""
+    if value == model:
+        return "${model}"
+    if isinstance(value, dict):
+        return {key: model_referenced(item, model) for key, item in value.items()}
+    return value
+
+
+def git_commit(package_dir: Path) -> str | None:
+    """The commit the package's source is checked out at (``-dirty`` with uncommitted changes
+    to tracked files), or None when it is not a tracked checkout (an installed wheel)."""
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["git", "-C", str(package_dir), *args], capture_output=True, text=True, check=False
+        )
+
+    try:
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode != 0:
+            return None
+        commit = git("rev-parse", "HEAD").stdout.strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except OSError:  # no git on this machine
+        return None
+    return f"{commit}-dirty" if dirty else commit or None
 
 
 def wandb_run_id(run_dir: Path) -> str:

@@ -54,6 +54,7 @@ from vitlab.loggers import (
     check_logger_packages,
     finish_loggers,
     instantiate_loggers,
+    logged_config,
 )
 from vitlab.tasks.base import RecipeTask, build_task
 from vitlab.weights import check_source
@@ -165,7 +166,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # the resolved config travels in every checkpoint (plain containers): eval.py reads it back
     task.run_config = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
-        logger.log_hyperparams(task.run_config)
+        logger.log_hyperparams(logged_config(cfg, task.model))
         if isinstance(logger, WandbLogger):
             logger.watch_model(task.model)
     pin_child_ranks_to_this_job()

@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+import vitlab
 from tests.helpers.wandb_records import run_contents
 from vitlab.loggers import STEP_KEY as STEP
 from vitlab.loggers import history_rows
@@ -85,6 +87,45 @@ def test_log_model_aliases_the_monitored_checkpoint_best_and_the_last_latest(cli
     assert last["metadata"] == {"original_filename": "last.ckpt", "epoch": 2, "global_step": 6}
     staged = Path(best["files"]["model.ckpt"]).read_bytes()
     assert staged == (run_dir / "checkpoints" / f"epoch_{best_epoch:03d}.ckpt").read_bytes()
+
+
+def test_the_run_logs_its_config_once_without_machine_paths_and_every_row_on_the_trainer_step(
+    cli,
+):
+    cli(
+        "train.py",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=1",
+        "trainer.log_every_n_steps=1",
+    )
+    (run_dir,) = cli.run_dirs()
+    (run,) = segments(run_dir)
+    config = run["config"]
+    assert run["job_type"] == "classification"
+    assert "paths" not in config and str(cli.repo) not in json.dumps(config)
+    assert config["logger"]["wandb"]["save_dir"] == str(run_dir.relative_to(cli.repo))
+    assert config["task"]["model"] == "${model}" and config["model"]["embed_dim"] > 0
+    package = Path(vitlab.__file__).parent
+    commit = subprocess.run(
+        ["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    meta = config["meta"]
+    assert meta["vitlab_version"] == vitlab.__version__
+    assert meta["git_commit"] in (None, commit, f"{commit}-dirty")
+    weights = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert (
+        meta["params"]
+        == meta["trainable_params"]
+        == sum(value.numel() for key, value in weights.items() if key.startswith("model."))
+    )
+    # the evaluation loops' throughput rows sit at the step their validation or test followed
+    steps = {
+        key: {row[STEP] for row in run["history"] if key in row}
+        for key in ("validate/samples", "test/samples")
+    }
+    assert steps == {"validate/samples": {2, 5}, "test/samples": {6}}
 
 
 # three epochs of 12 steps, a row every step: the first checkpoint is written after step 11

@@ -10,7 +10,7 @@ from vitlab.loggers import item_key, records
 
 
 def run_contents(path: Path) -> dict:
-    """The run's id, group, name, config, history rows, summary (its latest values) and
+    """The run's id, group, name, job type, config, history rows, summary (its latest values) and
     artifacts (per artifact: its ``files``, path in the artifact -> the local file staged for
     upload, its ``type``, ``aliases`` and ``metadata``), as W&B recorded them."""
     contents: dict = {"config": {}, "history": [], "summary": {}, "artifacts": []}
@@ -21,6 +21,7 @@ def run_contents(path: Path) -> dict:
                 "id": record.run.run_id,
                 "group": record.run.run_group,
                 "name": record.run.display_name,
+                "job_type": record.run.job_type,
             }
             contents["config"] |= {
                 item_key(i): json.loads(i.value_json) for i in record.run.config.update

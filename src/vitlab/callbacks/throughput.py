@@ -1,6 +1,7 @@
 """Training throughput without a host sync on every step: what Lightning's ThroughputMonitor
 counts in vitlab's runs (the images of a batch, the FLOPs of a training step from the task's
-``RecipeTask.training_flops``), measured at logging steps only."""
+``RecipeTask.training_flops``), measured at logging steps only; validation and test rows are
+logged at the trainer's global step, as every other row."""
 
 from __future__ import annotations
 
@@ -57,3 +58,10 @@ class LoggingStepThroughputMonitor(ThroughputMonitor):
         )
         self._batches_timed = batches
         self._compute(trainer)
+
+    def _compute(self, trainer: L.Trainer, iter_num: int | None = None) -> None:
+        """Lightning logs validation and test throughput at the evaluation loop's batch count,
+        which loggers plot as the training step: W&B and CSV rows at step 3 of an epoch at step
+        500, and a resumed W&B run that skips the steps it holds would drop them. Every row is
+        logged at the trainer's global step here."""
+        super()._compute(trainer)
