@@ -10,6 +10,9 @@
   clear error when the table has none.
 - ``${vitlab.options:<group>}``: the options of a packaged config group, comma-separated (what
   an entry point's ``--help`` lists for the groups it takes).
+- ``${vitlab.command:<name>}``: how the user calls the entry point ``<name>`` (``train``):
+  ``python train.py`` from a checkout's script, ``vitlab-train`` from the console script, so
+  ``--help`` shows the command as it was typed.
 - ``${vitlab.first_dir:<folder>,...}``: the first of these folders that exists, else the last
   (e.g. a dataset's system-wide install, else the project's data folder).
 """
@@ -17,11 +20,11 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
 from vitlab.errors import UserError
@@ -41,6 +44,8 @@ DIRECTIONS = {"max": "maximize", "min": "minimize"}
 
 def bf16_precision(accelerator: str) -> str:
     """``bf16-mixed`` on a CUDA device with bf16 when ``accelerator`` may pick it, else fp32."""
+    import torch  # here, not on import: --help needs no torch
+
     gpu_allowed = accelerator in ("auto", "gpu", "cuda")
     if gpu_allowed and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
@@ -65,6 +70,11 @@ def group_options(group: str) -> str:
     return ", ".join(sorted(path.stem for path in (Path(CONFIG_PATH) / group).glob("*.yaml")))
 
 
+def command(name: str) -> str:
+    """``python <name>.py`` or ``vitlab-<name>``, as the running command was called."""
+    return f"python {name}.py" if sys.argv[0].endswith(".py") else f"vitlab-{name}"
+
+
 def first_dir(*folders: str) -> str:
     return next((folder for folder in folders if Path(folder).is_dir()), folders[-1])
 
@@ -76,6 +86,7 @@ def register_resolvers() -> None:
         "vitlab.optuna_direction": optuna_direction,
         "vitlab.per_model": per_model,
         "vitlab.options": group_options,
+        "vitlab.command": command,
         "vitlab.first_dir": first_dir,
     }
     for name, resolver in resolvers.items():

@@ -121,12 +121,12 @@ def group_options(help_text: str, group: str) -> list[str]:
     [
         (
             "predict.py",
-            "predict.py: top-k classes of image files",
+            "python predict.py: top-k classes of image files",
             ["ckpt_path=", "inputs=", "top_k=5", "batch_size=64", "device=auto", "output="],
         ),
         (
             "eval.py",
-            "eval.py: test (or validate) a checkpoint",
+            "python eval.py: test (or validate) a checkpoint",
             ["ckpt_path=", "split=test", "data.root=", "data.batch_size=", "data.num_workers="],
         ),
     ],

@@ -157,6 +157,23 @@ def test_train_explains_itself_in_help(cli):
         models.removeprefix("model: ").split(", ")
     )
     assert "python train.py" in output
+    (launchers,) = [line for line in output.splitlines() if line.startswith("hydra/launcher: ")]
+    assert launchers.endswith(", local, slurm")
+
+
+def test_help_imports_neither_torch_nor_lightning_and_names_the_console_script(cli):
+    show_help = (
+        "import sys\n"
+        "from vitlab.cli import train\n"
+        "sys.argv = ['vitlab-train', '--help']\n"
+        "try:\n"
+        "    train.main()\n"
+        "finally:\n"
+        "    print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    )
+    output = cli.in_subprocess("-c", show_help).stdout
+    assert output.splitlines()[-1] == "[]"
+    assert "vitlab-train experiment=deit_b_imagenet" in output and "train.py" not in output
 
 
 def test_eval_without_a_checkpoint_says_how_to_call_it(cli):

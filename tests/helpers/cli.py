@@ -43,8 +43,15 @@ NOT_COPIED = frozenset({
 })  # fmt: skip
 
 
-# the modules `python train.py|eval.py|predict.py` import
-ENTRY_POINTS = ("vitlab.cli.train", "vitlab.cli.eval", "vitlab.cli.predict")
+# the modules `python train.py|eval.py|predict.py` import (vitlab.run and vitlab.predict once
+# the command starts its job)
+ENTRY_POINTS = (
+    "vitlab.cli.train",
+    "vitlab.cli.eval",
+    "vitlab.cli.predict",
+    "vitlab.run",
+    "vitlab.predict",
+)
 
 
 def filters_installed_on_import(modules: tuple[str, ...]) -> list[tuple]:

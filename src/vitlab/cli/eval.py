@@ -4,7 +4,6 @@
 import hydra
 from omegaconf import DictConfig
 
-from vitlab import run
 from vitlab.cli import CONFIG_PATH, start
 
 # the entry config, conf/eval.yaml
@@ -13,6 +12,8 @@ CONFIG_NAME = "eval"
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def app(cfg: DictConfig) -> float | None:
+    from vitlab import run  # here: --help imports no Lightning
+
     return run.main(run.evaluate, cfg)
 
 

@@ -7,8 +7,6 @@ See ``vitlab.predict`` (and ``--help``) for the images it accepts.
 import hydra
 from omegaconf import DictConfig
 
-import vitlab.config  # noqa: F401  (the resolvers conf/paths uses)
-from vitlab import predict
 from vitlab.cli import CONFIG_PATH, start
 
 # the entry config, conf/predict.yaml
@@ -17,6 +15,8 @@ CONFIG_NAME = "predict"
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name=CONFIG_NAME)
 def app(cfg: DictConfig) -> None:
+    from vitlab import predict  # here: --help imports no torch
+
     predict.main(cfg)
 
 
