@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import difflib
 import functools
+import importlib
+import importlib.metadata
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +37,10 @@ __all__ = ["CONFIG_PATH", "FAILURE_FILE", "RESUME_KEYS", "SweepSummary", "start"
 
 # Hydra's options that compose another config than the command's own
 CONFIG_OPTIONS = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir")
+# Hydra's options that show something and run no job
+SHOW_OPTIONS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion")
+# packages built against one torch release each: torchvision 0.(minor + 15) for torch 2.<minor>
+TORCH_COMPANIONS = {"torchvision": "torchvision", "torchcodec": "torchcodec.decoders"}
 
 
 def start(app: Callable[[], object], config_name: str) -> None:
@@ -44,7 +50,45 @@ def start(app: Callable[[], object], config_name: str) -> None:
         require_plugins(sys.argv[1:])
         sys.argv[1:] = with_stored_overrides(sys.argv[1:])
         check_keys(sys.argv[1:], config_name)
+        if not set(SHOW_OPTIONS) & set(sys.argv[1:]):
+            check_torch_companions()
     app()
+
+
+def check_torch_companions() -> None:
+    """A ``UserError`` naming the fix when torchvision or torchcodec does not load with the
+    installed torch (built for another torch release, or a CUDA build beside a CPU torch), where
+    importing vitlab's data modules would fail with a traceback about ``torchvision::nms`` or
+    ``libnvrtc``."""
+    import torch  # here: --help imports no torch
+
+    for package, module in TORCH_COMPANIONS.items():
+        try:
+            importlib.import_module(module)
+        except (ImportError, OSError, RuntimeError) as error:
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+            raise UserError(
+                f"{package} {installed_version(package)} does not load with torch "
+                f"{torch.__version__} ({reason}); install the {package} built for this torch: "
+                f"{companion_install_command(package, torch.__version__)}"
+            ) from None
+
+
+def installed_version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def companion_install_command(package: str, torch_version: str) -> str:
+    """``pip install`` of ``package`` from the PyTorch index of torch's build (``cpu``,
+    ``cu130``, ...), pinned to the release that goes with it where that is a rule."""
+    release, _, build = torch_version.partition("+")
+    minor = release.split(".")[1]
+    pinned = f"'{package}==0.{int(minor) + 15}.*'" if package == "torchvision" else package
+    index = f" --index-url https://download.pytorch.org/whl/{build}" if build else ""
+    return f"pip install --force-reinstall --no-deps {pinned}{index}"
 
 
 def check_keys(arguments: list[str], config_name: str) -> None:
