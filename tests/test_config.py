@@ -35,6 +35,7 @@ GROUPS = [
     "debug",
     "experiment",
     "hparams_search",
+    "extras",
 ]
 
 

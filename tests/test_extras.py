@@ -42,6 +42,7 @@ def test_onnx_export_names_the_onnx_extra(monkeypatch, capsys, tmp_path: Path):
     [
         ("sweep", ["hparams_search=vit_optuna"], "hparams_search: needs hydra_optuna_sweeper"),
         ("slurm", ["-m", "hydra/launcher=slurm"], "hydra/launcher: needs hydra_submitit_launcher"),
+        ("joblib", ["-m", "hydra/launcher=joblib"], "hydra/launcher: needs hydra_joblib_launcher"),
     ],
 )
 def test_hydra_plugin_options_name_their_extra(

@@ -22,12 +22,17 @@ def started_run_dir(cfg: DictConfig) -> Path:
     return run_dir
 
 
-def test_a_refused_run_leaves_no_run_directory(compose_config):
+@pytest.mark.parametrize("made", [(), ("checkpoints",)])
+def test_a_refused_run_leaves_no_run_directory(compose_config, made):
     cfg = compose_config()
     run_dir = started_run_dir(cfg)
 
     def refuse(_: DictConfig) -> dict[str, float]:
-        raise UserError("data.batch_size: too large")
+        # e.g. pretrained weights that fail to load as fitting starts: the trainer has made
+        # its (empty) checkpoint folder
+        for folder in made:
+            (run_dir / folder).mkdir()
+        raise UserError("task.pretrained: timm:vit_t: not in the Hugging Face cache")
 
     with pytest.raises(SystemExit) as exit:
         run.main(refuse, cfg)
@@ -55,8 +60,9 @@ def test_a_refusal_after_work_began_keeps_the_run_directory(compose_config):
 
     def refuse_late(_: DictConfig) -> dict[str, float]:
         (run_dir / "checkpoints").mkdir()
-        raise UserError("ckpt_path: holds another run")
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint")
+        raise UserError("val/acc1: not logged")
 
     with pytest.raises(SystemExit):
         run.main(refuse_late, cfg)
-    assert (run_dir / "checkpoints").is_dir()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()

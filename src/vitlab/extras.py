@@ -15,6 +15,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "onnx": ("onnx", "onnxscript", "onnxruntime"),
     "sweep": ("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper", "sqlalchemy"),
     "slurm": ("hydra_plugins.hydra_submitit_launcher.submitit_launcher",),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher.joblib_launcher",),
     "timm": ("timm",),
     "tensorboard": ("tensorboard",),
     "shards": ("litdata",),
@@ -26,6 +27,7 @@ PLUGIN_OPTIONS: dict[tuple[str, str | None], str] = {
     ("hydra/sweeper", "optuna"): "sweep",
     ("hydra/launcher", "slurm"): "slurm",
     ("hydra/launcher", "local"): "slurm",
+    ("hydra/launcher", "joblib"): "joblib",
 }
 # command-line options that need a program on this machine (group, option): program, what to do
 PROGRAM_OPTIONS: dict[tuple[str, str], tuple[str, str]] = {

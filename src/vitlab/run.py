@@ -143,11 +143,13 @@ def record_failure(error: Exception) -> None:
 
 def discard_unstarted_run(run_dir: Path) -> None:
     """Remove the run directory of a run refused before any work: it holds only what Hydra
-    wrote on starting (``.hydra/``, ``<job>.log``) and the W&B run id it would have used, and
-    the refusal's one line says it all. A directory holding anything else (a run resumed into
-    it) is left as it is."""
+    wrote on starting (``.hydra/``, ``<job>.log``), the W&B run id it would have used and empty
+    folders (``checkpoints/``), and the refusal's one line says it all. A directory holding
+    anything else (a run resumed into it, a W&B run) is left as it is."""
     if run_dir.is_dir() and all(
-        entry.name in (".hydra", WANDB_ID_FILE) or entry.suffix == ".log"
+        entry.name in (".hydra", WANDB_ID_FILE)
+        or entry.suffix == ".log"
+        or (entry.is_dir() and not any(entry.iterdir()))
         for entry in run_dir.iterdir()
     ):
         shutil.rmtree(run_dir, ignore_errors=True)  # every DDP rank refuses the same run
@@ -159,10 +161,13 @@ def in_multirun() -> bool:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     started = time.perf_counter()
+    if cfg.extras.ignore_warnings:
+        warnings.filterwarnings("ignore")
     ckpt_path = check_config(cfg)
     prepare_process(cfg)
     datamodule, task, trainer = build_run(cfg, ckpt_path)
-    print_config(cfg)
+    if cfg.extras.print_config:
+        print_config(cfg)
     # the resolved config travels in every checkpoint (plain containers): eval.py reads it back
     task.run_config = OmegaConf.to_container(cfg, resolve=True)
     for logger in trainer.loggers:
@@ -194,6 +199,7 @@ def check_config(cfg: DictConfig) -> str | None:
         hydra_cfg = HydraConfig.get()
         check_recipe_named(hydra_cfg.overrides.task, hydra_cfg.runtime.choices)
     check_arguments(cfg)
+    check_tags(cfg)
     check_accelerator(cfg.trainer)
     check_model(cfg.model)
     check_logger_packages(cfg.get("logger") or {})
@@ -203,6 +209,14 @@ def check_config(cfg: DictConfig) -> str | None:
         # loaded when fitting starts; a resumed run restores its own weights instead
         check_source(str(pretrained))
     return ckpt_path
+
+
+def check_tags(cfg: DictConfig) -> None:
+    if cfg.extras.enforce_tags and not cfg.get("tags"):
+        raise UserError(
+            "tags: this run has none and extras.enforce_tags is on; name them, "
+            "e.g. tags=[baseline,vit_s]"
+        )
 
 
 def check_accelerator(trainer: DictConfig) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.budget import CAP
 from vitlab.checkpoint_file import RUN_CONFIG_KEY, read_checkpoint
 from vitlab.tasks.base import build_task
 
@@ -187,3 +188,23 @@ def test_default_run_reaches_96_percent_on_digits(cli):
     cli("train.py")
     (run_dir,) = cli.run_dirs()
     assert metrics_of(run_dir)["test/acc1"] >= 0.96  # measured: 0.964
+
+
+def test_supervised_training_starts_from_pretrained_weights_with_a_fresh_head(
+    cli, digits_checkpoint
+):
+    # one step at the warmup's first lr, 0: the encoder is still the one loaded
+    cli("train.py", f"task.pretrained={digits_checkpoint}", *CAP, "test=false")
+    (run_dir,) = cli.run_dirs()
+    loaded = read_checkpoint(digits_checkpoint)["state_dict"]
+    trained = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    encoder = [key for key in loaded if key.startswith("model.") and ".head." not in key]
+    assert encoder and all(torch.equal(trained[key], loaded[key]) for key in encoder)
+    assert trained["model.head.weight"].abs().max() < 1e-4  # the fine-tuning head's init
+
+
+def test_mixed_precision_trains_with_the_recipes_gradient_clipping(cli):
+    # bf16-mixed is what trainer.precision resolves to on a GPU; the digits recipe clips at 1.0
+    cli("train.py", *CAP, "trainer.precision=bf16-mixed", "logger=csv")
+    (run_dir,) = cli.run_dirs()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -298,9 +298,11 @@ class RecipeTask(L.LightningModule):
         )
         for group in groups:
             group["lr"] = lr * group["lr_scale"]
-        optimizer = self.optimizer_factory(
-            groups, lr=lr, **fused_adam(self.optimizer_factory, groups)
-        )
+        # Lightning's mixed-precision plugin refuses to clip the gradients of an optimizer that
+        # unscales them itself, as fused Adam does, bf16 included
+        clipped_in_amp = trainer.gradient_clip_val and str(trainer.precision).endswith("-mixed")
+        fused = {} if clipped_in_amp else fused_adam(self.optimizer_factory, groups)
+        optimizer = self.optimizer_factory(groups, lr=lr, **fused)
         total_steps = max(1, int(trainer.estimated_stepping_batches))
         # an epoch's optimizer steps, whatever caps the run (max_epochs or max_steps); the train
         # loader must be set up to count them, which Lightning skips when max_epochs is -1
