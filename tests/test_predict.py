@@ -127,7 +127,7 @@ def test_a_segmenter_writes_a_mask_at_each_images_size_and_an_overlay(
         with Image.open(tmp_path / "out" / "masks" / image.name) as mask:
             assert mask.mode == "L" and mask.size == (32, 32) and np.array(mask).max() <= 10
         with Image.open(tmp_path / "out" / "overlays" / image.name) as overlay:
-            assert overlay.mode == "RGB" and overlay.size == (32, 32)
+            assert overlay.mode == "RGB" and overlay.size == (256, 256)
     assert len(list((tmp_path / "out" / "overlays").iterdir())) == 4
 
 
@@ -146,4 +146,4 @@ def test_a_detector_writes_every_images_boxes_and_an_overlay(trained_checkpoint,
     assert set(detection) == {"box", "label", "name", "score"} and len(detection["box"]) == 4
     assert detection["name"] == str(detection["label"] - 1)  # label 1 is the digit 0
     with Image.open(tmp_path / "out" / "overlays" / "00000.png") as overlay:
-        assert overlay.mode == "RGB" and overlay.size == (32, 32)
+        assert overlay.mode == "RGB" and overlay.size == (256, 256)

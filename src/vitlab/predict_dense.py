@@ -7,11 +7,19 @@ overlays to look at, files to parse. For each image, under the directory of ``ou
 - detection: ``overlays/<stem>.png`` (boxes drawn with their class and score) and one
   ``boxes.json`` for all images: ``{path: [{"box": [x1, y1, x2, y2], "label", "name",
   "score"}]}`` in the image's own pixels (the letterbox undone), scores above ``score_thresh``.
+
+Overlays are for looking at: drawn on the image enlarged (nearest neighbour, by a whole factor)
+to at least ``OVERLAY_MIN_SIDE`` pixels on its shorter side, so that a 32-pixel canvas shows
+its masks and labels legibly; a detection overlay shows, of boxes overlapping by more than
+``DISPLAY_IOU``, the highest-scoring one whatever its class (the detector's own suppression is
+per class, so one digit may carry a box of each class it resembles; ``boxes.json`` keeps them
+all).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,9 +30,26 @@ from omegaconf import DictConfig
 from PIL import Image
 from rich.console import Console
 from torchvision import tv_tensors
+from torchvision.ops import nms
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from vitlab.checkpoint_file import TrainedRun
+
+
+# the shorter side an overlay is enlarged to, at least
+OVERLAY_MIN_SIDE = 256
+# boxes overlapping more than this show only the highest-scoring one, of any class
+DISPLAY_IOU = 0.5
+
+
+def enlargement(height: int, width: int) -> int:
+    """The whole factor that brings an image's shorter side to ``OVERLAY_MIN_SIDE`` or more."""
+    return max(1, math.ceil(OVERLAY_MIN_SIDE / min(height, width)))
+
+
+def enlarged(pixels: torch.Tensor, factor: int) -> torch.Tensor:
+    """An image (..., H, W) with each pixel repeated ``factor`` times along each side."""
+    return pixels.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
 
 
 def palette(num_classes: int) -> list[tuple[int, int, int]]:
@@ -106,8 +131,12 @@ def segment(
     resized = F.interpolate(logits[None].float(), size=original.shape[-2:], mode="bilinear")
     mask = resized.argmax(1)[0].cpu()
     classes = torch.arange(1, len(names))  # background stays clear
+    factor = enlargement(*mask.shape)
     overlay = draw_segmentation_masks(
-        original, mask[None] == classes[:, None, None], alpha=0.5, colors=palette(len(names))[1:]
+        enlarged(original, factor),
+        enlarged(mask, factor)[None] == classes[:, None, None],
+        alpha=0.5,
+        colors=palette(len(names))[1:],
     )
     return mask.to(torch.uint8), overlay
 
@@ -132,7 +161,7 @@ def detect(
     score_thresh: float,
 ) -> tuple[list[dict], torch.Tensor]:
     """One image's detections above ``score_thresh`` in the original image's pixels, and the
-    overlay."""
+    overlay (``box_overlay``)."""
     keep = found["scores"] >= score_thresh
     left, top, scale = placement
     boxes = (found["boxes"][keep].cpu() - torch.tensor([left, top, left, top])) / scale
@@ -146,11 +175,29 @@ def detect(
         }
         for box, label, score in zip(boxes, labels, scores, strict=True)
     ]
+    return detections, box_overlay(original, boxes, labels, scores, names)
+
+
+def box_overlay(
+    original: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: list[int],
+    scores: list[float],
+    names: list[str],
+) -> torch.Tensor:
+    """The image enlarged, with the boxes that survive class-agnostic suppression drawn on it in
+    their class's colour, each labelled with its class and score on a filled tag."""
+    shown = nms(boxes.float(), torch.tensor(scores, dtype=torch.float), DISPLAY_IOU).tolist()
+    factor = enlargement(*original.shape[-2:])
+    if not shown:
+        return enlarged(original, factor)
     colours = palette(len(names))
-    overlay = draw_bounding_boxes(
-        original,
-        boxes,
-        labels=[f"{names[label]} {score:.2f}" for label, score in zip(labels, scores, strict=True)],
-        colors=[colours[label] for label in labels],
+    return draw_bounding_boxes(
+        enlarged(original, factor),
+        boxes[shown] * factor,
+        labels=[f"{names[labels[i]]} {scores[i]:.2f}" for i in shown],
+        colors=[colours[labels[i]] for i in shown],
+        width=2,
+        label_colors="black",
+        fill_labels=True,
     )
-    return detections, overlay

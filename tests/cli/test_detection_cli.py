@@ -43,4 +43,4 @@ def test_detection_experiment_trains_tests_and_predicts(cli, tmp_path):
     assert set(detection) == {"box", "label", "name", "score"} and len(detection["box"]) == 4
     assert detection["name"] == str(detection["label"] - 1)  # label 1 is the digit 0
     with Image.open(out / "overlays" / "00000.png") as overlay:
-        assert overlay.mode == "RGB" and overlay.size == (32, 32)
+        assert overlay.mode == "RGB" and overlay.size == (256, 256)

@@ -40,5 +40,5 @@ def test_segmentation_experiment_trains_and_tests_end_to_end(cli, tmp_path):
         with Image.open(tmp_path / "out" / "masks" / name) as mask:
             assert mask.mode == "L" and mask.size == (32, 32) and np.array(mask).max() <= 10
         with Image.open(tmp_path / "out" / "overlays" / name) as overlay:
-            assert overlay.mode == "RGB" and overlay.size == (32, 32)
+            assert overlay.mode == "RGB" and overlay.size == (256, 256)
     assert len(list((tmp_path / "out" / "overlays").iterdir())) == 16
