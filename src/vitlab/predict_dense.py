@@ -35,7 +35,6 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from vitlab.checkpoint_file import TrainedRun
 
-
 # the shorter side an overlay is enlarged to, at least
 OVERLAY_MIN_SIDE = 256
 # boxes overlapping more than this show only the highest-scoring one, of any class
