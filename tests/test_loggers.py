@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import wandb
 
+import vitlab.loggers
 from tests.helpers.cli import CLI
 from tests.helpers.wandb_records import run_contents
 from vitlab.callbacks.misclassified import MisclassifiedImages
@@ -112,6 +113,26 @@ def test_a_resumed_segment_logs_only_what_the_earlier_segments_lack(offline_wand
         "trainer/global_step", "train/loss", "val/loss", "test/loss", "epoch",
         "_step", "_runtime", "_timestamp",
     }  # fmt: skip
+
+
+def test_a_changed_wandb_record_format_resumes_with_one_warning(
+    offline_wandb, tmp_path, monkeypatch, caplog
+):
+    logger = WandbLogger(offline=True, save_dir=tmp_path, project="vitlab", id="changed")
+    logger.log_metrics({"train/loss": 1.0}, step=0)
+    finish_wandb()
+    assert logged_metric_names(tmp_path / "wandb", "changed")[0] >= {"train/loss"}
+
+    # a W&B release without the record class vitlab reads run files with (compat.wandb_record)
+    def moved(data: bytes) -> None:
+        raise AttributeError("module 'wandb.proto.wandb_internal_pb2' has no attribute 'Record'")
+
+    monkeypatch.setattr(vitlab.loggers, "wandb_record", moved)
+    resumed = WandbLogger(offline=True, save_dir=tmp_path, project="vitlab", id="changed")
+    resumed.log_metrics({"train/loss": 0.5}, step=0)  # logged again, not lost
+    finish_wandb()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "run file records changed" in warning and wandb.__version__ in warning
 
 
 def test_a_run_file_cut_anywhere_reads_as_the_rows_before_the_cut(offline_wandb, tmp_path):

@@ -2,7 +2,9 @@
 
 Each is something neither library offers publicly; ``tests/test_compat.py`` checks that each
 still exists and behaves as assumed on the installed versions (pyproject.toml bounds W&B to
-the tested range). A new release that changes one breaks that test, not a user's run.
+the tested range). A new release that changes one breaks that test, not a user's run: where
+W&B's internals are missing, its callers fall back with one warning (credentials: the run logs
+offline; run file records: a resumed run logs its replayed steps again).
 """
 
 from __future__ import annotations

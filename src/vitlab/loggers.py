@@ -309,13 +309,29 @@ class WandbLogger(lightning_loggers.WandbLogger):
 
 def logged_metric_names(wandb_dir: Path, run_id: str) -> dict[int, set[str]]:
     """Per ``trainer/global_step``, the names of the metrics the segments of W&B run ``run_id``
-    in ``wandb_dir`` hold (online and offline run folders alike)."""
+    in ``wandb_dir`` hold (online and offline run folders alike). Where W&B's record format
+    changed (``compat.wandb_record``), none, with one warning: the resumed run then logs again
+    the steps it replays, and loses nothing."""
+    from google.protobuf.message import Error as ProtobufError
+
     names: dict[int, set[str]] = defaultdict(set)
     # a segment started in the same second as an earlier one gets a "-N" suffix on its folder
-    for path in wandb_dir.glob(f"*run-*-{run_id}*/run-{run_id}.wandb"):
-        for row in history_rows(path):
-            if STEP_KEY in row:
-                names[int(row[STEP_KEY])] |= row.keys()
+    try:
+        for path in wandb_dir.glob(f"*run-*-{run_id}*/run-{run_id}.wandb"):
+            for row in history_rows(path):
+                if STEP_KEY in row:
+                    names[int(row[STEP_KEY])] |= row.keys()
+    except (ImportError, AttributeError, ValueError, ProtobufError) as error:
+        import wandb
+
+        log.warning(
+            "W&B %s: its run file records changed (%s), so this resumed run may log again the "
+            "steps between its checkpoint and the interruption; pyproject.toml names the W&B "
+            "versions vitlab is tested with",
+            wandb.__version__,
+            error,
+        )
+        return {}
     return names
 
 
