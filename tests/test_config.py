@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
+from tests.helpers.cli import logging_restored
 from vitlab import run
 from vitlab.checks import check_recipe_named
 from vitlab.cli import CONFIG_PATH, train
@@ -196,7 +197,8 @@ def test_a_data_model_or_task_choice_without_a_recipe_stops_with_one_line(
     """The default recipe is the digits': data=imagenet alone would run it on ImageNet."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["vitlab-train", "data=imagenet", "logger=none"])
-    with pytest.raises(SystemExit) as exit_info:
+    # Hydra's logging (its train.log handler) set up by the command goes with it
+    with logging_restored(), pytest.raises(SystemExit) as exit_info:
         train.main()
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [

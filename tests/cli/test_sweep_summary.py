@@ -3,6 +3,10 @@ whichever launcher ran them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
+from joblib.externals.loky import get_reusable_executor
 from omegaconf import OmegaConf
 
 
@@ -18,7 +22,16 @@ def test_a_sweep_with_a_failed_job_names_it_and_exits_non_zero(cli):
     assert (sweep_dir / "1" / "metrics.json").is_file()
 
 
-def test_a_joblib_sweep_runs_its_jobs_in_parallel_processes_and_sums_them_up(cli):
+@pytest.fixture
+def loky_workers_stopped() -> Iterator[None]:
+    """joblib's worker processes stopped after the test (they idle for minutes otherwise)."""
+    yield
+    get_reusable_executor().shutdown(wait=True)
+
+
+def test_a_joblib_sweep_runs_its_jobs_in_parallel_processes_and_sums_them_up(
+    cli, loky_workers_stopped
+):
     result = cli(
         "train.py",
         "-m",
