@@ -19,10 +19,10 @@ from omegaconf import OmegaConf
 
 from tests.helpers.cli import logging_restored
 from vitlab import run
-from vitlab.checks import check_recipe_named
 from vitlab.cli import CONFIG_PATH, train
 from vitlab.errors import UserError
 from vitlab.models.mae import MaskedAutoencoderViT
+from vitlab.recipes import check_recipe_named, with_recipe
 from vitlab.tasks.base import build_task
 
 CONF = Path(CONFIG_PATH)
@@ -229,6 +229,24 @@ def test_only_a_group_choice_without_a_named_recipe_is_refused(overrides, refuse
     with pytest.raises(UserError) as error:
         run.check_config(cfg)
     assert str(error.value).startswith(refused)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "recipe"),
+    [
+        (["task=mae_pretrain", "debug=limit"], "digits_mae_pretrain"),
+        (["model=vit_b", "data=imagenet"], "deit_b_imagenet"),
+        (["-m", "task=ibot", "seed=1,2"], "digits_ibot"),
+        (["task=mae_pretrain", "model=vit_l", "data=imagenet"], None),  # none written for it
+        (["data=fashion_mnist"], None),  # fmnist's recipes are for its own ViT
+        (["-m", "task=mae_pretrain,ibot"], None),  # a sweep: each job is checked
+        (["task=classification", "model.depth=2"], None),  # the default recipe's own groups
+        (["experiment=none", "task=mae_pretrain"], None),
+    ],
+)
+def test_a_group_choice_gets_the_one_recipe_written_for_it(arguments, recipe):
+    added = with_recipe(arguments, "train")[len(arguments) :]
+    assert added == ([f"experiment={recipe}"] if recipe else [])
 
 
 def test_without_a_recipe_the_groups_give_their_own_defaults():

@@ -8,17 +8,15 @@ import inspect
 import math
 import re
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
 from vitlab.checkpoint_file import RUN_CONFIG_KEY, read_checkpoint
-from vitlab.config import CONFIG_PATH
 from vitlab.errors import UserError
 from vitlab.models.pos_embed import POS_EMBEDS
 from vitlab.models.vit import patch_grid
@@ -26,9 +24,6 @@ from vitlab.models.vit import patch_grid
 NUMBER = re.compile(r"\b(float|int)\b")
 # keys of a config node that Hydra's instantiate consumes itself
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
-RECIPES = Path(CONFIG_PATH) / "experiment"
-# the groups a recipe (conf/experiment) is written for
-RECIPE_GROUPS = ("data", "model", "task")
 
 
 def check_model(model_cfg: DictConfig) -> None:
@@ -43,55 +38,6 @@ def check_model(model_cfg: DictConfig) -> None:
         raise UserError(
             f"model.pos_embed: expected one of {', '.join(POS_EMBEDS)}; got {pos_embed!r}"
         )
-
-
-def check_recipe_named(overrides: Sequence[str], choices: Mapping[str, str | None]) -> None:
-    """A ``data=``, ``model=`` or ``task=`` choice on the command line names its recipe.
-
-    Without ``experiment=...``, train.yaml's default recipe (the digits') would be applied to,
-    say, ImageNet. ``overrides`` are the user's (``hydra.overrides.task``), ``choices`` the
-    composed ones (``hydra.runtime.choices``); the packaged recipes that fit are listed.
-    """
-    given = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(list(overrides))}
-    if "experiment" in given:
-        return
-    recipes = {path.stem: recipe_groups(path) for path in RECIPES.glob("*.yaml")}
-    default = choices.get("experiment")
-    written_for = recipes.get(default, {})
-    changed = [
-        group
-        for group in RECIPE_GROUPS
-        if group in given and choices.get(group) != written_for.get(group)
-    ]
-    if not changed:
-        return
-    fitting = sorted(
-        name for name, groups in recipes.items()
-        if all(groups.get(group) == choices.get(group) for group in changed)
-    )  # fmt: skip
-    named = " ".join(f"{group}={choices.get(group)}" for group in changed)
-    recipe = ", ".join(f"{group}={choice}" for group, choice in written_for.items())
-    options = f"experiment={', '.join(fitting)}, or " if fitting else ""
-    raise UserError(
-        f"{named}: the default recipe (experiment={default}, conf/train.yaml) is written for "
-        f"{recipe or 'other groups'}; name one: {options}experiment=none for the groups' own "
-        "defaults"
-    )
-
-
-def recipe_groups(path: Path) -> dict[str, str]:
-    """The ``data``, ``model`` and ``task`` options a recipe file chooses (``override /data:
-    ...``), following the recipes it builds on (``- ibot_vit_s``)."""
-    groups: dict[str, str] = {}
-    for entry in OmegaConf.load(path).get("defaults", []):
-        if isinstance(entry, str) and not entry.startswith("/") and entry != "_self_":
-            groups |= recipe_groups(path.with_name(f"{entry}.yaml"))
-        elif isinstance(entry, DictConfig):
-            for key, option in entry.items():
-                group = str(key).removeprefix("override").strip().removeprefix("/")
-                if group in RECIPE_GROUPS:
-                    groups[group] = option
-    return dict(sorted(groups.items(), key=lambda item: RECIPE_GROUPS.index(item[0])))
 
 
 def check_arguments(cfg: DictConfig) -> None:

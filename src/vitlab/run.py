@@ -41,7 +41,6 @@ from vitlab.checks import (
     check_model,
     check_monitor,
     check_output_dir,
-    check_recipe_named,
     check_split_sizes,
     checkpoint_bytes,
 )
@@ -56,6 +55,7 @@ from vitlab.loggers import (
     instantiate_loggers,
     logged_config,
 )
+from vitlab.recipes import check_recipe_named
 from vitlab.tasks.base import RecipeTask, build_task
 from vitlab.weights import check_source
 

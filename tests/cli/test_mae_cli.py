@@ -21,9 +21,13 @@ def metrics_of(run_dir: Path) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_mae_checkpoint_round_trips_into_fine_tuning_and_linear_probing(cli, tmp_path: Path):
-    # the PNG path of the reconstruction grids: a logger that takes no images
-    cli("train.py", "experiment=digits_mae_pretrain", "logger=csv", *LIMITS)
+    # the PNG path of the reconstruction grids: a logger that takes no images; task= alone
+    # picks the one recipe written for MAE on the default data and model, and says so
+    result = cli("train.py", "task=mae_pretrain", "logger=csv", *LIMITS)
     pretrain_dir = newest_run(cli)
+    assert "recipe: experiment=digits_mae_pretrain, the one written for" in result.stdout
+    overrides = (pretrain_dir / ".hydra" / "overrides.yaml").read_text()
+    assert "- experiment=digits_mae_pretrain" in overrides.splitlines()
     pretrained = pretrain_dir / "checkpoints" / "last.ckpt"
     assert {"val/loss", "val/probe_acc1", "test/loss"} <= metrics_of(pretrain_dir).keys()
     assert (pretrain_dir / "reconstructions" / "epoch_000.png").is_file()

@@ -32,6 +32,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 from vitlab.config import CONFIG_PATH, FAILURE_FILE, RESUME_KEYS
 from vitlab.errors import UserError, exit_on_user_error
 from vitlab.extras import require_plugins
+from vitlab.recipes import with_recipe
 
 __all__ = ["CONFIG_PATH", "FAILURE_FILE", "RESUME_KEYS", "SweepSummary", "start"]
 
@@ -49,6 +50,8 @@ def start(app: Callable[[], object], config_name: str) -> None:
     with exit_on_user_error(functools.partial(print, file=sys.stderr)):
         require_plugins(sys.argv[1:])
         sys.argv[1:] = with_stored_overrides(sys.argv[1:])
+        if not set(CONFIG_OPTIONS) & set(sys.argv[1:]):
+            sys.argv[1:] = with_recipe(sys.argv[1:], config_name)
         check_keys(sys.argv[1:], config_name)
         if not set(SHOW_OPTIONS) & set(sys.argv[1:]):
             check_torch_companions()
