@@ -2,7 +2,9 @@
 
 Accepted checkpoints (files read with ``torch.load(weights_only=True)``, or their contents):
 
-- a vitlab Lightning checkpoint: ``{"state_dict": {"model.<name>": ...}, ...}``;
+- a vitlab Lightning checkpoint: ``{"state_dict": {"model.<name>": ...}, ...}``; of an iBOT
+  run, its EMA teacher's encoder (``teacher.module.backbone.<name>``), which the iBOT and DINO
+  releases score and transfer (their evaluations' ``checkpoint_key=teacher``);
 - an MAE release checkpoint: ``{"model": {<name>: ...}}``;
 - a plain state dict, e.g. a timm ViT's ``model.state_dict()``.
 
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 DECODER_PREFIXES = ("mask_token", "decoder_")
 CLASSIFIER_PREFIXES = ("head.", "fc_norm.")
 LIGHTNING_MODEL_PREFIX = "model."
+TEACHER_PREFIX = "teacher.module.backbone."
 # the keys that exist for some pos_embed choices only
 POSITION_KEYS = ("pos_embed", "relative_position_bias_table", ".peg.proj.weight", ".peg.proj.bias")
 LAYER_SCALE_KEYS = (".ls1.gamma", ".ls2.gamma")
@@ -50,10 +53,13 @@ def read_state_dict(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
     if isinstance(checkpoint, str | os.PathLike):
         checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if "state_dict" in checkpoint:
+        lightning_state = checkpoint["state_dict"]
+        has_teacher = any(name.startswith(TEACHER_PREFIX) for name in lightning_state)
+        prefix = TEACHER_PREFIX if has_teacher else LIGHTNING_MODEL_PREFIX
         state = {
-            name.removeprefix(LIGHTNING_MODEL_PREFIX): tensor
-            for name, tensor in checkpoint["state_dict"].items()
-            if name.startswith(LIGHTNING_MODEL_PREFIX)
+            name.removeprefix(prefix): tensor
+            for name, tensor in lightning_state.items()
+            if name.startswith(prefix)
         }
     elif "model" in checkpoint:
         state = checkpoint["model"]

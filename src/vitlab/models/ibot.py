@@ -397,8 +397,9 @@ class IBOT(nn.Module):
     ``distill`` (the teacher's patch outputs, iBOT), ``pixel`` (the masked patches' pixels, a
     linear head and MSE) or None (no masking, no patch loss: DINO).
 
-    Its state dict is the layout of an iBOT checkpoint: the student encoder as ``model.*``,
-    which fine-tuning, probing and k-NN load.
+    Its state dict is the layout of an iBOT checkpoint: the student encoder as ``model.*``, the
+    teacher's as ``teacher.module.backbone.*``, which fine-tuning and probing load
+    (``vitlab.models.checkpoint``), as the release evaluates its teacher.
     """
 
     def __init__(
@@ -462,8 +463,10 @@ class IBOT(nn.Module):
         self.teacher.update(self.student())
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The student's class token after its final norm (k-NN, linear probing)."""
-        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        """The teacher's class token after its final norm: the encoder the release scores by
+        k-NN and transfers (its evaluations' ``checkpoint_key=teacher``)."""
+        encoder = self.teacher.module.backbone
+        return encoder.forward_head(encoder.forward_features(images), pre_logits=True)
 
     @staticmethod
     def split_views(views: Sequence[torch.Tensor]) -> tuple[list, list]:

@@ -43,9 +43,9 @@ class IBOTTask(RecipeTask):
     (``train/ibot/teacher_entropy``, ``train/ibot/teacher_mean_entropy``,
     ``train/ibot/feature_cosine``), computed on the device.
 
-    Checkpoints hold the architecture's state dict: the student encoder under ``model.``
-    (fine-tuning, linear probing and k-NN read it through the usual loader), the teacher under
-    ``teacher.module.``. ``val/loss`` is that of the validation images as one view seen by both
+    Checkpoints hold the architecture's state dict: the student encoder under ``model.``, the
+    teacher under ``teacher.module.``; k-NN scores the teacher's encoder, and fine-tuning and
+    linear probing load it (the usual loader), as the release evaluates its teacher. ``val/loss`` is that of the validation images as one view seen by both
     networks (masks seeded by batch index and rank): the patch loss plus the class-token
     cross-entropy between the masked student and the unmasked teacher.
     """
@@ -113,7 +113,7 @@ class IBOTTask(RecipeTask):
         return set()
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The student's class token after its final norm (k-NN, linear probing)."""
+        """The teacher's class token after its final norm (k-NN)."""
         return self.ibot.features(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
