@@ -28,14 +28,6 @@ VALIDATED = {
     "linear_probe": {"val/acc1", "val/acc1_best", "test/acc1"},
     "segmentation": {"val/miou", "val/miou_best", "test/miou"},
 }
-# the digits recipe of a (task, data) pair; other pairs run the groups' own defaults
-DIGITS_RECIPES = {
-    ("classification", "digits"): "digits",
-    ("mae_pretrain", "digits"): "digits_mae_pretrain",
-    ("mae_finetune", "digits"): "digits_mae_finetune",
-    ("linear_probe", "digits"): "digits_linear_probe",
-    ("segmentation", "digit_canvas"): "digits_segmentation",
-}
 SUPPORTED = [
     ("classification", "digits"),
     ("classification", "imagefolder"),
@@ -62,10 +54,11 @@ def repo(module_cli, image_folder):
 
 
 def recipe(task: str, data: str) -> list[str]:
-    """The overrides that run ``task`` on ``data``: its digits recipe where there is one."""
-    if (task, data) in DIGITS_RECIPES:
-        return [f"experiment={DIGITS_RECIPES[task, data]}"]
-    return ["experiment=none", f"task={task}", f"data={data}"]
+    """The overrides that run ``task`` on ``data``: on the digits, the recipe written for the
+    pair (``train.py`` picks it); on an image folder, which no recipe is written for, the
+    groups' own defaults."""
+    chosen = [f"task={task}", f"data={data}"]
+    return ["experiment=none", *chosen] if data == "imagefolder" else chosen
 
 
 def newest_metrics(cli) -> dict[str, float]:
