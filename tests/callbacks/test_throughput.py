@@ -42,6 +42,11 @@ def test_images_are_counted_from_the_batch():
     assert images_in((torch.zeros(5, 3, 8, 8), torch.zeros(5))) == 5
 
 
+def test_a_multi_crop_batch_counts_its_images_not_its_views():
+    views = [torch.zeros(5, 1, 8, 8)] * 2 + [torch.zeros(5, 1, 4, 4)] * 4
+    assert images_in((views, torch.zeros(5))) == 5
+
+
 def test_a_training_step_costs_three_forwards_of_the_configured_vit(compose_config):
     task = build_task(compose_config().task)
     shape = (4, 1, 8, 8)

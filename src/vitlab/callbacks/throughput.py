@@ -16,9 +16,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from vitlab.compat import should_accumulate, should_update_logs
 
 
-def images_in(batch: tuple[torch.Tensor, ...]) -> int:
-    """The images of an ``(images, targets)`` batch."""
-    return len(batch[0])
+def images_in(batch: tuple[Any, ...]) -> int:
+    """The images of an ``(images, targets)`` batch; of a multi-crop batch (``images`` a list
+    of views, each a tensor of the same images), the images, not the views."""
+    images = batch[0]
+    return len(images[0] if isinstance(images, list | tuple) else images)
 
 
 class LoggingStepThroughputMonitor(ThroughputMonitor):
