@@ -12,6 +12,7 @@ Light on imports: the commands resolve the recipe before Hydra starts.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -73,7 +74,10 @@ def with_recipe(arguments: list[str], config_name: str) -> list[str]:
     fitting = [name for name, groups in recipes.items() if groups == wanted]
     if len(fitting) != 1:
         return arguments
-    print(f"recipe: experiment={fitting[0]}, the one written for {describe(wanted)}")
+    # on stderr: --cfg's config on stdout stays YAML
+    print(
+        f"recipe: experiment={fitting[0]}, the one written for {describe(wanted)}", file=sys.stderr
+    )
     return [*arguments, f"experiment={fitting[0]}"]
 
 

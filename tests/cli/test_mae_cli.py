@@ -25,7 +25,7 @@ def test_mae_checkpoint_round_trips_into_fine_tuning_and_linear_probing(cli, tmp
     # picks the one recipe written for MAE on the default data and model, and says so
     result = cli("train.py", "task=mae_pretrain", "logger=csv", *LIMITS)
     pretrain_dir = newest_run(cli)
-    assert "recipe: experiment=digits_mae_pretrain, the one written for" in result.stdout
+    assert "recipe: experiment=digits_mae_pretrain, the one written for" in result.stderr
     overrides = (pretrain_dir / ".hydra" / "overrides.yaml").read_text()
     assert "- experiment=digits_mae_pretrain" in overrides.splitlines()
     pretrained = pretrain_dir / "checkpoints" / "last.ckpt"
