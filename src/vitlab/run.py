@@ -177,7 +177,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pin_child_ranks_to_this_job()
 
     if cfg.get("train", True):
-        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+        with warnings.catch_warnings():
+            for message in task.expected_warnings:
+                warnings.filterwarnings("ignore", message=message)
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = scalar_metrics(trainer.callback_metrics)
     best = best_score(trainer, task, metrics)
     if best is not None:

@@ -41,8 +41,10 @@ def test_mae_checkpoint_round_trips_into_fine_tuning_and_linear_probing(cli, tmp
     finetune_dir = newest_run(cli)
     assert {"val/acc1", "test/acc1"} <= metrics_of(finetune_dir).keys()
 
-    cli("train.py", "experiment=digits_linear_probe", f"task.pretrained={moved}", *LIMITS)
+    probe = cli("train.py", "experiment=digits_linear_probe", f"task.pretrained={moved}", *LIMITS)
     probe_dir = newest_run(cli)
+    # the frozen encoder is in eval mode by design: Lightning's warning about it is not shown
+    assert "in eval mode" not in probe.stderr
     probed = torch.load(probe_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert torch.equal(probed["model.blocks.0.attn.qkv.weight"], encoder)  # frozen encoder
     assert "test/acc1" in metrics_of(probe_dir)

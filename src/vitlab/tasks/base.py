@@ -76,6 +76,8 @@ class RecipeTask(L.LightningModule):
 
     # what predict.py makes of ``predict_outputs``: "classes", "masks" or "boxes"; None: nothing
     prediction: ClassVar[str | None] = None
+    # messages (regexes) of warnings the task's design makes expected, hidden while it fits
+    expected_warnings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,

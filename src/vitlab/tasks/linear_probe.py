@@ -21,6 +21,9 @@ class LinearProbeTask(ClassificationTask):
     ``ClassificationTask``.
     """
 
+    # Lightning's, about the frozen encoder, which is in eval mode on purpose
+    expected_warnings = (r"Found \d+ module\(s\) in eval mode at the start of training",)
+
     def __init__(self, model: Config, optimizer: Config, **recipe: Any):
         super().__init__(model, optimizer, **recipe)
         self.train()  # Lightning keeps the modes modules are built with: freeze them here
