@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,21 +23,6 @@ def last_checkpoint(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def start_and_interrupt(cli, run_dir: Path, sig: signal.Signals, *run: str) -> None:
-    """Start a run, wait for its first checkpoint, then send ``sig`` while it trains on."""
-    command = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *run]
-    process = subprocess.Popen(
-        command, cwd=cli.repo, env=cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 300
-    while not (run_dir / "checkpoints" / "last.ckpt").exists():
-        assert process.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    process.send_signal(sig)
-    process.wait(timeout=120)
-
-
 @pytest.mark.slow
 # a kill with loader workers alive, and a polite stop without them
 @pytest.mark.parametrize(("sig", "workers"), [(signal.SIGTERM, 0), (signal.SIGKILL, 2)])
@@ -48,7 +30,8 @@ def test_interrupted_run_resumes_to_the_same_weights(cli, tmp_path, sig, workers
     run = (*RUN, f"data.num_workers={workers}")
     uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
     cli("train.py", f"hydra.run.dir={uninterrupted}", *run)
-    start_and_interrupt(cli, interrupted, sig, *run)
+    first_checkpoint = interrupted / "checkpoints" / "last.ckpt"
+    cli.stopped(sig, "train.py", f"hydra.run.dir={interrupted}", *run, when=first_checkpoint.exists)
     resumed_from = last_checkpoint(interrupted)["global_step"]
     assert resumed_from < last_checkpoint(uninterrupted)["global_step"]
     cli("train.py", f"hydra.run.dir={interrupted}", "ckpt_path=auto", *run)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -140,30 +138,6 @@ RUN = (
 STEPS = set(range(3 * 12))
 
 
-def start_and_interrupt(cli, run_dir: Path, sig: signal.Signals) -> str:
-    """Start a run, wait until its W&B file holds a step past its first checkpoint (a step a
-    resumed run replays), send ``sig`` while it trains on; return what it wrote on stderr."""
-    stdout, stderr = run_dir.parent / "stdout.txt", run_dir.parent / "stderr.txt"
-    with stdout.open("w") as out, stderr.open("w") as err:
-        process = subprocess.Popen(
-            [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *RUN],
-            cwd=cli.repo,
-            env=cli.env,
-            stdout=out,
-            stderr=err,
-            # Ctrl-C as in a terminal: a pytest-xdist worker ignores SIGINT, which children inherit
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        deadline = time.monotonic() + 600
-        while not past_first_checkpoint(run_dir):
-            assert process.poll() is None, stderr.read_text()[-4000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        process.send_signal(sig)
-        process.wait(timeout=300)
-    return stderr.read_text()
-
-
 def past_first_checkpoint(run_dir: Path) -> bool:
     if not (run_dir / "checkpoints" / "last.ckpt").exists():
         return False
@@ -192,7 +166,14 @@ def logged_metrics(segment: dict) -> set[tuple[int, str]]:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_an_interrupted_run_resumes_its_wandb_run_without_logging_a_step_twice(cli, tmp_path, sig):
     run_dir = tmp_path / "run"
-    stderr = start_and_interrupt(cli, run_dir, sig)
+    # stopped while it trains on, at a step a resumed run replays
+    stderr = cli.stopped(
+        sig,
+        "train.py",
+        f"hydra.run.dir={run_dir}",
+        *RUN,
+        when=lambda: past_first_checkpoint(run_dir),
+    ).stderr
     resume = ["train.py", *RUN, "ckpt_path=auto", f"hydra.run.dir={run_dir}"]
     if sig == signal.SIGINT:
         hint = "interrupted; continue from the last checkpoint with: python " + " ".join(resume)

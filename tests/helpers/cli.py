@@ -18,11 +18,14 @@ import logging
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -128,6 +131,38 @@ class CLI:
             timeout=timeout,
         )
         return checked(result, check)
+
+    def stopped(
+        self, sig: signal.Signals, *command: str, when: Callable[[], bool], timeout: float = 300
+    ) -> subprocess.CompletedProcess:
+        """``python <command>`` in a process of its own, sent ``sig`` as soon as ``when()``
+        holds (checked while it runs), as a terminal's Ctrl-C or a scheduler's kill stops it.
+
+        The process takes SIGINT as one started from a shell does (Python's
+        ``KeyboardInterrupt``) even where this process ignores SIGINT, which a child inherits:
+        a pytest-xdist worker is not sure to have its default handler by the time a test runs.
+        """
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            process = subprocess.Popen(
+                [sys.executable, *command],
+                cwd=self.repo,
+                env=self.env,
+                stdout=out,
+                stderr=err,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )
+            deadline = time.monotonic() + timeout
+            while not when():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    err.seek(0)
+                    raise AssertionError(f"not stopped as planned:\n{err.read()[-4000:]}")
+                time.sleep(0.05)
+            process.send_signal(sig)
+            returncode = process.wait(timeout=timeout)
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(command, returncode, out.read(), err.read())
 
     def read_output(self) -> tuple[str, str]:
         return self.capture.readouterr() if self.capture else ("", "")
