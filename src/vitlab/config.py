@@ -15,6 +15,9 @@
   ``--help`` shows the command as it was typed.
 - ``${vitlab.first_dir:<folder>,...}``: the first of these folders that exists, else the last
   (e.g. a dataset's system-wide install, else the project's data folder).
+
+Also the configs' folder (``CONFIG_PATH``) and the reading of a command's overrides, which the
+commands check before Hydra starts.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from omegaconf import OmegaConf
 
 from vitlab.errors import UserError
@@ -38,6 +43,16 @@ RESUME_KEYS = ("ckpt_path", "hydra.run.dir")
 # a failed multirun job's one-line reason, in the job's directory (written by run.main, read by
 # cli.SweepSummary)
 FAILURE_FILE = "failed.txt"
+
+
+def parse_overrides(lines: list[str]) -> list[Override]:
+    return OverridesParser.create().parse_overrides(lines)
+
+
+def command_overrides(arguments: list[str]) -> list[Override]:
+    """The Hydra overrides (``key=value``) among a command's arguments, its options left out."""
+    return parse_overrides([a for a in arguments if "=" in a and not a.startswith("-")])
+
 
 DIRECTIONS = {"max": "maximize", "min": "minimize"}
 

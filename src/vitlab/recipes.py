@@ -16,11 +16,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
 from omegaconf import DictConfig, OmegaConf
 
-from vitlab.config import CONFIG_PATH
+from vitlab.config import CONFIG_PATH, command_overrides, parse_overrides
 from vitlab.errors import UserError
 
 RECIPES = Path(CONFIG_PATH) / "experiment"
@@ -60,8 +58,7 @@ def with_recipe(arguments: list[str], config_name: str) -> list[str]:
     or ``task`` options (one each, no sweep) that the default recipe is not written for and
     exactly one packaged recipe is. Anything else is left to :func:`check_recipe_named`."""
     default = default_recipe(config_name)
-    lines = [a for a in arguments if "=" in a and not a.startswith("-")]
-    given = {o.key_or_group: o for o in parse(lines)}
+    given = {o.key_or_group: o for o in command_overrides(arguments)}
     if default is None or "experiment" in given:
         return arguments
     chosen = {g: o for g, o in given.items() if g in RECIPE_GROUPS and not o.is_delete()}
@@ -88,7 +85,7 @@ def check_recipe_named(overrides: Sequence[str], choices: Mapping[str, str | Non
     ``overrides`` are the command's (``hydra.overrides.task``), ``choices`` the composed ones
     (``hydra.runtime.choices``); the packaged recipes that fit are listed.
     """
-    given = {o.key_or_group for o in parse(list(overrides))}
+    given = {o.key_or_group for o in parse_overrides(list(overrides))}
     if "experiment" in given:
         return
     recipes = packaged_recipes()
@@ -116,7 +113,3 @@ def check_recipe_named(overrides: Sequence[str], choices: Mapping[str, str | Non
 
 def describe(groups: Mapping[str, str | None]) -> str:
     return ", ".join(f"{group}={groups[group]}" for group in RECIPE_GROUPS if group in groups)
-
-
-def parse(lines: list[str]) -> list[Override]:
-    return OverridesParser.create().parse_overrides(lines)

@@ -22,14 +22,19 @@ from typing import Any
 
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import ConfigCompositionException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from vitlab.config import CONFIG_PATH, FAILURE_FILE, RESUME_KEYS
+from vitlab.config import (
+    CONFIG_PATH,
+    FAILURE_FILE,
+    RESUME_KEYS,
+    command_overrides,
+    parse_overrides,
+)
 from vitlab.errors import UserError, exit_on_user_error
 from vitlab.extras import require_plugins
 from vitlab.recipes import with_recipe
@@ -103,12 +108,12 @@ def check_keys(arguments: list[str], config_name: str) -> None:
     """
     if {"-m", "--multirun"} & set(arguments) or set(CONFIG_OPTIONS) & set(arguments):
         return
-    overrides = [a for a in arguments if "=" in a and not a.startswith("-")]
-    if not any(sets_a_value(o) for o in parse_overrides(overrides)):
+    overrides = command_overrides(arguments)
+    if not any(sets_a_value(o) for o in overrides):
         return
     try:
         with initialize_config_dir(config_dir=CONFIG_PATH, version_base="1.3"):
-            compose(config_name, overrides=overrides)
+            compose(config_name, overrides=[o.input_line for o in overrides])
     except ConfigCompositionException as error:
         missing = error.__cause__
         if isinstance(missing, ConfigAttributeError | ConfigKeyError) and "not in struct" in str(
@@ -148,7 +153,7 @@ def with_stored_overrides(arguments: list[str]) -> list[str]:
     """
     if {"-m", "--multirun"} & set(arguments):
         return arguments
-    typed = parse_overrides([a for a in arguments if "=" in a and not a.startswith("-")])
+    typed = command_overrides(arguments)
     values = {o.key_or_group: o.value() for o in typed}
     if values.get("ckpt_path") != "auto" or "hydra.run.dir" not in values:
         return arguments
@@ -170,10 +175,6 @@ def with_stored_overrides(arguments: list[str]) -> list[str]:
     typed_lines = {o.input_line for o in typed}
     kept = [line for line, o in stored.items() if not is_own_setting(o)]
     return [*[line for line in kept if line not in typed_lines], *arguments]
-
-
-def parse_overrides(lines: list[str]) -> list[Override]:
-    return OverridesParser.create().parse_overrides(lines)
 
 
 def is_own_setting(override: Override) -> bool:

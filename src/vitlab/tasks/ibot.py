@@ -45,9 +45,10 @@ class IBOTTask(RecipeTask):
 
     Checkpoints hold the architecture's state dict: the student encoder under ``model.``, the
     teacher under ``teacher.module.``; k-NN scores the teacher's encoder, and fine-tuning and
-    linear probing load it (the usual loader), as the release evaluates its teacher. ``val/loss`` is that of the validation images as one view seen by both
-    networks (masks seeded by batch index and rank): the patch loss plus the class-token
-    cross-entropy between the masked student and the unmasked teacher.
+    linear probing load it (the usual loader), as the release evaluates its teacher.
+    ``val/loss`` is that of the validation images as one view seen by both networks (masks
+    seeded by batch index and rank): the patch loss plus the class-token cross-entropy between
+    the masked student and the unmasked teacher.
     """
 
     def __init__(
