@@ -67,7 +67,7 @@ def test_train_then_eval_reproduces_the_test_metrics_of_the_model_and_its_averag
         assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-6)
 
 
-def test_a_normal_run_prints_the_config_a_progress_bar_the_results_and_nothing_else(cli):
+def test_a_normal_run_prints_the_config_its_progress_the_results_and_nothing_else(cli):
     result = cli("train.py", "debug=fdr")
     output = result.stdout + result.stderr
     assert "config" in output and "DigitsDataModule" in output and "embed_dim: 64" in output
@@ -75,6 +75,10 @@ def test_a_normal_run_prints_the_config_a_progress_bar_the_results_and_nothing_e
     assert output.count("embed_dim: 64") == 1
     assert "results" in output and "test/acc1" in output and "val/acc1_best" in output
     assert "run directory:" in output and "tested checkpoint:" in output
+    # its output is not a terminal here: progress is log lines, in the run's log too
+    assert "epoch 1/1 validated: val/acc1 " in result.stderr
+    (run_dir,) = cli.run_dirs()
+    assert "epoch 1/1 validated: val/acc1 " in (run_dir / "train.log").read_text()
     for noise in NOISE:
         assert noise not in output, noise
 
