@@ -76,9 +76,9 @@ def test_a_normal_run_prints_the_config_its_progress_the_results_and_nothing_els
     assert "results" in output and "test/acc1" in output and "val/acc1_best" in output
     assert "run directory:" in output and "tested checkpoint:" in output
     # its output is not a terminal here: progress is log lines, in the run's log too
-    assert "epoch 1/1 validated: val/acc1 " in result.stderr
+    assert "epoch 1/1 validated at step 1: val/acc1 " in result.stderr
     (run_dir,) = cli.run_dirs()
-    assert "epoch 1/1 validated: val/acc1 " in (run_dir / "train.log").read_text()
+    assert "epoch 1/1 validated at step 1: val/acc1 " in (run_dir / "train.log").read_text()
     for noise in NOISE:
         assert noise not in output, noise
 

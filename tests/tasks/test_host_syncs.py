@@ -1,7 +1,8 @@
 """The steady-state training step reads nothing from the device: no ``.item()``, ``bool()``,
 ``.tolist()`` or ``.cpu()`` between logging steps, in a run of each task's digits recipe built as
-train.py builds it (its callbacks: checkpoints, lr monitor, throughput, progress bar; a logger). A non-finite loss is
-still caught, at the next read, with its step named."""
+train.py builds it (its callbacks: checkpoints, lr monitor, throughput, the rich progress bar a
+terminal gets, which draws every step; a logger). A non-finite loss is still caught, at the next
+read, with its step named."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
+from vitlab.callbacks.progress import StepFreeRichProgressBar
 from vitlab.run import build_run
 from vitlab.tasks.base import build_task
 
@@ -117,8 +119,12 @@ RECIPES = [
 
 @pytest.mark.parametrize(("experiment", "overrides"), RECIPES)
 def test_training_steps_between_logging_steps_read_nothing_from_the_device(
-    experiment: str | None, overrides: list[str], compose_config, tmp_path: Path
+    experiment: str | None, overrides: list[str], compose_config, tmp_path: Path, monkeypatch
 ):
+    # an interactive terminal, as Rich sees it: the progress shown is its bar, redrawn every step
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.delenv("TTY_INTERACTIVE", raising=False)
     cfg = compose_config(
         *([f"experiment={experiment}"] if experiment else []),
         *overrides,
@@ -134,6 +140,7 @@ def test_training_steps_between_logging_steps_read_nothing_from_the_device(
         "callbacks.throughput.window_size=2",
     )
     datamodule, task, trainer = build_run(cfg, None)
+    assert isinstance(trainer.progress_bar_callback, StepFreeRichProgressBar)
     where = StepOfRead()
     trainer.callbacks.insert(0, where)
     reads = HostReads(where)

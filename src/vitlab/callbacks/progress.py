@@ -37,27 +37,41 @@ class StepFreeRichProgressBar(StepFreeMetrics, RichProgressBar):
 
 
 class ProgressLog(StepFreeMetrics):
-    """Progress as log lines, for output that is not a terminal (a SLURM job's file, ``nohup``,
-    CI), where a live bar prints nothing until the run ends: a line every ``every_s`` seconds of
-    training (epoch, step, elapsed time, time left, the bar's values) and one per validation
-    (its ``val/`` metrics). Lines go to the ``vitlab`` logger: the console and the run's log."""
+    """Progress as log lines, for output that is not an interactive terminal (a SLURM job's file,
+    ``nohup``, CI), where a live bar prints nothing until the run ends: a line every ``every_s``
+    seconds of training (epoch, batch, step, elapsed time, time left, the bar's values) and one
+    per validation (its ``val/`` metrics). Lines go to the ``vitlab`` logger: the console and the
+    run's log. Values are read from the device only when a line is written."""
 
     def __init__(self, every_s: float = 60.0) -> None:
         super().__init__()
         self.every_s = every_s
-        self.enabled = True
+        self._enabled = True
         self.started = self.last_line = 0.0
         self.first_step = 0
+        self.epoch_batches: float = math.inf
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    @property
+    def is_disabled(self) -> bool:
+        return not self._enabled
 
     def disable(self) -> None:
-        self.enabled = False
+        self._enabled = False
 
     def enable(self) -> None:
-        self.enabled = True
+        self._enabled = True
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = self.last_line = time.monotonic()
         self.first_step = trainer.global_step  # a resumed run times only its own steps
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # read once an epoch: under max_steps Lightning's count shrinks as the steps are taken
+        self.epoch_batches = self.total_train_batches
 
     def on_train_batch_end(
         self,
@@ -68,18 +82,20 @@ class ProgressLog(StepFreeMetrics):
         batch_idx: int,
     ) -> None:
         now = time.monotonic()
-        if self.enabled and now - self.last_line >= self.every_s:
+        if self.is_enabled and now - self.last_line >= self.every_s:
             self.last_line = now
             log.info(self.training_line(trainer, pl_module, batch_idx + 1, now - self.started))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.enabled and not trainer.sanity_checking:
+        if self.is_enabled and not trainer.sanity_checking:
             metrics = {
                 name: value
                 for name, value in sorted(trainer.callback_metrics.items())
                 if name.startswith("val/") and value.numel() == 1
             }
-            log.info(f"{epoch(trainer)} validated: {shown(metrics)}")
+            log.info(
+                f"{_epoch(trainer)} validated at step {trainer.global_step}: {_shown(metrics)}"
+            )
 
     def training_line(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: int, elapsed: float
@@ -87,36 +103,36 @@ class ProgressLog(StepFreeMetrics):
         """``epoch 2/10 · batch 120/429 · step 549/4290 · 4:01 elapsed, 27:25 left · train/loss
         0.5231``; the time left is estimated from this run's steps so far."""
         step, steps = trainer.global_step, trainer.estimated_stepping_batches
-        timing = f"{clock(elapsed)} elapsed"
-        if step > self.first_step and math.isfinite(steps):
-            timing += f", {clock(elapsed / (step - self.first_step) * (steps - step))} left"
+        timing = f"{_clock(elapsed)} elapsed"
+        if step > self.first_step and 0 < steps < math.inf:  # -1: a loader of unknown length
+            timing += f", {_clock(elapsed / (step - self.first_step) * (steps - step))} left"
         metrics = self.get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         parts = (
-            epoch(trainer),
-            f"batch {batch}{out_of(self.total_train_batches)}",
-            f"step {step}{out_of(steps)}",
+            _epoch(trainer),
+            f"batch {batch}{_out_of(self.epoch_batches)}",
+            f"step {step}{_out_of(steps)}",
             timing,
-            shown(metrics),
+            _shown(metrics),
         )
         return " · ".join(part for part in parts if part)
 
 
-def epoch(trainer: L.Trainer) -> str:
-    return f"epoch {trainer.current_epoch + 1}{out_of(trainer.max_epochs)}"
+def _epoch(trainer: L.Trainer) -> str:
+    return f"epoch {trainer.current_epoch + 1}{_out_of(trainer.max_epochs)}"
 
 
-def out_of(total: float | None) -> str:
-    """``/429``, or nothing for an unknown or unbounded total."""
+def _out_of(total: float | None) -> str:
+    """``/429``, or nothing for an unknown (-1, None) or unbounded total."""
     return f"/{total}" if total is not None and 0 <= total < math.inf else ""
 
 
-def clock(seconds: float) -> str:
+def _clock(seconds: float) -> str:
     """``1:02:03`` for 3723 seconds."""
     return str(timedelta(seconds=round(seconds)))
 
 
-def shown(metrics: dict[str, Any]) -> str:
+def _shown(metrics: dict[str, Any]) -> str:
     """``val/acc1 0.9133 · val/loss 0.3452``: numbers (floats or one-element tensors) to four
     significant digits."""
     return " · ".join(
@@ -125,10 +141,11 @@ def shown(metrics: dict[str, Any]) -> str:
     )
 
 
-def progress_bar(every_s: float = 60.0) -> ProgressBar:
-    """The rich bar where the output is a terminal or a notebook, else ``ProgressLog``: Rich
-    decides (a tty, or ``FORCE_COLOR`` / ``TTY_COMPATIBLE`` set) as it does for the bar."""
+def progress(every_s: float = 60.0) -> ProgressBar:
+    """The rich bar where the output is an interactive terminal or a notebook, else
+    ``ProgressLog``. Rich decides, as it does when it draws the bar: a tty that is not
+    ``TERM=dumb``, or what ``TTY_COMPATIBLE`` / ``TTY_INTERACTIVE`` say."""
     console = Console()
-    if console.is_terminal or console.is_jupyter:
+    if console.is_interactive or console.is_jupyter:
         return StepFreeRichProgressBar()
     return ProgressLog(every_s)
